@@ -1,0 +1,1 @@
+"""CT-to-DWI MONAI Label app internals (infer/train tasks, hardened datastore, server fixes)."""

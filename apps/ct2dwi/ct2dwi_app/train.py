@@ -1,0 +1,139 @@
+"""MONAI Label train task: retrains JMMDA-GAN on the datastore's paired cases.
+
+Datastore convention: image = CT; labels with tags ``dwi``, ``brainmask`` and (optional) ``lesion``.
+MONAI Label runs this in a subprocess (POST /train/ct2dwi) and kills it on DELETE /train. The run
+folder keeps atomic checkpoints (an interrupted run resumes with ``{"resume": true}``); the new model
+is published only when training finishes, by an atomic rename over ``model/jmmda.pt``, so a stopped
+or crashed training always leaves the previous model in place and valid.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from jmmda_model.checkpoint import CheckpointError, load
+from jmmda_model.data import Case
+from jmmda_model.imageio import InputError
+from jmmda_model.networks import GeneratorConfig
+from jmmda_model.trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 8,
+    "lr": 1e-4,
+    "val_fraction": 0.2,
+    "max_steps_per_epoch": 0,
+    "fine_tune": True,
+    "resume": False,
+    "device": "auto",
+}
+
+
+def datastore_cases(datastore: Datastore) -> list[Case]:
+    cases = []
+    for image_id in sorted(datastore.list_images()):
+        uris = {tag: datastore.get_label_uri(image_id, tag) for tag in ("dwi", "brainmask", "lesion")}
+        if uris["dwi"] and uris["brainmask"]:
+            cases.append(
+                Case(image_id, Path(datastore.get_image_uri(image_id)), Path(uris["dwi"]), Path(uris["brainmask"]),
+                     Path(uris["lesion"]) if uris["lesion"] else None)
+            )
+    return cases
+
+
+class CT2DWITrain(TrainTask):
+    def __init__(self, model_dir: Path, published: Path, base_model: Path | None, generator: dict | None = None):
+        super().__init__("Retrain JMMDA-GAN on datastore pairs (image=CT; labels dwi, brainmask[, lesion])")
+        self.model_dir = Path(model_dir)
+        self.published = Path(published)
+        self.base_model = base_model
+        self.generator = generator
+        self.run_dir = self.model_dir / "train_run"
+
+    def config(self):
+        return dict(DEFAULTS)
+
+    def current_model(self) -> Path | None:
+        for p in (self.published, self.base_model):
+            if p is not None and Path(p).is_file():
+                return Path(p)
+        return None
+
+    def stats(self):
+        status = {}
+        f = self.run_dir / "status.json"
+        if f.exists():
+            try:
+                status = json.loads(f.read_text())
+            except json.JSONDecodeError:
+                status = {"state": "unknown"}
+        cur = self.current_model()
+        return {"run": status, "published_model": cur.name if cur else None}
+
+    def __call__(self, request, datastore: Datastore):
+        opts = {**DEFAULTS, **{k: v for k, v in request.items() if k in DEFAULTS}}
+        cases = datastore_cases(datastore)
+        if len(cases) < 2:
+            raise InputError(f"training needs at least 2 cases with 'dwi' and 'brainmask' labels; the datastore has {len(cases)}")
+        n_val = max(1, int(round(len(cases) * float(opts["val_fraction"]))))
+        train, val = cases[:-n_val], cases[-n_val:]
+
+        base = self.current_model()
+        gcfg = self.generator
+        pre = None
+        if base is not None and opts["fine_tune"]:
+            ck = load(base)
+            gcfg, pre = ck["generator_config"], ck["preprocess"]
+        cfg = TrainConfig(
+            generator=gcfg or GeneratorConfig(base_channels=16).to_dict(),
+            epochs=int(opts["epochs"]),
+            batch_size=int(opts["batch_size"]),
+            lr_g=float(opts["lr"]),
+            lr_d=float(opts["lr"]),
+            device=str(opts["device"]),
+            max_steps_per_epoch=int(opts["max_steps_per_epoch"]) or None,
+            progress=False,
+        )
+        if pre is not None:
+            cfg.preprocess = pre
+        resume = bool(opts["resume"]) and (self.run_dir / "checkpoints" / "last.pt").exists()
+        if not resume and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        trainer = Trainer(cfg, self.run_dir, on_epoch=lambda r: print(f"epoch {r['epoch']}/{cfg.epochs} {json.dumps(r, default=float)}", flush=True))
+        summary = trainer.fit(train, val, resume=resume, init_from=base if (opts["fine_tune"] and not resume) else None)
+        published = None
+        if summary["state"] == "finished" and summary["model"]:
+            published = self.publish(Path(summary["model"]))
+        return {
+            "state": summary["state"],
+            "epochs": summary["epoch"],
+            "best_psnr_brain": summary["best_psnr_brain"],
+            "train_cases": [c.id for c in train],
+            "val_cases": [c.id for c in val],
+            "published": published,
+        }
+
+    def publish(self, model: Path) -> str:
+        """Validates the new checkpoint, then renames it over the published file (atomic)."""
+        load(model)  # raises CheckpointError if unreadable
+        tmp = self.published.with_name(f".{self.published.name}.{os.getpid()}.tmp")
+        shutil.copyfile(model, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:
+            load(tmp)
+        except CheckpointError:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.published)
+        log.info("published %s at %s", self.published, time.strftime("%H:%M:%S"))
+        return self.published.name

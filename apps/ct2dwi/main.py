@@ -1,0 +1,69 @@
+"""MONAI Label app: JMMDA-GAN CT-to-DWI synthesis (infer + train).
+
+Conf options (``--conf key value``):
+  device        auto | cpu | cuda[:N]        (default auto: GPU + mixed precision when available)
+  demo_model    true | false                 (default true: fall back to the shipped phantom-trained
+                                              demo checkpoint when no retrained model is published)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from monailabel.config import settings  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+
+from ct2dwi_app.datastore import SafeLocalDatastore  # noqa: E402
+from ct2dwi_app.infer import CT2DWIInfer  # noqa: E402
+from ct2dwi_app.train import CT2DWITrain  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = "jmmda.pt"
+DEMO = "jmmda_demo.pt"
+
+
+class CT2DWIApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = Path(app_dir) / "model"
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.model_dir.glob(f".{PUBLISHED}.*.tmp"):  # left by a publish killed mid-copy
+            stale.unlink(missing_ok=True)
+        self.device = conf.get("device", "auto")
+        use_demo = str(conf.get("demo_model", "true")).lower() in ("1", "true", "yes")
+        self.model_paths = [self.model_dir / PUBLISHED] + ([self.model_dir / DEMO] if use_demo else [])
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="ct2dwi",
+            description="JMMDA-GAN: synthetic DWI from head CT + brain mask (SYNTHETIC - not for diagnosis)",
+            version="0.1.0",
+        )
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        return {"ct2dwi": CT2DWIInfer(self.model_paths, device=self.device)}
+
+    def init_trainers(self):
+        demo = self.model_dir / DEMO
+        return {"ct2dwi": CT2DWITrain(self.model_dir, self.model_dir / PUBLISHED, demo if demo.exists() else None)}
+
+    def init_strategies(self):
+        return {}
+
+    def init_scoring_methods(self):
+        return {}

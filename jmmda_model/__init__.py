@@ -1,0 +1,7 @@
+"""JMMDA-GAN: Joint Mask and Multi-Frequency Dual Attention GAN for CT-to-DWI synthesis.
+
+Research software. Every image it produces is SYNTHETIC and not for diagnosis.
+"""
+__version__ = "0.1.0"
+
+SYNTHETIC_LABEL = "SYNTHETIC DWI - not for diagnosis"

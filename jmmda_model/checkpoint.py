@@ -1,0 +1,73 @@
+"""Checkpoints: atomic writes, format checks and clear errors for corrupt files."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "jmmda-gan-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then rename over the target.
+    A crash at any point leaves either the old file or the new one, never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated / corrupt / not a torch file
+        raise CheckpointError(f"checkpoint {path.name} is corrupt or not a JMMDA-GAN checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is not a JMMDA-GAN checkpoint (format tag missing)")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path.name} was written by a newer jmmda_model (version {ckpt['version']})")
+    for key in ("generator", "generator_config", "preprocess"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path.name} lacks '{key}'")
+    return ckpt
+
+
+def export_inference(ckpt: dict, path: str | Path, model_card: dict | None = None) -> Path:
+    """Writes the generator-only checkpoint used for inference (no optimiser/discriminator state)."""
+    slim = {k: ckpt[k] for k in ("format", "version", "generator", "generator_config", "preprocess")}
+    for k in ("epoch", "global_step", "val_metrics", "train_cases", "created"):
+        if k in ckpt:
+            slim[k] = ckpt[k]
+    slim["model_card"] = model_card or ckpt.get("model_card", {})
+    return atomic_save(slim, path)

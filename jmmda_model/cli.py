@@ -1,0 +1,156 @@
+"""``jmmda`` command line: train | evaluate | infer | make-sample-data."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .imageio import InputError
+
+
+def _split(cases, val_ids, n_val):
+    if val_ids:
+        want = set(val_ids.split(","))
+        return [c for c in cases if c.id not in want], [c for c in cases if c.id in want]
+    if n_val <= 0:
+        return cases, []
+    return cases[:-n_val], cases[-n_val:]
+
+
+def cmd_train(a):
+    from .data import find_cases
+    from .networks import GeneratorConfig
+    from .trainer import TrainConfig, Trainer
+
+    cases = find_cases(a.data)
+    if not cases:
+        raise InputError(f"no complete cases (CT + labels/dwi + labels/brainmask) in {a.data}")
+    train, val = _split(cases, a.val_ids, a.n_val)
+    g = GeneratorConfig(
+        arch=a.arch, base_channels=a.base_channels, depth=a.depth, heads=a.heads, wavelet=a.wavelet,
+        use_mask=not a.no_mask, use_dwt=not a.no_dwt, use_adaptive_fusion=not a.no_adaptive_fusion,
+    )
+    cfg = TrainConfig(generator=g.to_dict(), epochs=a.epochs, batch_size=a.batch_size, lr_g=a.lr, lr_d=a.lr,
+                      seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch, progress=not a.no_progress)
+    summary = Trainer(cfg, a.out).fit(train, val, resume=not a.no_resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    return 0
+
+
+def cmd_evaluate(a):
+    from .data import find_cases
+    from .report import evaluate_cases
+
+    cases = find_cases(a.data)
+    if a.ids:
+        want = set(a.ids.split(","))
+        cases = [c for c in cases if c.id in want]
+    if not cases:
+        raise InputError(f"no complete cases to evaluate in {a.data}")
+    res = evaluate_cases(a.model, cases, a.out, device=a.device)
+    print(res["table_markdown"])
+    print(f"report: {res['report']}\nfigure: {res['figure']}")
+    return 0
+
+
+def cmd_infer(a):
+    from .imageio import read_image, write_image
+    from .inference import Synthesizer
+
+    ct = read_image(a.ct, "CT")
+    mask = read_image(a.mask, "brain mask") if a.mask else None
+    syn = Synthesizer(a.model, device=a.device)
+    out, m, info = syn(ct, mask)
+    dst = Path(a.out)
+    if "synthetic" not in dst.name.lower():
+        raise InputError("output file name must contain 'synthetic' (every synthetic image is labelled as such)")
+    write_image(out, dst)
+    if a.save_mask:
+        write_image(m, a.save_mask)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def cmd_make_sample_data(a):
+    from .phantom import PhantomConfig, write_datastore
+
+    ids = write_datastore(a.out, a.n, first_seed=a.seed, cfg=PhantomConfig(max_lesions=a.max_lesions))
+    print(f"wrote {len(ids)} phantom cases to {a.out}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="jmmda", description="JMMDA-GAN CT-to-DWI synthesis (research use; output is SYNTHETIC)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a generator on a datastore folder (CT + labels/dwi, labels/brainmask[, labels/lesion])")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True, help="run folder: checkpoints/last.pt (resume), model.pt (best), tensorboard/")
+    t.add_argument("--arch", choices=["jmmda", "pix2pix"], default="jmmda")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--base-channels", type=int, default=32)
+    t.add_argument("--depth", type=int, default=3)
+    t.add_argument("--heads", type=int, default=4)
+    t.add_argument("--wavelet", default="haar", help="any discrete PyWavelets wavelet (haar, db2, sym4, bior2.2, ...)")
+    t.add_argument("--no-mask", action="store_true", help="ablation: no mask-guided fusion")
+    t.add_argument("--no-dwt", action="store_true", help="ablation: strided conv instead of DWT")
+    t.add_argument("--no-adaptive-fusion", action="store_true", help="ablation: no adaptive fusion weighting")
+    t.add_argument("--n-val", type=int, default=1, help="last N cases are held out for validation")
+    t.add_argument("--val-ids", default="", help="comma-separated case ids held out for validation")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--max-steps-per-epoch", type=int, default=None)
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics table + PNG figure on cases with real DWI")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--ids", default="")
+    e.add_argument("--out", required=True)
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("infer", help="synthesise DWI for one CT (NIfTI/NRRD file or DICOM folder)")
+    i.add_argument("--model", required=True)
+    i.add_argument("--ct", required=True)
+    i.add_argument("--mask", default=None, help="brain mask on the CT grid; computed from the CT when omitted")
+    i.add_argument("--out", required=True, help="output file, name must contain 'synthetic'")
+    i.add_argument("--save-mask", default=None)
+    i.add_argument("--device", default="auto")
+    i.set_defaults(func=cmd_infer)
+
+    m = sub.add_parser("make-sample-data", help="write phantom cases (MNI152 anatomy) in datastore layout")
+    m.add_argument("--out", required=True)
+    m.add_argument("-n", type=int, default=10)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--max-lesions", type=int, default=3)
+    m.set_defaults(func=cmd_make_sample_data)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return a.func(a)
+    except (InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from .checkpoint import CheckpointError
+
+        if isinstance(exc, CheckpointError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Volume inference: CT (+ optional brain mask) -> synthetic DWI on the CT's exact geometry."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import checkpoint as ckpt_io
+from .brainmask import ct_brain_mask
+from .data import model_input
+from .imageio import check_ct, check_mask, copy_geometry, label_synthetic
+from .networks import build_generator
+from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, to_axial
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = False) -> np.ndarray:
+    """(N, C+1, H, W) model input -> (N, H, W) synthetic DWI in [0, 1]; pads to the net's divisor."""
+    out = np.empty((x.shape[0],) + x.shape[2:], np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
+    was_training = net.training
+    net.eval()
+    try:
+        for s in range(0, x.shape[0], batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(device)
+            xb, (t, h, l, w) = pad_to_multiple(xb, net.size_divisor)
+            with autocast:
+                yb = net(xb)
+            out[s : s + batch_size] = yb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
+    finally:
+        net.train(was_training)
+    return out
+
+
+class Synthesizer:
+    """Loads a trained generator once; thread-safe ``__call__`` per volume."""
+
+    def __init__(self, checkpoint: str | Path, device: str | None = None, batch_size: int = 8, amp: bool = True):
+        self.path = Path(checkpoint)
+        ck = ckpt_io.load(self.path)
+        self.ckpt_meta = {k: v for k, v in ck.items() if k not in ("generator", "discriminator", "opt_g", "opt_d")}
+        self.pre = PreprocessConfig.from_dict(ck["preprocess"])
+        self.device = pick_device(device)
+        self.net = build_generator(ck["generator_config"])
+        try:
+            self.net.load_state_dict(ck["generator"])
+        except RuntimeError as exc:
+            raise ckpt_io.CheckpointError(f"{self.path.name}: weights do not match the stored architecture: {exc}") from exc
+        self.net.to(self.device).eval()
+        self.batch_size = batch_size
+        self.amp = amp and self.device.type == "cuda"
+        self._lock = threading.Lock()
+
+    @property
+    def model_card(self) -> dict:
+        return dict(self.ckpt_meta.get("model_card", {}))
+
+    def predict_slices(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return predict_slices(self.net, x, self.device, self.batch_size, self.amp)
+
+    def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None) -> tuple[sitk.Image, sitk.Image, dict]:
+        """Returns (synthetic DWI float32 on ct's geometry, brain mask used, info)."""
+        check_ct(ct)
+        info = {"mask_source": "supplied"}
+        if mask is None:
+            mask = ct_brain_mask(ct)
+            info["mask_source"] = "automatic (CT)"
+        brain_native = check_mask(mask, ct)
+        ct_ax, mask_ax = to_axial(ct), to_axial(mask)
+        ct_hu = sitk.GetArrayFromImage(ct_ax).astype(np.float32)
+        brain = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
+        y = self.predict_slices(model_input(ct_hu, brain, self.pre))
+        if self.pre.mask_output:
+            y *= brain
+        out = from_axial(copy_geometry(y.astype(np.float32), ct_ax), ct)
+        out = label_synthetic(sitk.Cast(out, sitk.sitkFloat32))
+        m = copy_geometry(brain_native, ct)
+        info.update(
+            {
+                "synthetic": True,
+                "note": "SYNTHETIC DWI - not for diagnosis",
+                "intensity": "normalised DWI units, 0..1 (in-brain percentile scale of the training data)",
+                "device": str(self.device),
+                "mixed_precision": self.amp,
+                "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),
+            }
+        )
+        return out, m, info

@@ -1,0 +1,324 @@
+"""JMMDA-GAN networks: generator, PatchGAN discriminator and the pix2pix U-Net baseline.
+
+Generator (paper doi 10.11999/JEIT250643):
+  1. mask-guided feature fusion - CT and brain-mask features fused by convolution; the mask branch
+     produces a spatial gate that emphasises brain (and, through learning, lesion) regions;
+  2. multi-frequency attention encoder - each down-sampling step is a 2-D DWT (PyWavelets filter
+     bank, Haar by default); the low band (global content) and the three high bands (edges) are
+     processed by separate convolutional paths and fused by a dual-path multi-head attention
+     (low queries high, high queries low). The high bands are kept as channels, so no
+     high-frequency detail is discarded by down-sampling. The decoder up-samples with the IDWT;
+  3. adaptive fusion weighting - decoder features at every scale are projected to a common width,
+     a CNN scores each scale per pixel and an attention over the scale descriptors scores each
+     scale globally; a softmax of the combined scores weights the scales before they are fused.
+
+Switches (for ablations): ``use_mask``, ``use_dwt``, ``use_adaptive_fusion``.
+All networks take ``(B, C_ct + 1, H, W)``: the CT window channels followed by the brain mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .wavelets import DWT2D, IDWT2D
+
+
+def _norm(ch: int) -> nn.Module:
+    return nn.GroupNorm(num_groups=min(8, ch), num_channels=ch)
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), _norm(cout), nn.SiLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(ConvBlock(cin, cout), nn.Conv2d(cout, cout, 3, padding=1), _norm(cout))
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
+class MaskGuidedFusion(nn.Module):
+    """Fuses CT features with brain-mask features; the mask acts as a learned spatial prior."""
+
+    def __init__(self, ct_channels: int, out_channels: int):
+        super().__init__()
+        self.ct = nn.Sequential(ConvBlock(ct_channels, out_channels), ConvBlock(out_channels, out_channels))
+        self.mask = nn.Sequential(ConvBlock(1, out_channels), ConvBlock(out_channels, out_channels))
+        self.gate = nn.Sequential(nn.Conv2d(2 * out_channels, out_channels, 3, padding=1), nn.Sigmoid())
+        self.fuse = ConvBlock(2 * out_channels, out_channels)
+
+    def forward(self, ct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        f_ct = self.ct(ct)
+        f_m = self.mask(mask)
+        both = torch.cat([f_ct, f_m], 1)
+        gated = f_ct * (1.0 + self.gate(both))  # emphasise, never erase, CT evidence
+        return self.fuse(torch.cat([gated, f_m], 1)) + f_ct
+
+
+class ChannelAttention(nn.Module):
+    """Multi-head attention over channels (cost linear in pixels): queries from one feature map,
+    keys/values from another."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.q = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 3, padding=1, groups=channels))
+        self.kv = nn.Sequential(
+            nn.Conv2d(channels, 2 * channels, 1), nn.Conv2d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
+        )
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, query_src: torch.Tensor, kv_src: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = query_src.shape
+        q = self.q(query_src).reshape(b, self.heads, c // self.heads, h * w)
+        k, v = self.kv(kv_src).chunk(2, dim=1)
+        k = k.reshape(b, self.heads, c // self.heads, h * w)
+        v = v.reshape(b, self.heads, c // self.heads, h * w)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        out = attn.softmax(dim=-1) @ v
+        return self.proj(out.reshape(b, c, h, w))
+
+
+class DualPathAttention(nn.Module):
+    """Low-frequency path attends to high-frequency features and vice versa; both are fused."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.norm_low = _norm(channels)
+        self.norm_high = _norm(channels)
+        self.low_from_high = ChannelAttention(channels, heads)
+        self.high_from_low = ChannelAttention(channels, heads)
+        self.fuse = ConvBlock(2 * channels, channels)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        nl, nh = self.norm_low(low), self.norm_high(high)
+        low = low + self.low_from_high(nl, nh)
+        high = high + self.high_from_low(nh, nl)
+        return self.fuse(torch.cat([low, high], 1))
+
+
+class MultiFrequencyDown(nn.Module):
+    """One encoder step: DWT split -> low/high conv paths -> dual-path attention fusion."""
+
+    def __init__(self, cin: int, cout: int, heads: int, wavelet: str, use_dwt: bool):
+        super().__init__()
+        self.use_dwt = use_dwt
+        if use_dwt:
+            self.dwt = DWT2D(wavelet)
+            self.low = ConvBlock(cin, cout)
+            self.high = ConvBlock(3 * cin, cout)
+        else:  # ablation: learned strided-conv down-sampling, single feature stream
+            self.down = ConvBlock(cin, cout, stride=2)
+        self.attn = DualPathAttention(cout, heads)
+        self.res = ResBlock(cout, cout)
+
+    def forward(self, x):
+        if self.use_dwt:
+            low, high = self.dwt(x)
+            fused = self.attn(self.low(low), self.high(high))
+        else:
+            y = self.down(x)
+            fused = self.attn(y, y)
+        return self.res(fused)
+
+
+class Up(nn.Module):
+    """Decoder step: predicts the four wavelet bands and inverts them (IDWT), then merges the skip."""
+
+    def __init__(self, cin: int, cout: int, wavelet: str, use_dwt: bool):
+        super().__init__()
+        self.use_dwt = use_dwt
+        if use_dwt:
+            self.bands = nn.Conv2d(cin, 4 * cout, 3, padding=1)
+            self.idwt = IDWT2D(wavelet)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), ConvBlock(cin, cout))
+        self.merge = ResBlock(2 * cout, cout)
+        self.cout = cout
+
+    def forward(self, x, skip):
+        if self.use_dwt:
+            bands = self.bands(x)
+            y = self.idwt(bands[:, : self.cout], bands[:, self.cout :])
+        else:
+            y = self.up(x)
+        return self.merge(torch.cat([y, skip], 1))
+
+
+class AdaptiveFusionWeighting(nn.Module):
+    """Learns one weight per scale (per pixel, CNN path + global attention path) and fuses the scales."""
+
+    def __init__(self, scale_channels: list[int], width: int, heads: int):
+        super().__init__()
+        self.proj = nn.ModuleList([nn.Conv2d(c, width, 1) for c in scale_channels])
+        self.score_cnn = nn.Sequential(ConvBlock(width, width // 2), nn.Conv2d(width // 2, 1, 3, padding=1))
+        self.scale_attn = nn.MultiheadAttention(width, num_heads=heads, batch_first=True)
+        self.score_attn = nn.Linear(width, 1)
+
+    def forward(self, feats: list[torch.Tensor], return_weights: bool = False):
+        size = feats[0].shape[-2:]
+        proj = [
+            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else p(f)
+            for p, f in zip(self.proj, feats)
+        ]
+        stack = torch.stack(proj, 1)  # (B, S, C, H, W)
+        b, s, c, h, w = stack.shape
+        local = self.score_cnn(stack.flatten(0, 1)).view(b, s, h, w)
+        tokens = stack.mean(dim=(-2, -1))  # (B, S, C) scale descriptors
+        ctx, _ = self.scale_attn(tokens, tokens, tokens)
+        global_score = self.score_attn(ctx).view(b, s, 1, 1)
+        weights = torch.softmax(local + global_score, dim=1)
+        fused = (weights.unsqueeze(2) * stack).sum(1)
+        return (fused, weights) if return_weights else fused
+
+
+@dataclass
+class GeneratorConfig:
+    arch: str = "jmmda"  # "jmmda" or "pix2pix"
+    ct_channels: int = 1
+    base_channels: int = 32
+    depth: int = 3
+    heads: int = 4
+    wavelet: str = "haar"
+    use_mask: bool = True
+    use_dwt: bool = True
+    use_adaptive_fusion: bool = True
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 4, 8, 8])
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class JMMDAGenerator(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        if cfg.depth < 1 or cfg.depth > len(cfg.channel_mults) - 1:
+            raise ValueError(f"depth must be in 1..{len(cfg.channel_mults) - 1}")
+        self.cfg = cfg
+        ch = [cfg.base_channels * m for m in cfg.channel_mults[: cfg.depth + 1]]
+        self.size_divisor = 2**cfg.depth
+        if cfg.use_mask:
+            self.stem = MaskGuidedFusion(cfg.ct_channels, ch[0])
+        else:
+            self.stem = nn.Sequential(ConvBlock(cfg.ct_channels, ch[0]), ConvBlock(ch[0], ch[0]))
+        self.down = nn.ModuleList(
+            [MultiFrequencyDown(ch[i], ch[i + 1], cfg.heads, cfg.wavelet, cfg.use_dwt) for i in range(cfg.depth)]
+        )
+        self.bottleneck = ResBlock(ch[-1], ch[-1])
+        self.up = nn.ModuleList([Up(ch[i + 1], ch[i], cfg.wavelet, cfg.use_dwt) for i in reversed(range(cfg.depth))])
+        if cfg.use_adaptive_fusion:
+            # decoder outputs, coarse to fine: ch[depth-1], ..., ch[0]; fuse at full resolution (finest first)
+            self.fusion = AdaptiveFusionWeighting(list(ch[: cfg.depth]), ch[0], cfg.heads)
+        self.head = nn.Sequential(ConvBlock(ch[0], ch[0]), nn.Conv2d(ch[0], 1, 1))
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        ct, mask = x[:, : self.cfg.ct_channels], x[:, self.cfg.ct_channels : self.cfg.ct_channels + 1]
+        h = self.stem(ct, mask) if self.cfg.use_mask else self.stem(ct)
+        skips = [h]
+        for down in self.down:
+            h = down(h)
+            skips.append(h)
+        h = self.bottleneck(skips.pop())
+        dec = []
+        for up in self.up:
+            h = up(h, skips.pop())
+            dec.append(h)
+        weights = None
+        if self.cfg.use_adaptive_fusion:
+            h, weights = self.fusion(dec[::-1], return_weights=True)
+        out = torch.sigmoid(self.head(h))
+        return (out, weights) if return_weights else out
+
+
+class UNetGenerator(nn.Module):
+    """pix2pix U-Net generator baseline (Isola et al. 2017), strided-conv encoder, transposed-conv decoder."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.size_divisor = 2**cfg.depth
+        cin = cfg.ct_channels + (1 if cfg.use_mask else 0)
+        ch = [cfg.base_channels * m for m in cfg.channel_mults[: cfg.depth + 1]]
+        self.inc = nn.Sequential(nn.Conv2d(cin, ch[0], 3, padding=1), nn.LeakyReLU(0.2, True))
+        self.downs = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(ch[i], ch[i + 1], 4, 2, 1), nn.InstanceNorm2d(ch[i + 1], affine=True), nn.LeakyReLU(0.2, True))
+                for i in range(cfg.depth)
+            ]
+        )
+        self.ups = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(ch[i + 1] * (1 if i == cfg.depth - 1 else 2), ch[i], 4, 2, 1),
+                    nn.InstanceNorm2d(ch[i], affine=True),
+                    nn.ReLU(True),
+                )
+                for i in reversed(range(cfg.depth))
+            ]
+        )
+        self.out = nn.Conv2d(2 * ch[0], 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, return_weights: bool = False):
+        x = x[:, : self.cfg.ct_channels + (1 if self.cfg.use_mask else 0)]
+        feats = [self.inc(x)]
+        for d in self.downs:
+            feats.append(d(feats[-1]))
+        h = feats[-1]
+        for k, up in enumerate(self.ups):
+            if k:
+                h = torch.cat([h, feats[self.cfg.depth - k]], 1)
+            h = up(h)
+        out = torch.sigmoid(self.out(torch.cat([h, feats[0]], 1)))
+        return (out, None) if return_weights else out
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70-style PatchGAN conditioned on the input (CT channels + mask) and the DWI."""
+
+    def __init__(self, in_channels: int, base_channels: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        ch = base_channels
+        for i in range(1, n_layers + 1):
+            nxt = base_channels * min(2**i, 8)
+            stride = 2 if i < n_layers else 1
+            layers += [nn.Conv2d(ch, nxt, 4, stride, 1), nn.InstanceNorm2d(nxt, affine=True), nn.LeakyReLU(0.2, True)]
+            ch = nxt
+        layers += [nn.Conv2d(ch, 1, 4, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([condition, image], 1))
+
+
+def build_generator(cfg: GeneratorConfig | dict) -> nn.Module:
+    if isinstance(cfg, dict):
+        cfg = GeneratorConfig.from_dict(cfg)
+    if cfg.arch == "jmmda":
+        return JMMDAGenerator(cfg)
+    if cfg.arch == "pix2pix":
+        return UNetGenerator(cfg)
+    raise ValueError(f"unknown generator arch {cfg.arch!r} (expected 'jmmda' or 'pix2pix')")

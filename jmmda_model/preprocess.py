@@ -1,0 +1,81 @@
+"""Intensity preprocessing and orientation handling shared by training and inference."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass
+class PreprocessConfig:
+    #: CT windows as (level, width) in HU, one input channel each, mapped to [0, 1]
+    ct_windows: list[tuple[float, float]] = field(default_factory=lambda: [(40.0, 80.0)])
+    #: DWI intensities between these in-brain percentiles are mapped to [0, 1] (clipped)
+    dwi_percentiles: tuple[float, float] = (0.5, 99.5)
+    #: the synthetic DWI is defined inside the brain mask; set the outside to 0
+    mask_output: bool = True
+    #: axial slices with less brain than this fraction of the slice are skipped in training
+    min_brain_fraction: float = 0.02
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["ct_windows"] = [tuple(w) for w in d.get("ct_windows", [(40.0, 80.0)])]
+        if "dwi_percentiles" in d:
+            d["dwi_percentiles"] = tuple(d["dwi_percentiles"])
+        return cls(**d)
+
+
+def window_ct(ct_hu: np.ndarray, windows) -> np.ndarray:
+    """(…spatial) HU -> (C, …spatial) float32 in [0, 1], one channel per (level, width) window."""
+    chans = []
+    for level, width in windows:
+        lo = level - width / 2.0
+        chans.append(np.clip((ct_hu - lo) / float(width), 0.0, 1.0))
+    return np.stack(chans).astype(np.float32)
+
+
+def normalize_dwi(dwi: np.ndarray, brain: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
+    """Maps the in-brain percentile range of the DWI to [0, 1] (clipped). Data range of the result: 1.0."""
+    vals = dwi[brain > 0]
+    if vals.size == 0:
+        raise ValueError("cannot normalise DWI: brain mask is empty")
+    lo, hi = np.percentile(vals, percentiles)
+    if hi - lo <= 1e-6:
+        raise ValueError("cannot normalise DWI: no intensity variation inside the brain")
+    return np.clip((dwi.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def orientation_code(img: sitk.Image) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
+
+
+def to_axial(img: sitk.Image) -> sitk.Image:
+    """Permutes/flips (no interpolation) so that array axis 0 runs inferior->superior (LPS).
+    Then ``GetArrayFromImage(...)[k]`` is axial slice k."""
+    return sitk.DICOMOrient(img, "LPS")
+
+
+def from_axial(img: sitk.Image, ref: sitk.Image) -> sitk.Image:
+    """Inverse of :func:`to_axial`; the result carries the exact geometry of ``ref``."""
+    back = sitk.DICOMOrient(img, orientation_code(ref))
+    if back.GetSize() != ref.GetSize():
+        raise RuntimeError("internal error: re-orientation changed the volume size")
+    back.CopyInformation(ref)
+    return back
+
+
+def pad_to_multiple(x, divisor: int):
+    """Pads the last two dims of a torch tensor (edge-replicated zeros) to multiples of divisor.
+    Returns the padded tensor and the (h, w) crop to undo it."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+    return x, (ph // 2, h, pw // 2, w)

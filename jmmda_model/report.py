@@ -1,0 +1,113 @@
+"""Evaluation report: per-case metric table (CSV, Markdown, JSON) and a PNG figure
+CT | real DWI | synthetic DWI (| abs. error) at the slice with the most lesion (or brain)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .data import Case, load_case, model_input
+from .inference import Synthesizer
+from .metrics import METRIC_INFO, evaluate_volume
+
+COLUMNS = ["mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain", "lesion_mae", "superpixel_r"]
+
+
+def _fmt(v):
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4f}"
+
+
+def markdown_table(rows: list[dict], summary: dict) -> str:
+    head = "| case | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + r["case"] + " | " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |\n" for r in rows)
+    mean = "| **mean** | " + " | ".join(_fmt(summary[c]["mean"]) for c in COLUMNS) + " |\n"
+    sd = "| sd | " + " | ".join(_fmt(summary[c]["sd"]) for c in COLUMNS) + " |\n"
+    return head + body + mean + sd
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for c in COLUMNS:
+        vals = np.array([r[c] for r in rows], float)
+        vals = vals[np.isfinite(vals)]
+        out[c] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sd": float(vals.std()) if vals.size else float("nan"), "n": int(vals.size)}
+    return out
+
+
+def figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3.2 * n), squeeze=False)
+    for r, (cid, ct, real, syn, lesion) in enumerate(panels):
+        err = np.abs(syn - real)
+        for ax, img, title, kw in (
+            (axes[r, 0], ct, f"{cid}: CT (W80 L40)", dict(cmap="gray", vmin=0, vmax=80)),
+            (axes[r, 1], real, "real DWI", dict(cmap="gray", vmin=0, vmax=1)),
+            (axes[r, 2], syn, "SYNTHETIC DWI", dict(cmap="gray", vmin=0, vmax=1)),
+            (axes[r, 3], err, "|error|", dict(cmap="magma", vmin=0, vmax=0.5)),
+        ):
+            ax.imshow(img, origin="upper", **kw)
+            if lesion.any() and title != "|error|":
+                ax.contour(lesion, levels=[0.5], colors="r", linewidths=0.6)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.suptitle("JMMDA-GAN evaluation - synthetic images are not for diagnosis", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, device: str | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    syn = Synthesizer(model, device=device)
+    rows, panels = [], []
+    for case in cases:
+        lc = load_case(case, syn.pre)
+        if lc.dwi is None:
+            continue
+        y = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre))
+        if syn.pre.mask_output:
+            y = y * lc.brain
+        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx)
+        rows.append({"case": case.id, **m})
+        per_slice = lc.lesion.reshape(lc.lesion.shape[0], -1).sum(1)
+        if per_slice.max() == 0:
+            per_slice = lc.brain.reshape(lc.brain.shape[0], -1).sum(1)
+        k = int(per_slice.argmax())
+        panels.append((case.id, lc.ct_hu[k], lc.dwi[k], y[k], lc.lesion[k] > 0))
+    summary = summarize(rows)
+    table = markdown_table(rows, summary)
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case"] + COLUMNS + ["superpixels"])
+        w.writeheader()
+        w.writerows(rows)
+    report = {
+        "model": str(model),
+        "model_card": syn.model_card,
+        "data_range": 1.0,
+        "intensity_note": "DWI normalised to [0, 1] by in-brain percentiles before comparison",
+        "metrics": METRIC_INFO,
+        "cases": rows,
+        "summary": summary,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    md = (
+        "# JMMDA-GAN evaluation\n\nSynthetic DWI - research use only, not for diagnosis.\n\n"
+        f"Model: `{model}`; data range 1.0 (DWI normalised to [0, 1] inside the brain).\n\n"
+        + table
+        + "\n"
+        + "\n".join(f"- `{k}`: {v}" for k, v in METRIC_INFO.items())
+        + "\n\n![figure](figure.png)\n"
+    )
+    (out / "report.md").write_text(md)
+    fig = figure(panels[:6], out / "figure.png")
+    return {"rows": rows, "summary": summary, "table_markdown": table, "report": str(out / "report.md"), "figure": str(fig)}

@@ -1,0 +1,298 @@
+"""Conditional-GAN trainer for JMMDA-GAN (and the pix2pix baseline).
+
+* losses: adversarial (LSGAN by default, or vanilla BCE) + lambda * L1 weighted inside the brain,
+  with extra weight on lesions and a small weight on the background;
+* progress bar (tqdm), TensorBoard scalars and sample images;
+* checkpoints written atomically every epoch (``checkpoints/last.pt``: full state to resume),
+  the best generator by validation in-brain PSNR exported as ``model.pt`` (inference-only);
+* resumable: epoch order and augmentation derive from (seed, epoch), so an interrupted and resumed
+  run reproduces the uninterrupted one on the same device;
+* stoppable: a ``threading.Event``; a stop mid-epoch keeps the last completed epoch's state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt_io
+from .data import Case, SliceDataset, load_case, model_input
+from .inference import pick_device, predict_slices
+from .metrics import evaluate_volume
+from .networks import GeneratorConfig, PatchDiscriminator, build_generator
+from .preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    generator: dict = field(default_factory=lambda: GeneratorConfig().to_dict())
+    preprocess: dict = field(default_factory=lambda: PreprocessConfig().to_dict())
+    epochs: int = 50
+    batch_size: int = 8
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+    gan_mode: str = "lsgan"  # or "vanilla"
+    lambda_l1: float = 100.0
+    lambda_adv: float = 1.0
+    lesion_weight: float = 4.0
+    background_weight: float = 0.1
+    disc_channels: int = 64
+    disc_layers: int = 3
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    val_every: int = 1
+    max_steps_per_epoch: int | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float):
+    w = background_weight + (1.0 - background_weight) * brain + lesion_weight * lesion
+    return (w * (pred - target).abs()).sum() / w.sum()
+
+
+def _gan_loss(logits, real: bool, mode: str):
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    if mode == "lsgan":
+        return F.mse_loss(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def _atomic_json(obj, path: Path):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+class StopTraining(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, stop_event: threading.Event | None = None,
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.stop_event = stop_event or threading.Event()
+        self.on_epoch = on_epoch
+        self.device = pick_device(cfg.device)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.gcfg = GeneratorConfig.from_dict(cfg.generator)
+        self.pre = PreprocessConfig.from_dict(cfg.preprocess)
+        if self.gcfg.ct_channels != len(self.pre.ct_windows):
+            raise ValueError(f"generator ct_channels={self.gcfg.ct_channels} but {len(self.pre.ct_windows)} CT windows configured")
+        torch.manual_seed(cfg.seed)
+        self.G = build_generator(self.gcfg).to(self.device)
+        self.D = PatchDiscriminator(self.gcfg.ct_channels + 2, cfg.disc_channels, cfg.disc_layers).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch = 0
+        self.global_step = 0
+        self.best = -math.inf
+        self.history: list[dict] = []
+        self.ckpt_dir = self.out / "checkpoints"
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {
+            "format": ckpt_io.FORMAT,
+            "version": ckpt_io.VERSION,
+            "generator_config": self.gcfg.to_dict(),
+            "preprocess": self.pre.to_dict(),
+            "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best,
+            "history": self.history,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def resume(self, path: str | Path) -> bool:
+        ck = ckpt_io.load(path)
+        if ck["generator_config"] != self.gcfg.to_dict():
+            raise ckpt_io.CheckpointError(f"cannot resume from {path}: it has a different generator configuration")
+        self.G.load_state_dict(ck["generator"])
+        if "discriminator" in ck:
+            self.D.load_state_dict(ck["discriminator"])
+            self.opt_g.load_state_dict(ck["opt_g"])
+            self.opt_d.load_state_dict(ck["opt_d"])
+            self.epoch = int(ck["epoch"])
+            self.global_step = int(ck["global_step"])
+            self.best = float(ck.get("best_metric", -math.inf))
+            self.history = list(ck.get("history", []))
+        return True
+
+    # ------------------------------------------------------------------ training
+    def _validate(self, val_cases) -> dict:
+        per_case = []
+        for c in val_cases:
+            y = predict_slices(self.G, model_input(c.ct_hu, c.brain, self.pre), self.device, amp=self.amp)
+            if self.pre.mask_output:
+                y = y * c.brain
+            per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx))
+        keys = [k for k in per_case[0] if k != "superpixels"]
+        return {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
+
+    def fit(self, train: list[Case], val: list[Case] | None = None, resume: bool = True,
+            init_from: str | Path | None = None) -> dict:
+        """Trains up to ``cfg.epochs``. ``resume``: continue from ``checkpoints/last.pt`` when present;
+        ``init_from``: otherwise start the generator from this checkpoint (fine-tuning)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.ckpt_dir / "last.pt"
+        if resume and last.exists():
+            self.resume(last)
+            log.info("resumed from %s at epoch %d", last, self.epoch)
+        elif init_from is not None:
+            ck = ckpt_io.load(init_from)
+            if ck["generator_config"] != self.gcfg.to_dict():
+                raise ckpt_io.CheckpointError(f"cannot fine-tune from {Path(init_from).name}: different generator configuration")
+            self.G.load_state_dict(ck["generator"])
+            log.info("generator initialised from %s", init_from)
+        train_loaded = [load_case(c, self.pre) for c in train]
+        val_loaded = [load_case(c, self.pre) for c in (val or [])]
+        ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment)
+        writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        status_path = self.out / "status.json"
+        stopped = False
+        try:
+            while self.epoch < cfg.epochs:
+                ds.epoch_seed = cfg.seed * 7919 + self.epoch
+                order = torch.Generator().manual_seed(cfg.seed * 104729 + self.epoch)
+                loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=order, drop_last=len(ds) > cfg.batch_size)
+                torch.manual_seed(cfg.seed * 15485863 + self.epoch)
+                sums = {"loss_g": 0.0, "loss_d": 0.0, "loss_l1": 0.0}
+                n = 0
+                it = loader
+                if cfg.progress:
+                    from tqdm.auto import tqdm
+
+                    it = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+                for step, batch in enumerate(it):
+                    if self.stop_event.is_set():
+                        raise StopTraining()
+                    if cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch:
+                        break
+                    losses = self._step(batch)
+                    for k in sums:
+                        sums[k] += losses[k]
+                    n += 1
+                    self.global_step += 1
+                    if cfg.progress:
+                        it.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+                self.epoch += 1
+                record = {"epoch": self.epoch, "step": self.global_step, **{k: v / max(n, 1) for k, v in sums.items()}}
+                if val_loaded and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
+                    vm = self._validate(val_loaded)
+                    record["val"] = vm
+                    score = vm["psnr_brain"]
+                    if score > self.best:
+                        self.best = score
+                        record["best"] = True
+                self.history.append(record)
+                state = self.state()
+                ckpt_io.atomic_save(state, last)
+                if record.get("best") or not val_loaded:
+                    ckpt_io.export_inference(state, self.out / "model.pt", model_card=self.model_card(train))
+                if writer:
+                    for k, v in record.items():
+                        if isinstance(v, float):
+                            writer.add_scalar(f"train/{k}", v, self.epoch)
+                    for k, v in record.get("val", {}).items():
+                        writer.add_scalar(f"val/{k}", v, self.epoch)
+                    writer.flush()
+                _atomic_json({"state": "running", "epochs": cfg.epochs, **record}, status_path)
+                log.info("epoch %d: %s", self.epoch, json.dumps(record, default=float))
+                if self.on_epoch:
+                    self.on_epoch(record)
+        except StopTraining:
+            stopped = True
+            log.warning("training stopped at epoch %d (step %d); last completed epoch kept", self.epoch, self.global_step)
+        finally:
+            if writer:
+                writer.close()
+        summary = {
+            "state": "stopped" if stopped else "finished",
+            "epoch": self.epoch,
+            "epochs": cfg.epochs,
+            "global_step": self.global_step,
+            "best_psnr_brain": self.best if math.isfinite(self.best) else None,
+            "history": self.history,
+            "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
+        }
+        _atomic_json({k: v for k, v in summary.items() if k != "history"}, status_path)
+        return summary
+
+    def _step(self, batch) -> dict:
+        cfg = self.cfg
+        x = batch["input"].to(self.device)
+        y = batch["target"].to(self.device)
+        brain = batch["brain"].to(self.device)
+        lesion = batch["lesion"].to(self.device)
+        ac = torch.autocast("cuda", dtype=torch.float16) if self.amp else torch.autocast("cpu", enabled=False)
+        with ac:
+            fake = self.G(x)
+            if self.pre.mask_output:
+                fake_d = fake * brain
+                y_d = y * brain
+            else:
+                fake_d, y_d = fake, y
+            # discriminator
+            loss_d = 0.5 * (
+                _gan_loss(self.D(x, y_d), True, cfg.gan_mode) + _gan_loss(self.D(x, fake_d.detach()), False, cfg.gan_mode)
+            )
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+        with ac:
+            adv = _gan_loss(self.D(x, fake_d), True, cfg.gan_mode)
+            l1 = weighted_l1(fake.float(), y, brain, lesion, cfg.lesion_weight, cfg.background_weight)
+            loss_g = cfg.lambda_adv * adv + cfg.lambda_l1 * l1
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "loss_l1": float(l1.detach())}
+
+    def model_card(self, train: list[Case]) -> dict:
+        return {
+            "name": "JMMDA-GAN CT-to-DWI",
+            "output": "SYNTHETIC DWI - not for diagnosis",
+            "training_cases": [c.id for c in train],
+            "phantom_trained": all(c.id.startswith("phantom") for c in train),
+            "intended_use": "research; synthetic images must not be used for diagnosis",
+        }

@@ -1,0 +1,324 @@
+"""The real MONAI Label server on loopback, called with monailabel's client and plain HTTP."""
+import base64
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from conftest import SAMPLE, arr
+from server_utils import Server, copy_app, copy_studies
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("srv")
+    app = copy_app(base / "app")
+    studies = copy_studies(base / "studies", n=4)
+    s = Server(app, studies).wait()
+    s.app_dir, s.studies = app, studies
+    yield s
+    s.stop()
+
+
+def _post_infer(url, ct, mask=None, model="ct2dwi", **kw):
+    files = {"file": (ct.name, ct.read_bytes())}
+    if mask is not None:
+        files["label"] = (mask.name, mask.read_bytes())
+    return requests.post(f"{url}/infer/{model}?output=image", files=files, timeout=300, **kw)
+
+
+def _case(i):
+    cid = f"phantom_{i:03d}"
+    return SAMPLE / f"{cid}.nii.gz", SAMPLE / "labels" / "brainmask" / f"{cid}.nii.gz", SAMPLE / "labels" / "dwi" / f"{cid}.nii.gz"
+
+
+def test_info_lists_model_and_trainer(server):
+    info = MONAILabelClient(server.url).info()
+    assert info["models"]["ct2dwi"]["ready"] is True
+    assert info["models"]["ct2dwi"]["checkpoint"] == "jmmda_demo.pt"
+    assert "SYNTHETIC" in info["models"]["ct2dwi"]["output"]
+    assert "ct2dwi" in info["trainers"]
+
+
+def test_infer_round_trip_with_monailabel_client(server, tmp_path):
+    ct, mask, _ = _case(9)
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    out_path, params = client.infer("ct2dwi", "", {}, label_in=str(mask), file=str(ct))
+    assert "SYNTHETIC" in out_path
+    out, ref = sitk.ReadImage(out_path), sitk.ReadImage(str(ct))
+    assert out.GetSize() == ref.GetSize() and out.GetSpacing() == ref.GetSpacing()
+    assert out.GetOrigin() == ref.GetOrigin() and out.GetDirection() == ref.GetDirection()
+    assert out.GetPixelID() == sitk.sitkFloat32
+    assert "SYNTHETIC" in out.GetMetaData("descrip")
+    a, m = arr(out), arr(sitk.ReadImage(str(mask)))
+    assert np.all(a[m == 0] == 0) and 0 < a[m > 0].mean() <= 1
+    assert params["synthetic"] is True and params["mask_source"] == "supplied"
+    assert params["checkpoint"] == "jmmda_demo.pt" and params["model_card"]["phantom_trained"] is True
+
+
+def test_infer_auto_mask_and_datastore_image(server):
+    ct, _, _ = _case(9)
+    r = _post_infer(server.url, ct)
+    assert r.status_code == 200
+    r2 = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_001&output=json", timeout=300)
+    assert r2.status_code == 200 and r2.json()["mask_source"] == "automatic (CT)"
+
+
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("mask_geometry", "geometry does not match"),
+        ("corrupt", "corrupt"),
+        ("empty_mask", "empty"),
+        ("image_2d", "3-D volume"),
+        ("not_ct", "Hounsfield"),
+    ],
+)
+def test_bad_inputs_get_clear_4xx(server, tmp_path, kind, expect):
+    ct, mask, dwi = _case(9)
+    if kind == "mask_geometry":
+        m = sitk.ReadImage(str(mask))[:, :, 2:30]
+        mask = tmp_path / "m.nii.gz"
+        sitk.WriteImage(m, str(mask))
+    elif kind == "corrupt":
+        ct = tmp_path / "ct.nii.gz"
+        ct.write_bytes(_case(9)[0].read_bytes()[:5000])
+        mask = None
+    elif kind == "empty_mask":
+        m = sitk.ReadImage(str(mask)) * 0
+        mask = tmp_path / "m.nii.gz"
+        sitk.WriteImage(m, str(mask))
+    elif kind == "image_2d":
+        ct = tmp_path / "ct2d.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(_case(9)[0]))[:, :, 10], str(ct))
+        mask = None
+    elif kind == "not_ct":
+        ct, mask = dwi, None
+    r = _post_infer(server.url, ct, mask)
+    assert 400 <= r.status_code < 500, r.text
+    assert expect in r.json()["detail"]
+
+
+def test_unknown_model_and_bad_params(server):
+    ct, _, _ = _case(9)
+    assert _post_infer(server.url, ct, model="nope").status_code == 404
+    r = requests.post(f"{server.url}/infer/ct2dwi", files={"file": ("ct.nii.gz", ct.read_bytes())}, data={"params": "{oops"}, timeout=60)
+    assert r.status_code == 422
+
+
+def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
+    ids = [9, 8, 7, 6]
+    ref, single = {}, []
+    for i in ids[:2]:
+        t = time.time()
+        ref[i] = arr(sitk.ReadImage(str(_write_tmp(_post_infer(server.url, *_case(i)[:2])))))
+        single.append(time.time() - t)
+    info_times = []
+    done = threading.Event()
+
+    def poll_info():
+        while not done.is_set():
+            t = time.time()
+            assert requests.get(f"{server.url}/info/", timeout=60).status_code == 200
+            info_times.append(time.time() - t)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll_info)
+    poller.start()
+    t0 = time.time()
+    with ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(lambda i: (i, _post_infer(server.url, *_case(i)[:2])), ids + ids[:2]))
+    infer_wall = time.time() - t0
+    done.set()
+    poller.join()
+    for i, r in results:
+        assert r.status_code == 200
+        out = arr(sitk.ReadImage(str(_write_tmp(r))))
+        assert out.shape == arr(sitk.ReadImage(str(_case(i)[0]))).shape
+        if i in ref:
+            np.testing.assert_allclose(out, ref[i], atol=1e-5)  # no cross-talk between requests
+    # /info answered many times while the six inferences were running
+    # /info kept answering quickly while the six inferences ran: a blocked event loop would make
+    # each poll wait for the running inference (about half a single inference on average)
+    assert len(info_times) >= 3
+    assert float(np.median(info_times)) < 0.25 * min(single), (info_times, single)
+
+
+def _write_tmp(resp, _n=[0]):
+    import tempfile
+    from pathlib import Path
+
+    assert resp.status_code == 200, resp.text
+    _n[0] += 1
+    p = Path(tempfile.mkdtemp()) / f"out{_n[0]}.nii.gz"
+    p.write_bytes(resp.content)
+    return p
+
+
+def test_label_tag_path_traversal_is_refused(server, tmp_path):
+    _, mask, _ = _case(0)
+    outside = server.studies.parent / "x.nii.gz"
+    for tag in ("../../x", "..", "a/b", "../x"):
+        r = requests.put(f"{server.url}/datastore/label", params={"image": "phantom_000", "tag": tag},
+                         files={"label": ("x.nii.gz", mask.read_bytes())}, timeout=60)
+        assert r.status_code == 400, (tag, r.text)
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "../phantom_000", "tag": "final"},
+                     files={"label": ("x.nii.gz", mask.read_bytes())}, timeout=60)
+    assert r.status_code == 400
+    assert not outside.exists() and not (server.studies.parent / "x").exists()
+    assert not any(p.name.startswith("x") for p in server.studies.parent.rglob("x*") if "studies" not in str(p))
+    # a proper tag still works
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "phantom_000", "tag": "reviewed"},
+                     files={"label": ("x.nii.gz", mask.read_bytes())}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert (server.studies / "labels" / "reviewed" / "phantom_000.nii.gz").exists()
+
+
+def _train_wait(url, timeout=400, want=("DONE", "ERROR", "STOPPED")):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = requests.get(f"{url}/train/", timeout=30).json()
+        if st.get("status") in want:
+            return st
+        time.sleep(1)
+    raise TimeoutError(st)
+
+
+def test_training_publishes_model_used_by_next_infer(server):
+    published = server.app_dir / "model" / "jmmda.pt"
+    assert not published.exists()
+    client = MONAILabelClient(server.url)
+    res = client.train_start("ct2dwi", {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "val_fraction": 0.25})
+    assert res["status"] in ("SUBMITTED", "RUNNING")
+    st = _train_wait(server.url)
+    assert st["status"] == "DONE", st
+    assert published.exists()
+    assert requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]["checkpoint"] == "jmmda.pt"
+    r = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
+    assert r.status_code == 200 and r.json()["checkpoint"] == "jmmda.pt"
+
+
+def test_stopped_training_leaves_previous_model_valid(server):
+    published = server.app_dir / "model" / "jmmda.pt"
+    current = published if published.exists() else server.app_dir / "model" / "jmmda_demo.pt"
+    digest = hashlib.sha256(current.read_bytes()).hexdigest()
+    r = requests.post(f"{server.url}/train/ct2dwi", json={"epochs": 50, "batch_size": 2}, timeout=30)
+    assert r.status_code == 200
+    _train_wait(server.url, timeout=120, want=("RUNNING",))
+    time.sleep(8)  # let it write checkpoints mid-run
+    stopped = MONAILabelClient(server.url).train_stop()
+    assert stopped["status"] == "STOPPED"
+    assert requests.get(f"{server.url}/train/", timeout=30).json()["status"] == "STOPPED"
+    assert hashlib.sha256(current.read_bytes()).hexdigest() == digest
+    assert not list((server.app_dir / "model").glob(".jmmda.pt.*"))
+    r = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_002&output=json", timeout=300)
+    assert r.status_code == 200, r.text
+
+
+# ------------------------------------------------------------------ second server: no model, CORS
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bare")
+    app = copy_app(base / "app", with_demo=False)
+    studies = copy_studies(base / "studies", n=1)
+    env = {"MONAI_LABEL_CORS_ORIGINS": '["https://viewer.example.org"]', "CT2DWI_CORS_ORIGINS": "http://slicer.local:8080"}
+    s = Server(app, studies, env=env, conf={"demo_model": "false"}).wait()
+    yield s
+    s.stop()
+
+
+def test_no_checkpoint_refuses_instead_of_random_weights(bare_server):
+    info = requests.get(f"{bare_server.url}/info/", timeout=30).json()
+    assert info["models"]["ct2dwi"]["ready"] is False
+    r = _post_infer(bare_server.url, _case(0)[0])
+    assert r.status_code == 503 and "no trained JMMDA-GAN checkpoint" in r.json()["detail"]
+
+
+def test_cors_origins_configured_without_crash(bare_server):
+    def preflight(origin):
+        return requests.options(f"{bare_server.url}/info/", timeout=30, headers={
+            "Origin": origin, "Access-Control-Request-Method": "GET"})
+
+    for allowed in ("https://viewer.example.org", "http://slicer.local:8080"):
+        r = preflight(allowed)
+        assert r.status_code == 200 and r.headers.get("access-control-allow-origin") == allowed
+    r = preflight("https://evil.example.com")
+    assert r.headers.get("access-control-allow-origin") is None
+
+
+# ------------------------------------------------------------------ third server: Keycloak-style auth
+class _Realm(BaseHTTPRequestHandler):
+    public_key_b64 = ""
+
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"realm": "monailabel", "public_key": self.public_key_b64}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    _Realm.public_key_b64 = base64.b64encode(der).decode()
+    realm = HTTPServer(("127.0.0.1", 0), _Realm)
+    threading.Thread(target=realm.serve_forever, daemon=True).start()
+    base = tmp_path_factory.mktemp("auth")
+    app = copy_app(base / "app")
+    studies = copy_studies(base / "studies", n=1)
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/realms/monailabel"}
+    s = Server(app, studies, env=env).wait(path="/info/", ok=(200, 401))
+    s.key = key
+    yield s
+    s.stop()
+    realm.shutdown()
+
+
+def _token(key, roles, exp=3600, alg="RS256"):
+    import jwt
+
+    now = int(time.time())
+    payload = {"preferred_username": "dr.who", "realm_access": {"roles": roles}, "iat": now, "exp": now + exp}
+    return jwt.encode(payload, key, algorithm=alg)
+
+
+def test_keycloak_tokens_are_accepted_and_checked(auth_server):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    url = f"{auth_server.url}/info/"
+    assert requests.get(url, timeout=30).status_code == 401
+    good = _token(auth_server.key, ["monailabel-user"])
+    assert requests.get(url, headers={"Authorization": f"Bearer {good}"}, timeout=30).status_code == 200
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = _token(other_key, ["monailabel-user", "monailabel-admin"])
+    assert requests.get(url, headers={"Authorization": f"Bearer {forged}"}, timeout=30).status_code == 401
+    expired = _token(auth_server.key, ["monailabel-user"], exp=-10)
+    assert requests.get(url, headers={"Authorization": f"Bearer {expired}"}, timeout=30).status_code == 401
+    # a user without the admin role may not start training
+    r = requests.post(f"{auth_server.url}/train/ct2dwi", json={}, headers={"Authorization": f"Bearer {good}"}, timeout=30)
+    assert r.status_code == 403
+    # infer route (ours) honours auth too
+    ct = _case(0)[0]
+    assert _post_infer(auth_server.url, ct).status_code == 401
+    r = _post_infer(auth_server.url, ct, headers={"Authorization": f"Bearer {good}"})
+    assert r.status_code == 200

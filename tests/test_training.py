@@ -1,0 +1,113 @@
+import json
+import os
+import threading
+
+import pytest
+import torch
+
+from jmmda_model import checkpoint as ckpt_io
+from jmmda_model.data import SliceDataset, find_cases, load_case
+from jmmda_model.preprocess import PreprocessConfig
+from jmmda_model.trainer import TrainConfig, Trainer, weighted_l1
+
+
+def _cfg(gcfg, **kw):
+    base = dict(generator=gcfg.to_dict(), epochs=2, batch_size=4, max_steps_per_epoch=3, progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights_equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dataset_slices_and_normalisation(small_store):
+    pre = PreprocessConfig()
+    cases = [load_case(c, pre) for c in find_cases(small_store)]
+    c = cases[0]
+    assert c.dwi.min() >= 0 and c.dwi.max() <= 1 and abs(c.dwi[c.brain > 0].mean() - 0.5) < 0.35
+    ds = SliceDataset(cases, pre, divisor=4, augment=True)
+    item = ds[0]
+    assert item["input"].shape[0] == 2 and item["input"].shape[-2:] == item["target"].shape[-2:]
+    assert item["input"].shape[-1] % 4 == 0
+    assert all(float(it["brain"].mean()) >= pre.min_brain_fraction * 0.9 for it in (ds[i] for i in range(0, len(ds), 7)))
+
+
+def test_weighted_l1_emphasises_lesion():
+    pred, target = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    brain = torch.ones_like(pred)
+    lesion = torch.zeros_like(pred)
+    lesion[..., 0, 0] = 1
+    pred_l = pred.clone()
+    pred_l[..., 0, 0] = 1  # error on the lesion pixel
+    pred_n = pred.clone()
+    pred_n[..., 3, 3] = 1  # same error on a normal pixel
+    assert weighted_l1(pred_l, target, brain, lesion, 4.0, 0.1) > 3 * weighted_l1(pred_n, target, brain, lesion, 4.0, 0.1)
+
+
+def test_train_checkpoints_and_resume_reproduces(small_store, tmp_path, tiny_gcfg):
+    cases = find_cases(small_store)
+    full = Trainer(_cfg(tiny_gcfg), tmp_path / "full").fit(cases[:2], cases[2:])
+    assert full["state"] == "finished" and full["epoch"] == 2
+    assert (tmp_path / "full" / "model.pt").exists() and (tmp_path / "full" / "checkpoints" / "last.pt").exists()
+    status = json.loads((tmp_path / "full" / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == 2
+    # interrupted after 1 epoch, then resumed in a new trainer
+    Trainer(_cfg(tiny_gcfg, epochs=1), tmp_path / "split").fit(cases[:2], cases[2:])
+    resumed = Trainer(_cfg(tiny_gcfg), tmp_path / "split").fit(cases[:2], cases[2:])
+    assert resumed["epoch"] == 2 and resumed["global_step"] == full["global_step"]
+    a = ckpt_io.load(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = ckpt_io.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert _weights_equal(a["generator"], b["generator"]) and _weights_equal(a["discriminator"], b["discriminator"])
+    inf = ckpt_io.load(tmp_path / "full" / "model.pt")
+    assert "opt_g" not in inf and inf["model_card"]["phantom_trained"] is True
+    assert "not for diagnosis" in inf["model_card"]["output"]
+
+
+def test_stop_keeps_last_completed_epoch(small_store, tmp_path, tiny_gcfg):
+    cases = find_cases(small_store)
+    stop = threading.Event()
+    t = Trainer(_cfg(tiny_gcfg, epochs=5), tmp_path / "run", stop_event=stop, on_epoch=lambda r: stop.set())
+    summary = t.fit(cases[:2], cases[2:])
+    assert summary["state"] == "stopped" and summary["epoch"] == 1
+    ck = ckpt_io.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 1
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "stopped"
+
+
+def test_atomic_save_survives_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "version": 1, "generator": {}, "generator_config": {}, "preprocess": {}, "n": 1}, path)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        ckpt_io.atomic_save({"format": ckpt_io.FORMAT, "n": 2}, path)
+    monkeypatch.undo()
+    assert ckpt_io.load(path)["n"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp files left behind
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ckpt_io.CheckpointError, match="corrupt"):
+        ckpt_io.load(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ckpt_io.CheckpointError, match="not a JMMDA-GAN checkpoint"):
+        ckpt_io.load(foreign)
+    with pytest.raises(ckpt_io.CheckpointError, match="not found"):
+        ckpt_io.load(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_other_architecture(small_store, tmp_path, tiny_gcfg):
+    from jmmda_model.networks import GeneratorConfig
+
+    cases = find_cases(small_store)
+    Trainer(_cfg(tiny_gcfg, epochs=1), tmp_path / "r").fit(cases[:1], [])
+    other = GeneratorConfig(base_channels=8, depth=2, heads=2, use_dwt=False)
+    with pytest.raises(ckpt_io.CheckpointError, match="different generator"):
+        Trainer(_cfg(other), tmp_path / "r").fit(cases[:1], [])
