@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One entry point; each command first makes sure the environment is installed (idempotent).
+#   ./run.sh serve [monailabel start_server options]   MONAI Label server, shipped demo model, sample data
+#   ./run.sh test  [pytest options]                    the test suite
+#   ./run.sh setup                                     install only
+#   ./run.sh jmmda ...                                 the jmmda CLI (train | evaluate | infer | make-sample-data)
+#   ./run.sh bench [options]                           benchmarks/compare_models.py
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV=${JMMDA_VENV:-$ROOT/.venv}
+
+pick_python() {
+  for p in python3.11 python3; do
+    if command -v "$p" >/dev/null 2>&1; then echo "$p"; return; fi
+  done
+  echo "python3.11 (or python3) not found" >&2; exit 1
+}
+
+setup() {
+  local stamp_src stamp
+  stamp_src=$(cat requirements/runtime.txt requirements/test.txt setup.py | sha256sum | cut -c1-16)
+  stamp="$VENV/.jmmda-setup-$stamp_src"
+  [ -f "$stamp" ] && return 0
+  echo "== setting up $VENV (first run takes a few minutes)" >&2
+  [ -x "$VENV/bin/python" ] || "$(pick_python)" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch first: torch==2.13.0 resolves to the local CPU wheel where one is provided
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -r requirements/runtime.txt -r requirements/test.txt
+  # MONAI Label without its dependency set (which pulls sam2, mlflow and a CUDA torch)
+  "$VENV/bin/python" -m pip install -q --no-deps "monailabel==0.8.5"
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  rm -f "$VENV"/.jmmda-setup-*
+  touch "$stamp"
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  serve)
+    setup
+    STUDIES=${STUDIES:-$ROOT/work_dirs/studies}
+    if [ ! -d "$STUDIES" ]; then
+      mkdir -p "$(dirname "$STUDIES")"
+      cp -r sample_data/studies "$STUDIES"
+      echo "== sample studies copied to $STUDIES" >&2
+    fi
+    exec "$VENV/bin/python" apps/ct2dwi/serve.py --studies "$STUDIES" --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" "$@"
+    ;;
+  test)
+    setup
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  jmmda)
+    setup
+    exec "$VENV/bin/jmmda" "$@"
+    ;;
+  bench)
+    setup
+    exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
+    ;;
+  *)
+    sed -n '2,7p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,109 @@
+"""Numpy and threading logic of the CT2DWI module (no Qt, no slicer)."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+BANNER = "SYNTHETIC DWI \u2013 not for diagnosis"
+SYNTHETIC_ATTRIBUTE = "CT2DWI.Synthetic"
+
+
+def synthetic_name(ct_name: str) -> str:
+    base = (ct_name or "CT").strip()
+    return f"SYNTHETIC DWI ({base})"
+
+
+def window_level_from_brain(image: np.ndarray, brain: np.ndarray | None = None, lo: float = 1.0, hi: float = 99.0) -> tuple[float, float]:
+    """Window/level spanning the [lo, hi] percentiles of the image inside the brain (or of its
+    non-zero voxels when no mask is given). Returns (window, level)."""
+    image = np.asarray(image, dtype=np.float64)
+    sel = np.asarray(brain) > 0 if brain is not None else image != 0
+    if brain is not None and sel.shape != image.shape:
+        raise ValueError(f"brain mask shape {sel.shape} does not match image shape {image.shape}")
+    vals = image[sel & np.isfinite(image)]
+    if vals.size == 0:
+        vals = image[np.isfinite(image)]
+    if vals.size == 0:
+        return 1.0, 0.5
+    a, b = np.percentile(vals, [lo, hi])
+    if b <= a:
+        b = a + 1e-3
+    return float(b - a), float((a + b) / 2.0)
+
+
+def same_grid(shape_a, spacing_a, origin_a, shape_b, spacing_b, origin_b, tol: float = 1e-3) -> bool:
+    return (
+        tuple(shape_a) == tuple(shape_b)
+        and np.allclose(spacing_a, spacing_b, rtol=tol, atol=tol)
+        and np.allclose(origin_a, origin_b, atol=tol * 10)
+    )
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """In-plane (per axial slice, axis 0) boundary voxels of a binary mask, as uint8."""
+    m = np.asarray(mask) > 0
+    inner = m.copy()
+    inner[:, 1:, :] &= m[:, :-1, :]
+    inner[:, :-1, :] &= m[:, 1:, :]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    return (m & ~inner).astype(np.uint8)
+
+
+def training_summary(status: dict) -> str:
+    """One line for the UI from GET /train/ output."""
+    if not status or status.get("status") in (None, "NONE"):
+        return "no training has run on this server"
+    state = status.get("status")
+    details = status.get("details") or []
+    last_epoch = next((d for d in reversed(details) if "epoch " in d), "")
+    text = f"training {state.lower()}"
+    if last_epoch:
+        ep = last_epoch[last_epoch.index("epoch ") :].split(" {")[0]
+        text += f" - {ep}"
+    if status.get("end_ts"):
+        text += f" (ended {status['end_ts']})"
+    return text
+
+
+class BackgroundCall:
+    """Runs ``fn(*args)`` in a worker thread; the GUI polls ``done``/``result()`` from a timer so the
+    UI never freezes. Exceptions are kept and re-raised by ``result()``."""
+
+    def __init__(self, fn: Callable[..., Any], *args, **kwargs):
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self._result = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._run, name="CT2DWI-worker", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            self._result = self._fn(*self._args, **self._kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the GUI thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self):
+        if not self.done:
+            raise RuntimeError("background call still running")
+        if self._error is not None:
+            raise self._error
+        return self._result
