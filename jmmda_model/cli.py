@@ -81,6 +81,28 @@ def cmd_make_sample_data(a):
     return 0
 
 
+def cmd_import(a):
+    from .importers import import_apis, import_isles24
+
+    fn = {"apis": import_apis, "isles24": import_isles24}[a.format]
+    rep = fn(a.src, a.studies, register=a.register, overwrite=a.overwrite)
+    print(rep.summary())
+    return 0 if rep.imported else 2
+
+
+def cmd_export_dicom(a):
+    from .dicom import export_synthetic_dwi, stow
+    from .imageio import read_image
+
+    syn = read_image(a.synthetic, "synthetic DWI")
+    paths = export_synthetic_dwi(syn, a.ct_dicom, a.out, checkpoint=a.checkpoint)
+    print(f"wrote {len(paths)} SYNTHETIC DWI instances to {a.out}")
+    if a.stow:
+        n = stow(paths, a.stow, a.user, a.password)
+        print(f"stored {n} instances at {a.stow}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="jmmda", description="JMMDA-GAN CT-to-DWI synthesis (research use; output is SYNTHETIC)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -132,6 +154,23 @@ def build_parser():
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--max-lesions", type=int, default=3)
     m.set_defaults(func=cmd_make_sample_data)
+    im = sub.add_parser("import", help="import APIS or ISLES'24 data into a datastore folder")
+    im.add_argument("--format", choices=["apis", "isles24"], required=True)
+    im.add_argument("--src", required=True)
+    im.add_argument("--studies", required=True)
+    im.add_argument("--register", action="store_true", help="rigidly register DWI/ADC to CT when not on its grid")
+    im.add_argument("--overwrite", action="store_true")
+    im.set_defaults(func=cmd_import)
+
+    ex = sub.add_parser("export-dicom", help="synthetic DWI -> DICOM MR series referencing the source CT series")
+    ex.add_argument("--synthetic", required=True, help="synthetic DWI file on the CT grid")
+    ex.add_argument("--ct-dicom", required=True, help="folder with the source CT DICOM series")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--checkpoint", default="")
+    ex.add_argument("--stow", default=None, help="DICOMweb root for STOW-RS, e.g. http://pacs:8042/dicom-web")
+    ex.add_argument("--user", default=None)
+    ex.add_argument("--password", default=None)
+    ex.set_defaults(func=cmd_export_dicom)
     return p
 
 

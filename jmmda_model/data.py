@@ -86,7 +86,7 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     return LoadedCase(
         case.id,
         ct_hu,
-        normalize_dwi(dwi, brain, pre.dwi_percentiles) if dwi is not None else None,
+        normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value) if dwi is not None else None,
         brain,
         lesion,
         tuple(reversed(ct_ax.GetSpacing())),

@@ -11,8 +11,11 @@ import SimpleITK as sitk
 class PreprocessConfig:
     #: CT windows as (level, width) in HU, one input channel each, mapped to [0, 1]
     ct_windows: list[tuple[float, float]] = field(default_factory=lambda: [(40.0, 80.0)])
-    #: DWI intensities between these in-brain percentiles are mapped to [0, 1] (clipped)
-    dwi_percentiles: tuple[float, float] = (0.5, 99.5)
+    #: DWI normalisation: in-brain percentile p_lo -> 0 and p_ref -> ``dwi_ref_value`` (clipped to [0, 1]).
+    #: The median is the reference because normal tissue dominates it whatever the lesion load,
+    #: so normal tissue gets the same value in every case and bright lesions stay bright.
+    dwi_percentiles: tuple[float, float] = (1.0, 50.0)
+    dwi_ref_value: float = 0.4
     #: the synthetic DWI is defined inside the brain mask; set the outside to 0
     mask_output: bool = True
     #: axial slices with less brain than this fraction of the slice are skipped in training
@@ -39,15 +42,16 @@ def window_ct(ct_hu: np.ndarray, windows) -> np.ndarray:
     return np.stack(chans).astype(np.float32)
 
 
-def normalize_dwi(dwi: np.ndarray, brain: np.ndarray, percentiles=(0.5, 99.5)) -> np.ndarray:
-    """Maps the in-brain percentile range of the DWI to [0, 1] (clipped). Data range of the result: 1.0."""
+def normalize_dwi(dwi: np.ndarray, brain: np.ndarray, percentiles=(1.0, 50.0), ref_value: float = 0.4) -> np.ndarray:
+    """Maps in-brain percentile ``percentiles[0]`` to 0 and ``percentiles[1]`` to ``ref_value``,
+    clipped to [0, 1]. Data range of the result: 1.0."""
     vals = dwi[brain > 0]
     if vals.size == 0:
         raise ValueError("cannot normalise DWI: brain mask is empty")
-    lo, hi = np.percentile(vals, percentiles)
-    if hi - lo <= 1e-6:
+    lo, ref = np.percentile(vals, percentiles)
+    if ref - lo <= 1e-6:
         raise ValueError("cannot normalise DWI: no intensity variation inside the brain")
-    return np.clip((dwi.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.clip((dwi.astype(np.float32) - lo) / (ref - lo) * ref_value, 0.0, 1.0).astype(np.float32)
 
 
 def orientation_code(img: sitk.Image) -> str:
