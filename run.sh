@@ -51,6 +51,12 @@ case "$cmd" in
     ;;
   test)
     setup
+    # Debian's Orthanc + DICOMweb plugin: a real PACS on loopback for the DICOMweb tests
+    if ! command -v Orthanc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing orthanc orthanc-dicomweb (Debian)" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) >/dev/null 2>&1 \
+        || echo "== could not install Orthanc; its tests will be skipped" >&2
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   jmmda)

@@ -187,6 +187,14 @@ class AdaptiveFusionWeighting(nn.Module):
         return (fused, weights) if return_weights else fused
 
 
+def strict_from_dict(cls, d: dict, what: str):
+    """Builds dataclass ``cls`` from ``d``, refusing unknown keys (typos must not pass silently)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+    return cls(**d)
+
+
 @dataclass
 class GeneratorConfig:
     arch: str = "jmmda"  # "jmmda" or "pix2pix"
@@ -205,11 +213,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "generator config")
 
 
 class JMMDAGenerator(nn.Module):

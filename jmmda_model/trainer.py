@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from . import checkpoint as ckpt_io
 from .data import Case, SliceDataset, load_case, model_input
 from .inference import pick_device, predict_slices
 from .metrics import evaluate_volume
-from .networks import GeneratorConfig, PatchDiscriminator, build_generator
+from .networks import GeneratorConfig, PatchDiscriminator, build_generator, strict_from_dict
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -64,11 +63,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "training config")
 
 
 def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float):

@@ -39,10 +39,42 @@ def copy_studies(dst: Path, n: int | None = None) -> Path:
     return dst
 
 
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 class Server:
-    def __init__(self, app_dir: Path, studies: Path, env: dict | None = None, conf: dict | None = None, extra_args=()):
+    def __init__(self, app_dir: Path, studies: Path, env: dict | None = None, conf: dict | None = None, extra_args=(),
+                 tls: tuple[Path, Path] | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify = str(tls[0]) if tls else True
+        if tls:
+            extra_args = (*extra_args, "--ssl_certfile", str(tls[0]), "--ssl_keyfile", str(tls[1]))
         self.log_path = Path(app_dir).parent / f"server_{self.port}.log"
         e = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", **(env or {})}
         args = [sys.executable, str(Path(app_dir) / "serve.py"), "--app", str(app_dir), "--studies", str(studies),
@@ -58,10 +90,10 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                r = requests.get(self.url + path, timeout=5, headers=headers)
+                r = requests.get(self.url + path, timeout=5, headers=headers, verify=self.verify)
                 if r.status_code in ok:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.exceptions.SSLError):
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"server did not start in {timeout}s:\n{self.log()[-4000:]}")

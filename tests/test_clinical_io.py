@@ -23,7 +23,7 @@ from jmmda_model.imageio import InputError, read_image, same_geometry
 from jmmda_model.importers import discover_apis, discover_isles24, import_apis, import_isles24
 from jmmda_model.registration import register_rigid, resample_to, target_registration_error
 
-from conftest import SAMPLE, arr, read
+from conftest import arr, read
 from server_utils import free_port
 
 

@@ -12,10 +12,9 @@ import pytest
 import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
-from monailabel.client.client import MONAILabelClientException
 
 from conftest import SAMPLE, arr
-from server_utils import Server, copy_app, copy_studies
+from server_utils import Server, copy_app, copy_studies, self_signed_cert
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -136,10 +135,8 @@ def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
 
     poller = threading.Thread(target=poll_info)
     poller.start()
-    t0 = time.time()
     with ThreadPoolExecutor(6) as ex:
         results = list(ex.map(lambda i: (i, _post_infer(server.url, *_case(i)[:2])), ids + ids[:2]))
-    infer_wall = time.time() - t0
     done.set()
     poller.join()
     for i, r in results:
@@ -226,28 +223,35 @@ def test_stopped_training_leaves_previous_model_valid(server):
     assert r.status_code == 200, r.text
 
 
-# ------------------------------------------------------------------ second server: no model, CORS
+# ------------------------------------------------------------------ second server: TLS, no model, CORS
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("bare")
     app = copy_app(base / "app", with_demo=False)
     studies = copy_studies(base / "studies", n=1)
     env = {"MONAI_LABEL_CORS_ORIGINS": '["https://viewer.example.org"]', "CT2DWI_CORS_ORIGINS": "http://slicer.local:8080"}
-    s = Server(app, studies, env=env, conf={"demo_model": "false"}).wait()
+    s = Server(app, studies, env=env, conf={"demo_model": "false"}, tls=self_signed_cert(base)).wait()
     yield s
     s.stop()
 
 
+def test_tls_only(bare_server):
+    assert bare_server.url.startswith("https://")
+    assert requests.get(f"{bare_server.url}/info/", timeout=30, verify=bare_server.verify).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(bare_server.url.replace("https://", "http://") + "/info/", timeout=30)
+
+
 def test_no_checkpoint_refuses_instead_of_random_weights(bare_server):
-    info = requests.get(f"{bare_server.url}/info/", timeout=30).json()
+    info = requests.get(f"{bare_server.url}/info/", timeout=30, verify=bare_server.verify).json()
     assert info["models"]["ct2dwi"]["ready"] is False
-    r = _post_infer(bare_server.url, _case(0)[0])
+    r = _post_infer(bare_server.url, _case(0)[0], verify=bare_server.verify)
     assert r.status_code == 503 and "no trained JMMDA-GAN checkpoint" in r.json()["detail"]
 
 
 def test_cors_origins_configured_without_crash(bare_server):
     def preflight(origin):
-        return requests.options(f"{bare_server.url}/info/", timeout=30, headers={
+        return requests.options(f"{bare_server.url}/info/", timeout=30, verify=bare_server.verify, headers={
             "Origin": origin, "Access-Control-Request-Method": "GET"})
 
     for allowed in ("https://viewer.example.org", "http://slicer.local:8080"):

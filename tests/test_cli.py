@@ -1,0 +1,99 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+
+from jmmda_model.cli import main
+from jmmda_model.dicom import write_ct_series
+
+from conftest import ROOT, arr, read
+
+
+def jmmda(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained through the CLI on 3 sample cases (held-out case last)."""
+    base = tmp_path_factory.mktemp("cli")
+    store = base / "store"
+    src = ROOT / "sample_data" / "studies"
+    for tag in ("dwi", "brainmask", "lesion"):
+        (store / "labels" / tag).mkdir(parents=True)
+    for cid in ("phantom_000", "phantom_001", "phantom_002"):
+        shutil.copy(src / f"{cid}.nii.gz", store)
+        for tag in ("dwi", "brainmask", "lesion"):
+            shutil.copy(src / "labels" / tag / f"{cid}.nii.gz", store / "labels" / tag)
+    rc = jmmda("train", "--data", store, "--out", base / "run", "--epochs", 1, "--max-steps-per-epoch", 2,
+               "--base-channels", 8, "--depth", 2, "--heads", 2, "--batch-size", 4, "--no-progress")
+    assert rc == 0
+    return base, store, base / "run" / "model.pt"
+
+
+def test_train_outputs(trained):
+    base, _, model = trained
+    assert model.exists() and (base / "run" / "checkpoints" / "last.pt").exists()
+    assert any((base / "run" / "tensorboard").iterdir())
+    status = json.loads((base / "run" / "status.json").read_text())
+    assert status["state"] == "finished"
+
+
+def test_evaluate_writes_report_and_figure(trained, capsys):
+    base, store, model = trained
+    assert jmmda("evaluate", "--model", model, "--data", store, "--ids", "phantom_002", "--out", base / "eval") == 0
+    out = capsys.readouterr().out
+    assert "| phantom_002 |" in out and "psnr_brain" in out
+    report = json.loads((base / "eval" / "report.json").read_text())
+    assert report["data_range"] == 1.0 and report["cases"][0]["case"] == "phantom_002"
+    assert 0 < report["summary"]["ssim_brain"]["mean"] <= 1
+    assert "not for diagnosis" in (base / "eval" / "report.md").read_text()
+    png = base / "eval" / "figure.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_infer_from_dicom_folder_and_naming_rule(trained, tmp_path, capsys):
+    _, store, model = trained
+    ct = read(store / "phantom_002.nii.gz")
+    write_ct_series(ct, tmp_path / "ctdcm")
+    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", tmp_path / "dwi.nii.gz") == 2
+    assert "must contain 'synthetic'" in capsys.readouterr().err
+    out = tmp_path / "case_synthetic_dwi.nii.gz"
+    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", out, "--save-mask", tmp_path / "m.nii.gz") == 0
+    img = read(out)
+    assert img.GetSize() == ct.GetSize() and np.allclose(img.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+    assert "SYNTHETIC" in img.GetMetaData("descrip")
+    info = json.loads(capsys.readouterr().out)
+    assert info["mask_source"] == "automatic (CT)"
+    # DICOM export of that result, referencing the CT series
+    assert jmmda("export-dicom", "--synthetic", out, "--ct-dicom", tmp_path / "ctdcm", "--out", tmp_path / "syndcm") == 0
+    ds = pydicom.dcmread(sorted((tmp_path / "syndcm").iterdir())[0])
+    assert "SYNTHETIC" in ds.SeriesDescription
+
+
+def test_errors_exit_2_with_message(trained, tmp_path, capsys):
+    _, store, model = trained
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"nope")
+    assert jmmda("infer", "--model", model, "--ct", bad, "--out", tmp_path / "x_synthetic.nii.gz") == 2
+    assert "error:" in capsys.readouterr().err
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(model.read_bytes()[:1000])
+    assert jmmda("infer", "--model", broken, "--ct", store / "phantom_000.nii.gz", "--out", tmp_path / "y_synthetic.nii.gz") == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert jmmda("train", "--data", tmp_path, "--out", tmp_path / "r") == 2
+
+
+def test_console_script_and_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "jmmda_model", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "make-sample-data" in r.stdout and "export-dicom" in r.stdout
+
+
+def test_make_sample_data(tmp_path):
+    assert jmmda("make-sample-data", "--out", tmp_path / "s", "-n", 1, "--seed", 77) == 0
+    assert (tmp_path / "s" / "phantom_077.nii.gz").exists()
+    assert arr(read(tmp_path / "s" / "labels" / "brainmask" / "phantom_077.nii.gz")).sum() > 0
