@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .imageio import InputError, check_ct, check_mask, read_image, same_geometry
-from .preprocess import PreprocessConfig, normalize_dwi, to_axial, window_ct
+from .preprocess import PreprocessConfig, normalize_dwi, resample_inplane, to_axial, window_ct
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -79,6 +79,9 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
         if not same_geometry(img, ct_img):
             raise InputError(f"{case.id}: {tag} geometry does not match the CT; register/resample it onto the CT first")
         vols[tag] = to_axial(img)
+    if pre.needs_resampling(ct_ax):
+        ct_ax = resample_inplane(ct_ax, pre.inplane_spacing)
+        vols = {t: resample_inplane(v, pre.inplane_spacing, label=t != "dwi") for t, v in vols.items()}
     brain = check_mask(vols["brainmask"], ct_ax, f"{case.id} brain mask")
     dwi = sitk.GetArrayFromImage(vols["dwi"]).astype(np.float32) if "dwi" in vols else None
     lesion = (sitk.GetArrayFromImage(vols["lesion"]) > 0).astype(np.uint8) if "lesion" in vols else np.zeros_like(brain)

@@ -14,7 +14,7 @@ from .brainmask import ct_brain_mask
 from .data import model_input
 from .imageio import check_ct, check_mask, copy_geometry, label_synthetic
 from .networks import build_generator
-from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, to_axial
+from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, resample_inplane, to_axial
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -78,11 +78,19 @@ class Synthesizer:
             info["mask_source"] = "automatic (CT)"
         brain_native = check_mask(mask, ct)
         ct_ax, mask_ax = to_axial(ct), to_axial(mask)
-        ct_hu = sitk.GetArrayFromImage(ct_ax).astype(np.float32)
-        brain = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
-        y = self.predict_slices(model_input(ct_hu, brain, self.pre))
+        work_ct, work_mask = ct_ax, mask_ax
+        resampled = self.pre.needs_resampling(ct_ax)
+        if resampled:  # the network works at its training pixel size
+            work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
+            work_mask = resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)
+        ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
+        brain = (sitk.GetArrayFromImage(work_mask) > 0.5).astype(np.uint8)
+        y = copy_geometry(self.predict_slices(model_input(ct_hu, brain, self.pre)), work_ct)
+        if resampled:
+            y = sitk.Resample(y, ct_ax, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        y = sitk.GetArrayFromImage(y)
         if self.pre.mask_output:
-            y *= brain
+            y *= (sitk.GetArrayFromImage(mask_ax) > 0.5)
         out = from_axial(copy_geometry(y.astype(np.float32), ct_ax), ct)
         out = label_synthetic(sitk.Cast(out, sitk.sitkFloat32))
         m = copy_geometry(brain_native, ct)
@@ -93,6 +101,7 @@ class Synthesizer:
                 "intensity": "normalised DWI units, 0..1 (in-brain percentile scale of the training data)",
                 "device": str(self.device),
                 "mixed_precision": self.amp,
+                "resampled_inplane_mm": list(self.pre.inplane_spacing) if resampled else None,
                 "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),
             }
         )

@@ -20,6 +20,11 @@ class PreprocessConfig:
     mask_output: bool = True
     #: axial slices with less brain than this fraction of the slice are skipped in training
     min_brain_fraction: float = 0.02
+    #: in-plane pixel spacing (mm) the network works at; other CTs are resampled to it and the
+    #: result back to the CT grid (None: use the native grid)
+    inplane_spacing: tuple[float, float] | None = (2.5, 2.5)
+    #: relative spacing difference tolerated before resampling
+    spacing_tolerance: float = 0.05
 
     def to_dict(self):
         return asdict(self)
@@ -30,7 +35,16 @@ class PreprocessConfig:
         d["ct_windows"] = [tuple(w) for w in d.get("ct_windows", [(40.0, 80.0)])]
         if "dwi_percentiles" in d:
             d["dwi_percentiles"] = tuple(d["dwi_percentiles"])
+        if d.get("inplane_spacing") is not None:
+            d["inplane_spacing"] = tuple(d["inplane_spacing"])
         return cls(**d)
+
+    def needs_resampling(self, img: sitk.Image) -> bool:
+        if self.inplane_spacing is None:
+            return False
+        sx, sy = img.GetSpacing()[:2]
+        tx, ty = self.inplane_spacing
+        return abs(sx - tx) > self.spacing_tolerance * tx or abs(sy - ty) > self.spacing_tolerance * ty
 
 
 def window_ct(ct_hu: np.ndarray, windows) -> np.ndarray:
@@ -71,6 +85,22 @@ def from_axial(img: sitk.Image, ref: sitk.Image) -> sitk.Image:
         raise RuntimeError("internal error: re-orientation changed the volume size")
     back.CopyInformation(ref)
     return back
+
+
+def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.Image:
+    """Axial-oriented image onto a grid with the given in-plane spacing over the same extent and the
+    same slices (linear, or nearest neighbour for labels). Voxel centres are kept symmetric."""
+    size = img.GetSize()
+    sp = img.GetSpacing()
+    new_sp = (float(spacing_xy[0]), float(spacing_xy[1]), sp[2])
+    new_size = [max(2, int(round(size[i] * sp[i] / new_sp[i]))) for i in range(2)] + [size[2]]
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    # keep the physical centre of the field of view
+    centre = np.array(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
+    origin = centre - d @ (np.array([(new_size[i] - 1) / 2 * new_sp[i] for i in range(3)]))
+    return sitk.Resample(img, new_size, sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+                         tuple(origin), new_sp, img.GetDirection(), 0.0 if label else float(np.min(sitk.GetArrayViewFromImage(img))),
+                         img.GetPixelID())
 
 
 def pad_to_multiple(x, divisor: int):

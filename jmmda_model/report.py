@@ -58,7 +58,7 @@ def figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarra
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.suptitle("JMMDA-GAN evaluation - synthetic images are not for diagnosis", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)

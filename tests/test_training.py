@@ -2,6 +2,8 @@ import json
 import os
 import threading
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -111,3 +113,20 @@ def test_resume_refuses_other_architecture(small_store, tmp_path, tiny_gcfg):
     other = GeneratorConfig(base_channels=8, depth=2, heads=2, use_dwt=False)
     with pytest.raises(ckpt_io.CheckpointError, match="different generator"):
         Trainer(_cfg(other), tmp_path / "r").fit(cases[:1], [])
+
+
+def test_cases_at_other_pixel_sizes_are_loaded_at_the_model_spacing(small_store):
+    import SimpleITK as sitk
+
+    from jmmda_model.preprocess import resample_inplane
+
+    case = find_cases(small_store)[0]
+    for path, label in ((case.ct, False), (case.dwi, False), (case.brainmask, True), (case.lesion, True)):
+        img = sitk.ReadImage(str(path))
+        sitk.WriteImage(resample_inplane(sitk.DICOMOrient(img, "LPS"), (1.25, 1.25), label=label), str(path))
+    native = load_case(find_cases(small_store)[1], PreprocessConfig())
+    lc = load_case(case, PreprocessConfig())
+    assert lc.ct_hu.shape == native.ct_hu.shape == (36, 112, 96)
+    assert lc.image.GetSpacing()[:2] == (2.5, 2.5)
+    assert set(np.unique(lc.brain)) == {0, 1} and lc.lesion.sum() > 0
+    assert PreprocessConfig(inplane_spacing=None).needs_resampling(sitk.ReadImage(str(case.ct))) is False
