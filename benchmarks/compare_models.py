@@ -49,7 +49,7 @@ def train_and_eval(name, overrides, train, test, args, out):
 
 
 INFER_CHILD = r"""
-import json, resource, sys, time, torch, numpy as np
+import json, sys, threading, time, psutil, torch, numpy as np
 sys.path.insert(0, sys.argv[1])
 from jmmda_model.networks import GeneratorConfig, build_generator
 from jmmda_model.inference import predict_slices
@@ -58,7 +58,14 @@ cfg = json.loads(sys.argv[2]); n = int(sys.argv[3]); h, w = int(sys.argv[4]), in
 net = build_generator(GeneratorConfig(**cfg)).eval()
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu"); net.to(dev)
 x = np.random.rand(n, 2, h, w).astype(np.float32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+proc = psutil.Process()
+base = proc.memory_info().rss
+peak = [base]
+stop = threading.Event()
+def sample():  # resident memory sampled every millisecond while inference runs
+    while not stop.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.001)
+sampler = threading.Thread(target=sample); sampler.start()
 predict_slices(net, x[:2], dev)  # warm-up
 if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(); torch.cuda.synchronize()
 times = []
@@ -66,14 +73,16 @@ for _ in range(3):
     t = time.perf_counter(); predict_slices(net, x, dev, batch_size=8)
     if dev.type == "cuda": torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
-peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
-print(json.dumps({"seconds": float(np.median(times)), "peak_bytes": int(peak), "device": dev.type,
+stop.set(); sampler.join()
+used = torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak[0] - base
+print(json.dumps({"seconds": float(np.median(times)), "peak_bytes": int(used), "device": dev.type,
                   "params": sum(p.numel() for p in net.parameters())}))
 """
 
 
 def inference_cost(cfg: dict, slices: int, h: int, w: int) -> dict:
-    """Measured in a fresh process so peak memory of one model does not hide the other's."""
+    """Measured in a fresh process so one model's memory does not hide the other's. Memory: peak GPU
+    allocation on CUDA; on CPU the peak resident-set growth during inference (1 ms sampling)."""
     r = subprocess.run([sys.executable, "-c", INFER_CHILD, str(ROOT), json.dumps(cfg), str(slices), str(h), str(w)],
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])

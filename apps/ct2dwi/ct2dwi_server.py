@@ -89,7 +89,7 @@ async def reject_unsafe_names(request: Request, call_next):
     if request.url.path.startswith(("/datastore", "/infer", "/session")):
         for key in _CHECKED_PARAMS:
             for value in request.query_params.getlist(key):
-                if not is_safe_name(value) and not (key == "image" and request.url.path.startswith("/infer") and value == ""):
+                if not is_safe_name(value):
                     return JSONResponse(
                         status_code=400,
                         content={"detail": f"invalid {key} {value!r}: use letters, digits, '.', '_' and '-' only"},
