@@ -229,7 +229,8 @@ def bare_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("bare")
     app = copy_app(base / "app", with_demo=False)
     studies = copy_studies(base / "studies", n=1)
-    env = {"MONAI_LABEL_CORS_ORIGINS": '["https://viewer.example.org"]', "CT2DWI_CORS_ORIGINS": "http://slicer.local:8080"}
+    env = {"MONAI_LABEL_CORS_ORIGINS": '["https://viewer.example.org"]', "CT2DWI_CORS_ORIGINS": "http://slicer.local:8080",
+           "CT2DWI_MAX_UPLOAD_MB": "1"}
     s = Server(app, studies, env=env, conf={"demo_model": "false"}, tls=self_signed_cert(base)).wait()
     yield s
     s.stop()
@@ -247,6 +248,12 @@ def test_no_checkpoint_refuses_instead_of_random_weights(bare_server):
     assert info["models"]["ct2dwi"]["ready"] is False
     r = _post_infer(bare_server.url, _case(0)[0], verify=bare_server.verify)
     assert r.status_code == 503 and "no trained JMMDA-GAN checkpoint" in r.json()["detail"]
+
+
+def test_oversized_upload_refused(bare_server):
+    r = requests.post(f"{bare_server.url}/infer/ct2dwi", files={"file": ("big.nii.gz", b"0" * (2 * 2**20))},
+                      timeout=60, verify=bare_server.verify)
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["detail"]
 
 
 def test_cors_origins_configured_without_crash(bare_server):

@@ -11,6 +11,7 @@ Fixes/guards, each covered by tests/test_server.py:
 * CORS: setting MONAI_LABEL_CORS_ORIGINS crashes start_server (AnyHttpUrl is not JSON
   serialisable). Origins come from CT2DWI_CORS_ORIGINS (comma separated) instead.
 * label-tag path traversal: ids/tags of /datastore requests are validated (400) before any work.
+* uploads larger than CT2DWI_MAX_UPLOAD_MB (default 2048) are refused with 413 before being stored.
 """
 from __future__ import annotations
 
@@ -78,6 +79,21 @@ if _origins:
         0, Middleware(CORSMiddleware, allow_origins=_origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"])
     )
     app.middleware_stack = None  # rebuilt on first request
+
+
+# ---------------------------------------------------------------- upload size limit
+MAX_UPLOAD_BYTES = int(float(os.environ.get("CT2DWI_MAX_UPLOAD_MB", "2048")) * 2**20)
+
+
+@app.middleware("http")
+async def limit_upload_size(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
+        return JSONResponse(
+            status_code=413,
+            content={"detail": f"upload of {int(length) / 2**20:.0f} MiB exceeds the limit of {MAX_UPLOAD_BYTES / 2**20:.0f} MiB (CT2DWI_MAX_UPLOAD_MB)"},
+        )
+    return await call_next(request)
 
 
 # ---------------------------------------------------------------- path traversal guard

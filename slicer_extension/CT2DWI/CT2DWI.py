@@ -159,14 +159,14 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except (ServerError, IOError, ValueError) as exc:
             self._status(str(exc), error=True)
             return
-        self._inputs = (ct, mask_label)
+        self._inputs = (ct, mask_label, self.ui.outlineSelector.currentNode() or mask_label)
         self._start("Synthesizing DWI", client.infer, self._onSynthesized, ct_path, mask_path)
 
     def _onSynthesized(self, result):
         path, info = result
-        ct, mask_label = self._inputs
+        ct, mask_label, outline = self._inputs
         try:
-            node = self.logic.showResult(path, ct, mask_label, info, outline=self.ui.showOutlineCheckBox.checked)
+            node = self.logic.showResult(path, ct, mask_label, info, outline if self.ui.showOutlineCheckBox.checked else None)
         except (IOError, ValueError) as exc:
             self._status(str(exc), error=True)
             return
@@ -230,9 +230,11 @@ class CT2DWILogic(ScriptedLoadableModuleLogic):
         mask_path = write_volume(slicer.mrmlScene, label, os.path.join(self.tmpdir, "mask.nrrd"))
         return str(ct_path), str(mask_path), label
 
-    def showResult(self, path, ct, mask_label, info, outline=True):
+    def showResult(self, path, ct, mask_label, info, outline=None):
+        """Loads the result (W/L from brain percentiles) and shows CT | synthetic DWI, with
+        ``outline`` (brain or lesion labelmap) drawn as an outline on both views when given."""
         node = load_synthetic(slicer.mrmlScene, path, ct, mask_label, info)
-        configure_side_by_side(slicer.mrmlScene, ct, node, mask_label if outline else None)
+        configure_side_by_side(slicer.mrmlScene, ct, node, outline)
         slicer.util.resetSliceViews()
         return node
 
