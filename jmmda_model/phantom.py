@@ -196,7 +196,9 @@ def write_datastore(out_dir: str | Path, n_cases: int, first_seed: int = 0, cfg:
             sitk.WriteImage(to_image(case[tag], case), str(out / "labels" / tag / f"{cid}.nii.gz"), useCompression=True)
         ids.append(cid)
         meta[cid] = case["meta"]
-    (out / "phantom_cases.json").write_text(
-        json.dumps({"note": "synthetic phantoms on MNI152 anatomy; not patient data", "cases": meta}, indent=1)
+    index = out / "phantom_cases.json"
+    known = json.loads(index.read_text())["cases"] if index.exists() else {}
+    index.write_text(
+        json.dumps({"note": "synthetic phantoms on MNI152 anatomy; not patient data", "cases": {**known, **meta}}, indent=1)
     )
     return ids

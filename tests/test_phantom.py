@@ -46,3 +46,6 @@ def test_write_datastore_layout(tmp_path):
     assert ids == ["phantom_040", "phantom_041"]
     found = find_cases(tmp_path)
     assert [c.id for c in found] == ids and all(c.lesion is not None for c in found)
+    write_datastore(tmp_path, 1, first_seed=50, cfg=PhantomConfig(size=(48, 56, 12), spacing=(5.0, 5.0, 15.0)))
+    index = json.loads((tmp_path / "phantom_cases.json").read_text())["cases"]
+    assert set(index) == {"phantom_040", "phantom_041", "phantom_050"}

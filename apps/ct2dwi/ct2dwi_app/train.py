@@ -51,12 +51,11 @@ def datastore_cases(datastore: Datastore) -> list[Case]:
 
 
 class CT2DWITrain(TrainTask):
-    def __init__(self, model_dir: Path, published: Path, base_model: Path | None, generator: dict | None = None):
+    def __init__(self, model_dir: Path, published: Path, base_model: Path | None):
         super().__init__("Retrain JMMDA-GAN on datastore pairs (image=CT; labels dwi, brainmask[, lesion])")
         self.model_dir = Path(model_dir)
         self.published = Path(published)
         self.base_model = base_model
-        self.generator = generator
         self.run_dir = self.model_dir / "train_run"
 
     def config(self):
@@ -88,13 +87,12 @@ class CT2DWITrain(TrainTask):
         train, val = cases[:-n_val], cases[-n_val:]
 
         base = self.current_model()
-        gcfg = self.generator
-        pre = None
+        gcfg, pre = GeneratorConfig(base_channels=16).to_dict(), None  # architecture of a model trained from scratch
         if base is not None and opts["fine_tune"]:
             ck = load(base)
             gcfg, pre = ck["generator_config"], ck["preprocess"]
         cfg = TrainConfig(
-            generator=gcfg or GeneratorConfig(base_channels=16).to_dict(),
+            generator=gcfg,
             epochs=int(opts["epochs"]),
             batch_size=int(opts["batch_size"]),
             lr_g=float(opts["lr"]),
