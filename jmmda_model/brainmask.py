@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from .imageio import InputError
 
@@ -39,8 +40,6 @@ def ct_brain_mask(ct: sitk.Image, erode_mm: float = 3.0) -> sitk.Image:
     # fill holes per axial slice (index 0 after orientation to LPS is the slice axis)
     oriented = sitk.DICOMOrient(brain, "LPS")
     a = sitk.GetArrayFromImage(oriented).astype(bool)
-    from scipy import ndimage as ndi
-
     for k in range(a.shape[0]):
         a[k] = ndi.binary_fill_holes(a[k])
     a = ndi.binary_fill_holes(a)

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .checkpoint import CheckpointError
 from .imageio import InputError
 
 
@@ -179,16 +180,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return a.func(a)
-    except (InputError, ValueError) as exc:
+    except (InputError, ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        from .checkpoint import CheckpointError
-
-        if isinstance(exc, CheckpointError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .imageio import InputError, check_ct, check_mask, read_image, same_geometry
-from .preprocess import PreprocessConfig, normalize_dwi, resample_inplane, to_axial, window_ct
+from .preprocess import PreprocessConfig, normalize_dwi, pad_to_multiple, resample_inplane, to_axial, window_ct
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -123,8 +123,6 @@ class SliceDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from .preprocess import pad_to_multiple
-
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.items[i]]
         if self.augment:
             g = torch.Generator().manual_seed(self.epoch_seed * 1_000_003 + i)

@@ -10,6 +10,7 @@ These are PHANTOMS for software testing and demonstration; they are not patient 
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ class PhantomConfig:
     dwi_scale: float = 800.0  # arbitrary DWI units of the b1000 trace, stored as int16
 
 
+@functools.lru_cache(maxsize=1)
 def _templates():
+    """MNI152 GM, WM, brain mask (2 mm) and their affine; read once per process (arrays are not modified)."""
     from nilearn import datasets  # templates ship inside the wheel
 
     gm = datasets.load_mni152_gm_template(resolution=2)
