@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .imageio import InputError
+from .inference import DeviceError
 
 
 def _split(cases, val_ids, n_val):
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return a.func(a)
-    except (InputError, ValueError, CheckpointError) as exc:
+    except (InputError, ValueError, CheckpointError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -17,10 +17,24 @@ from .networks import build_generator
 from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, resample_inplane, to_axial
 
 
+class DeviceError(RuntimeError):
+    """The configured compute device cannot be used."""
+
+
 def pick_device(device: str | None = None) -> torch.device:
+    """``auto``/None: the GPU when one is usable, else the CPU; otherwise the named device, checked."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} requested but no CUDA GPU is usable here; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return dev
 
 
 @torch.no_grad()

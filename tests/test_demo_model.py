@@ -74,3 +74,18 @@ def test_other_pixel_size_is_resampled_to_the_model_and_back(syn, sample_cases):
     back = arr(resample_inplane(fine, (2.5, 2.5)))
     brain = arr(mask) > 0
     assert np.abs(back - arr(native))[brain].mean() < 0.05
+
+
+def test_unusable_device_is_a_clear_error():
+    import torch
+
+    from jmmda_model.inference import DeviceError, pick_device
+
+    with pytest.raises(DeviceError, match="invalid device"):
+        pick_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            Synthesizer(DEMO_MODEL, device="cuda")
+    with pytest.raises(DeviceError, match="GPU"):
+        pick_device(f"cuda:{torch.cuda.device_count() + 3}")
+    assert pick_device("auto").type in ("cpu", "cuda") and pick_device("cpu").type == "cpu"

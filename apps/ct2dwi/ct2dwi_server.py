@@ -64,6 +64,7 @@ from ct2dwi_app.datastore import is_safe_name  # noqa: E402
 from ct2dwi_app.infer import NoModelError  # noqa: E402
 from jmmda_model.checkpoint import CheckpointError  # noqa: E402
 from jmmda_model.imageio import InputError  # noqa: E402
+from jmmda_model.inference import DeviceError  # noqa: E402
 
 
 # ---------------------------------------------------------------- CORS fix
@@ -139,6 +140,8 @@ def infer_route(
         raise HTTPException(status_code=503, detail=str(exc))
     except CheckpointError as exc:
         raise HTTPException(status_code=503, detail=f"model checkpoint unusable: {exc}")
+    except DeviceError as exc:
+        raise HTTPException(status_code=503, detail=f"compute device unusable: {exc}")
     except MONAILabelException as exc:
         code = 404 if "no model" in exc.msg.lower() or "not initialized" in exc.msg.lower() else 400
         if exc.error != MONAILabelError.INVALID_INPUT:
