@@ -98,6 +98,13 @@ def _base_dataset(sop_class: str, sop_uid: str) -> Dataset:
     return ds
 
 
+def _sop_ref(src: Dataset) -> Dataset:
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = src.SOPClassUID
+    ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    return ref
+
+
 def _pixel_module(ds: Dataset, plane: np.ndarray, signed: bool):
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -205,16 +212,10 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
         ds.ImageComments = "SYNTHETIC image - not for diagnosis. Pixel value = normalised DWI x 1000."
         ds.BurnedInAnnotation = "NO"
         ds.LossyImageCompression = "00"
-        src_ref = Dataset()
-        src_ref.ReferencedSOPClassUID = src_ds.SOPClassUID
-        src_ref.ReferencedSOPInstanceUID = src_ds.SOPInstanceUID
-        ds.SourceImageSequence = [src_ref]
+        ds.SourceImageSequence = [_sop_ref(src_ds)]
         series_ref = Dataset()
         series_ref.SeriesInstanceUID = src_ds.SeriesInstanceUID
-        inst = Dataset()
-        inst.ReferencedSOPClassUID = src_ds.SOPClassUID
-        inst.ReferencedSOPInstanceUID = src_ds.SOPInstanceUID
-        series_ref.ReferencedInstanceSequence = [inst]
+        series_ref.ReferencedInstanceSequence = [_sop_ref(src_ds)]
         ds.ReferencedSeriesSequence = [series_ref]
         # MR image module (no acquisition: research-mode placeholders)
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""

@@ -47,40 +47,31 @@ class ImportReport:
         return s
 
 
-def _find(root: Path, pattern: str) -> dict[str, Path]:
+def _files(root: Path) -> list[Path]:
+    """Every file under root, sorted; the tree is walked once per discovery."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _find(files: list[Path], pattern: str) -> dict[str, Path]:
+    """{id: path} for the files whose name matches ``pattern`` (with an ``id`` group)."""
     rx = re.compile(pattern)
-    out = {}
-    for p in sorted(root.rglob("*")):
-        m = rx.search(p.name)
-        if m and p.is_file():
-            out[m.group("id")] = p
-    return out
+    return {m.group("id"): p for p in files for m in [rx.search(p.name)] if m}
 
 
 def discover_apis(root: str | Path) -> dict[str, dict[str, Path]]:
-    root = Path(root)
-    ncct = _find(root, rf"^(?P<id>[A-Za-z]+_\d+)_ncct{NII}")
-    adc = _find(root, rf"^(?P<id>[A-Za-z]+_\d+)_adc{NII}")
-    dwi = _find(root, rf"^(?P<id>[A-Za-z]+_\d+)_dwi{NII}")
-    masks = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and "masks" in p.parts:
-            m = re.match(rf"^(?P<id>[A-Za-z]+_\d+)(?:_(?:mask|msk|lesion|label))?{NII}", p.name)
-            if m:
-                masks[m.group("id")] = p
+    files = _files(Path(root))
+    ncct = _find(files, rf"^(?P<id>[A-Za-z]+_\d+)_ncct{NII}")
+    adc = _find(files, rf"^(?P<id>[A-Za-z]+_\d+)_adc{NII}")
+    dwi = _find(files, rf"^(?P<id>[A-Za-z]+_\d+)_dwi{NII}")
+    masks = _find([p for p in files if "masks" in p.parts], rf"^(?P<id>[A-Za-z]+_\d+)(?:_(?:mask|msk|lesion|label))?{NII}")
     return {cid: {"ct": ct, "adc": adc.get(cid), "dwi": dwi.get(cid), "lesion": masks.get(cid)} for cid, ct in ncct.items()}
 
 
 def discover_isles24(root: str | Path) -> dict[str, dict[str, Path]]:
-    root = Path(root)
-    ncct = _find(root, rf"^(?P<id>sub-[A-Za-z0-9]+)_ses-01_ncct{NII}")
-    deriv = [p for p in root.rglob("*") if "derivatives" in p.parts and p.is_file()]
-
-    def pick(suffix):
-        rx = re.compile(rf"^(?P<id>sub-[A-Za-z0-9]+)_ses-02_space-ncct_{suffix}{NII}")
-        return {m.group("id"): p for p in deriv for m in [rx.search(p.name)] if m}
-
-    dwi, adc, les = pick("dwi"), pick("adc"), pick("lesion-msk")
+    files = _files(Path(root))
+    ncct = _find(files, rf"^(?P<id>sub-[A-Za-z0-9]+)_ses-01_ncct{NII}")
+    deriv = [p for p in files if "derivatives" in p.parts]
+    dwi, adc, les = (_find(deriv, rf"^(?P<id>sub-[A-Za-z0-9]+)_ses-02_space-ncct_{suffix}{NII}") for suffix in ("dwi", "adc", "lesion-msk"))
     return {cid: {"ct": ct, "dwi": dwi.get(cid), "adc": adc.get(cid), "lesion": les.get(cid)} for cid, ct in ncct.items()}
 
 

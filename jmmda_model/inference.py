@@ -15,6 +15,7 @@ from .data import model_input
 from .imageio import check_ct, check_mask, copy_geometry, label_synthetic
 from .networks import build_generator
 from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, resample_inplane, to_axial
+from .registration import resample_to
 
 
 class DeviceError(RuntimeError):
@@ -92,19 +93,19 @@ class Synthesizer:
             info["mask_source"] = "automatic (CT)"
         brain_native = check_mask(mask, ct)
         ct_ax, mask_ax = to_axial(ct), to_axial(mask)
-        work_ct, work_mask = ct_ax, mask_ax
+        brain_ax = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
         resampled = self.pre.needs_resampling(ct_ax)
         if resampled:  # the network works at its training pixel size
             work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
-            work_mask = resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)
+            brain = (sitk.GetArrayFromImage(resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)) > 0.5).astype(np.uint8)
+        else:
+            work_ct, brain = ct_ax, brain_ax
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
-        brain = (sitk.GetArrayFromImage(work_mask) > 0.5).astype(np.uint8)
-        y = copy_geometry(self.predict_slices(model_input(ct_hu, brain, self.pre)), work_ct)
+        y = self.predict_slices(model_input(ct_hu, brain, self.pre))
         if resampled:
-            y = sitk.Resample(y, ct_ax, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        y = sitk.GetArrayFromImage(y)
+            y = sitk.GetArrayFromImage(resample_to(ct_ax, copy_geometry(y, work_ct)))
         if self.pre.mask_output:
-            y *= (sitk.GetArrayFromImage(mask_ax) > 0.5)
+            y *= brain_ax
         out = from_axial(copy_geometry(y.astype(np.float32), ct_ax), ct)
         out = label_synthetic(sitk.Cast(out, sitk.sitkFloat32))
         m = copy_geometry(brain_native, ct)
