@@ -1,5 +1,4 @@
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,11 @@ def sample_cases():
 
 
 @pytest.fixture()
-def small_store(tmp_path, sample_cases):
-    """A writable datastore with 3 sample cases."""
-    dst = tmp_path / "store"
-    for tag in ("dwi", "brainmask", "lesion"):
-        (dst / "labels" / tag).mkdir(parents=True)
-    for c in sample_cases[:3]:
-        shutil.copy(c.ct, dst / c.ct.name)
-        for tag in ("dwi", "brainmask", "lesion"):
-            shutil.copy(getattr(c, tag), dst / "labels" / tag / c.ct.name)
-    return dst
+def small_store(tmp_path):
+    """A writable datastore with the first 3 sample cases."""
+    from server_utils import copy_studies
+
+    return copy_studies(tmp_path / "store", n=3)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,4 @@
 import json
-import shutil
 import subprocess
 import sys
 
@@ -10,7 +9,8 @@ import pytest
 from jmmda_model.cli import main
 from jmmda_model.dicom import write_ct_series
 
-from conftest import ROOT, arr, read
+from conftest import arr, read
+from server_utils import copy_studies
 
 
 def jmmda(*args):
@@ -21,14 +21,7 @@ def jmmda(*args):
 def trained(tmp_path_factory):
     """A tiny model trained through the CLI on 3 sample cases (held-out case last)."""
     base = tmp_path_factory.mktemp("cli")
-    store = base / "store"
-    src = ROOT / "sample_data" / "studies"
-    for tag in ("dwi", "brainmask", "lesion"):
-        (store / "labels" / tag).mkdir(parents=True)
-    for cid in ("phantom_000", "phantom_001", "phantom_002"):
-        shutil.copy(src / f"{cid}.nii.gz", store)
-        for tag in ("dwi", "brainmask", "lesion"):
-            shutil.copy(src / "labels" / tag / f"{cid}.nii.gz", store / "labels" / tag)
+    store = copy_studies(base / "store", n=3)  # phantom_000..002
     rc = jmmda("train", "--data", store, "--out", base / "run", "--epochs", 1, "--max-steps-per-epoch", 2,
                "--base-channels", 8, "--depth", 2, "--heads", 2, "--batch-size", 4, "--no-progress")
     assert rc == 0

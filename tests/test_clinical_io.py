@@ -125,8 +125,7 @@ def _fabricate_apis(root, sample_cases):
         shutil.copy(c.ct, root / "train" / f"train_{i:03d}_ncct.nii.gz")
         shutil.copy(c.dwi, root / "train" / f"train_{i:03d}_adc.nii.gz")  # stands in for ADC
         shutil.copy(c.lesion, root / "masks" / f"train_{i:03d}_mask.nii.gz")
-    shutil.copy(sample_cases[2].dwi, root / "train" / "train_001_dwi.nii.gz")  # only case 1 has a DWI
-    # DWI of case 1 on a different (shifted, coarser) grid -> must be put on the CT grid
+    # only case 1 has a DWI, on a different (coarser) grid -> must be put on the CT grid
     dwi = read(sample_cases[1].dwi)
     shifted = sitk.Resample(dwi, [48, 56, 18], sitk.Transform(), sitk.sitkLinear, dwi.GetOrigin(),
                             [5.0, 5.0, 10.0], dwi.GetDirection(), 0.0, dwi.GetPixelID())

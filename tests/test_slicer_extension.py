@@ -18,7 +18,7 @@ MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
 sys.path.insert(0, str(MODULE_DIR))
 
 from CT2DWILib import BANNER, BackgroundCall, CT2DWIClient, ServerError, synthetic_name, window_level_from_brain  # noqa: E402
-from CT2DWILib.logic import mask_outline, training_summary  # noqa: E402
+from CT2DWILib.logic import training_summary  # noqa: E402
 
 slicer = pytest.importorskip("slicer")  # slicer-core (Qt-free MRML)
 from CT2DWILib import mrml  # noqa: E402
@@ -38,13 +38,9 @@ def test_window_level_from_brain_percentiles():
         window_level_from_brain(img, brain[:2])
 
 
-def test_names_banner_outline_and_training_text():
+def test_names_banner_and_training_text():
     assert "SYNTHETIC" in synthetic_name("CT head") and "CT head" in synthetic_name("CT head")
     assert "not for diagnosis" in BANNER
-    m = np.zeros((1, 7, 7), np.uint8)
-    m[0, 1:6, 1:6] = 1
-    o = mask_outline(m)
-    assert o.sum() == 16 and o[0, 3, 3] == 0
     assert "no training" in training_summary({"status": "NONE"})
     s = training_summary({"status": "RUNNING", "details": ["x", "epoch 2/5 {\"loss\": 1}"]})
     assert s == "training running - epoch 2/5"

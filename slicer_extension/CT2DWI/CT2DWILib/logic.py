@@ -34,25 +34,6 @@ def window_level_from_brain(image: np.ndarray, brain: np.ndarray | None = None, 
     return float(b - a), float((a + b) / 2.0)
 
 
-def same_grid(shape_a, spacing_a, origin_a, shape_b, spacing_b, origin_b, tol: float = 1e-3) -> bool:
-    return (
-        tuple(shape_a) == tuple(shape_b)
-        and np.allclose(spacing_a, spacing_b, rtol=tol, atol=tol)
-        and np.allclose(origin_a, origin_b, atol=tol * 10)
-    )
-
-
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """In-plane (per axial slice, axis 0) boundary voxels of a binary mask, as uint8."""
-    m = np.asarray(mask) > 0
-    inner = m.copy()
-    inner[:, 1:, :] &= m[:, :-1, :]
-    inner[:, :-1, :] &= m[:, 1:, :]
-    inner[:, :, 1:] &= m[:, :, :-1]
-    inner[:, :, :-1] &= m[:, :, 1:]
-    return (m & ~inner).astype(np.uint8)
-
-
 def training_summary(status: dict) -> str:
     """One line for the UI from GET /train/ output."""
     if not status or status.get("status") in (None, "NONE"):
