@@ -1,158 +1,352 @@
-"""Hardened ASGI app for MONAI Label 0.8.5 (``--uvicorn_app ct2dwi_server:app``).
+"""The CT-to-DWI server's ASGI app (``--uvicorn_app ct2dwi_server:app``): an allowlist, not MONAI Label's API.
 
-Fixes/guards, each covered by tests/test_server.py:
-* blocking inference: 0.8.5's ``POST /infer/{model}`` is ``async`` but runs the model inline, so one
-  inference blocks the whole server. A plain ``def`` route registered first takes over the path;
-  FastAPI runs it in its thread pool, so /info, /train status etc. stay responsive.
-* bad input -> clear 4xx: InputError -> 422, unknown model -> 404, no trained checkpoint -> 503.
-* Keycloak: 0.8.5 calls ``jwt.decode`` without ``algorithms`` so every token is rejected (401).
-  ``from_token`` is replaced by one that pins the algorithms (CT2DWI_AUTH_ALGORITHMS, default RS256)
-  and checks the audience when CT2DWI_AUTH_AUDIENCE is set.
-* CORS: setting MONAI_LABEL_CORS_ORIGINS crashes start_server (AnyHttpUrl is not JSON
-  serialisable). Origins come from CT2DWI_CORS_ORIGINS (comma separated) instead.
-* label-tag path traversal: ids/tags of /datastore requests are validated (400) before any work.
-* uploads larger than CT2DWI_MAX_UPLOAD_MB (default 2048) are refused with 413 before being stored.
+MONAI Label 0.8.5's own FastAPI app exposes sessions (tar upload unpacked without member checks), /reload,
+WSI and batch inference, scoring, active learning, a proxy and an OHIF viewer, with CORS open to every origin.
+This module builds a new app holding only the routes this product uses; anything else is 404:
+
+====================  =========  ======  =====================================================================
+route                 method     role    what
+====================  =========  ======  =====================================================================
+/                     GET        -       short HTML page listing the API
+/openapi.json         GET        -       API schema
+/auth/                GET        -       whether auth is on, realm and client id (for clients)
+/info/                GET        user    app, model and trainer info (no server paths)
+/infer/ct2dwi         POST       user    CT (+ mask) upload or datastore ``image`` id -> SYNTHETIC DWI
+/train/               GET        user    status of the last training run (``{"status": "NONE"}`` before one)
+/train/ct2dwi         POST       admin   start training (options validated: 422; one run at a time: 409)
+/train/               DELETE     admin   stop training (previous model kept)
+/datastore/           GET        user    image ids and their label tags (``?output=stats``: counts)
+/datastore/           PUT        admin   add a CT (``?image=<id>``)
+/datastore/label      PUT        admin   add a label (``?image=<id>&tag=<tag>``) on the CT's grid
+/logs/                GET        admin   last lines of the server log (``?lines=N``)
+====================  =========  ======  =====================================================================
+
+Inference runs in FastAPI's thread pool (0.8.5's async route blocked the event loop). Uploads are bounded while
+they stream (``BodyLimit``), kept in a private per-request folder removed on every path, checked from their
+header before any voxel is read, and ``params`` accepts no keys but ``client_id``: no server paths, no label
+writes. Bad input -> 4xx naming the user's file; no checkpoint -> 503, never random weights.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import threading
+from collections import deque
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Optional
 
-import jwt
-from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.middleware import Middleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from requests_toolbelt import MultipartEncoder
+from starlette.background import BackgroundTask
 
-import monailabel.endpoints.user.auth as ml_auth
-from monailabel.config import RBAC_USER, settings
+from monailabel.config import settings
+from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.async_tasks.task import AsyncTask
+
+from ct2dwi_app import auth
+from ct2dwi_app.datastore import is_safe_name
+from ct2dwi_app.infer import NoModelError
+from ct2dwi_app.train import validate_options
+from ct2dwi_app.uploads import BodyLimit, ScratchSpace, save_upload
+from jmmda_model.checkpoint import CheckpointError
+from jmmda_model.imageio import InputError, read_image, same_geometry
+from jmmda_model.inference import DeviceError
 
 log = logging.getLogger(__name__)
+MODEL = "ct2dwi"
+auth.check_config()
 
 
-# ---------------------------------------------------------------- Keycloak fix
-def from_token(token: str):
-    if not settings.MONAI_LABEL_AUTH_ENABLE:
-        return ml_auth.DEFAULT_USER
-    algorithms = [a.strip() for a in os.environ.get("CT2DWI_AUTH_ALGORITHMS", "RS256").split(",") if a.strip()]
-    audience = os.environ.get("CT2DWI_AUTH_AUDIENCE") or None
-    key = ml_auth.get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
-    payload = jwt.decode(
-        token, key, algorithms=algorithms, audience=audience,
-        options={"verify_signature": True, "verify_aud": audience is not None, "verify_exp": True},
-    )
-    roles = payload
-    for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
-        roles = roles.get(part) if isinstance(roles, dict) else None
-    return ml_auth.User(
-        username=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME) or "unknown",
-        email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),
-        name=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME),
-        roles=list(roles or []),
-    )
-
-
-ml_auth.from_token = from_token
-
-from monailabel.app import app  # noqa: E402  (after the auth patch)
-from monailabel.endpoints import infer as ml_infer  # noqa: E402
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException  # noqa: E402
-
-from ct2dwi_app.datastore import is_safe_name  # noqa: E402
-from ct2dwi_app.infer import NoModelError  # noqa: E402
-from jmmda_model.checkpoint import CheckpointError  # noqa: E402
-from jmmda_model.imageio import InputError  # noqa: E402
-from jmmda_model.inference import DeviceError  # noqa: E402
-
-
-# ---------------------------------------------------------------- CORS fix
 def _cors_origins() -> list[str]:
     raw = os.environ.get("CT2DWI_CORS_ORIGINS", "").strip()
-    return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()] if raw else []
+    return [o.strip().rstrip("/") for o in raw.split(",") if o.strip()]
 
 
-_origins = _cors_origins()
-if _origins:
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
-    app.user_middleware.insert(
-        0, Middleware(CORSMiddleware, allow_origins=_origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"])
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.scratch = ScratchSpace()
+    instance = app_instance()
+    instance.server_mode(True)
+    instance.on_init_complete()
+    yield
+    app.state.scratch.close()
+
+
+app = FastAPI(title="CT-to-DWI (JMMDA-GAN) - SYNTHETIC DWI, not for diagnosis", docs_url=None, redoc_url=None,
+              openapi_url="/openapi.json", lifespan=lifespan)
+if _cors_origins():  # closed unless configured: no cross-origin reads of a server on the user's machine
+    app.add_middleware(CORSMiddleware, allow_origins=_cors_origins(), allow_credentials=True,
+                       allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+app.add_middleware(BodyLimit)
+
+USER = Depends(auth.require(auth.USER))
+ADMIN = Depends(auth.require(auth.ADMIN))
+
+
+def _instance():
+    return app_instance()
+
+
+def _check_name(value: str, what: str) -> str:
+    if not is_safe_name(value):
+        raise HTTPException(status_code=400, detail=f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-' only")
+    return value
+
+
+# ---------------------------------------------------------------- landing page, auth info
+@app.get("/", include_in_schema=False)
+def index():
+    rows = "".join(
+        f"<tr><td><code>{r.path}</code></td><td>{', '.join(sorted(r.methods - {'HEAD'}))}</td></tr>"
+        for r in app.routes if getattr(r, "include_in_schema", False)
     )
-    app.middleware_stack = None  # rebuilt on first request
+    return HTMLResponse(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>CT-to-DWI server</title></head><body>"
+        "<h1>CT-to-DWI (JMMDA-GAN) server</h1><p><strong>Every image it produces is a SYNTHETIC DWI, not for "
+        f"diagnosis.</strong></p><table><tr><th>route</th><th>methods</th></tr>{rows}</table>"
+        "<p>Schema: <a href='/openapi.json'>/openapi.json</a></p></body></html>"
+    )
 
 
-# ---------------------------------------------------------------- upload size limit
-MAX_UPLOAD_BYTES = int(float(os.environ.get("CT2DWI_MAX_UPLOAD_MB", "2048")) * 2**20)
+@app.get("/auth/", summary="Whether authentication is enabled")
+def auth_info():
+    return {"enabled": settings.MONAI_LABEL_AUTH_ENABLE, "client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID,
+            "realm": settings.MONAI_LABEL_AUTH_REALM_URI if settings.MONAI_LABEL_AUTH_ENABLE else None}
 
 
-@app.middleware("http")
-async def limit_upload_size(request: Request, call_next):
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
-        return JSONResponse(
-            status_code=413,
-            content={"detail": f"upload of {int(length) / 2**20:.0f} MiB exceeds the limit of {MAX_UPLOAD_BYTES / 2**20:.0f} MiB (CT2DWI_MAX_UPLOAD_MB)"},
-        )
-    return await call_next(request)
+# ---------------------------------------------------------------- info
+@app.get("/info/", summary="App, model and trainer info")
+def info(user=USER):
+    inst = _instance()
+    task = inst.infer_task(MODEL)
+    trainer = inst.train_task(MODEL)
+    status = inst.datastore().status()
+    return {
+        "name": inst.name,
+        "description": inst.description,
+        "version": inst.version,
+        "labels": [],
+        "models": {MODEL: task.info()} if task else {},
+        "trainers": {MODEL: trainer.info()} if trainer else {},
+        "train_stats": {MODEL: trainer.stats()} if trainer else {},
+        "datastore": {"total": status.get("total"), "completed": status.get("completed"),
+                      "label_tags": status.get("label_tags", {})},
+    }
 
 
-# ---------------------------------------------------------------- path traversal guard
-_CHECKED_PARAMS = ("tag", "image", "label", "id", "label_tag")
+# ---------------------------------------------------------------- inference
+_PARAM_KEYS = {"client_id"}  # MONAILabelClient adds it; nothing else is accepted
 
 
-@app.middleware("http")
-async def reject_unsafe_names(request: Request, call_next):
-    if request.url.path.startswith(("/datastore", "/infer", "/session")):
-        for key in _CHECKED_PARAMS:
-            for value in request.query_params.getlist(key):
-                if not is_safe_name(value):
-                    return JSONResponse(
-                        status_code=400,
-                        content={"detail": f"invalid {key} {value!r}: use letters, digits, '.', '_' and '-' only"},
-                    )
-    return await call_next(request)
+def _parse_params(params: str) -> dict:
+    try:
+        p = json.loads(params or "{}")
+    except json.JSONDecodeError as exc:
+        raise HTTPException(status_code=422, detail="params must be a JSON object") from exc
+    if not isinstance(p, dict):
+        raise HTTPException(status_code=422, detail="params must be a JSON object")
+    bad = sorted(k for k in p if k not in _PARAM_KEYS)
+    if bad:
+        raise HTTPException(status_code=422, detail=f"params key(s) {', '.join(map(repr, bad))} are not accepted by this server")
+    return p
 
 
-# ---------------------------------------------------------------- non-blocking infer with 4xx errors
-def infer_route(
-    background_tasks: BackgroundTasks,
+def _datastore_image(image_id: str) -> Path:
+    _check_name(image_id, "image id")
+    ds = _instance().datastore()
+    if image_id not in ds.list_images():
+        raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+    return Path(ds.get_image_uri(image_id))
+
+
+@app.post("/infer/{model}", summary="Synthesize a DWI (SYNTHETIC - not for diagnosis)")
+def infer(
     model: str,
     image: str = "",
-    session_id: str = "",
+    output: str = Query("all", pattern="^(image|json|all)$"),
     params: str = Form("{}"),
-    file: UploadFile = File(None),
-    label: UploadFile = File(None),
-    output: Optional[ml_infer.ResultType] = None,
-    user: ml_auth.User = Depends(ml_auth.RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    file: Optional[UploadFile] = File(None),
+    label: Optional[UploadFile] = File(None),
+    user=USER,
 ):
+    task = _instance().infer_task(model) if model == MODEL else None
+    if task is None:
+        raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server offers {MODEL!r}")
+    _parse_params(params)
+    if file is not None and image:
+        raise HTTPException(status_code=422, detail="send either an uploaded file or an image id, not both")
+    scratch: ScratchSpace = app.state.scratch
+    folder = scratch.request_dir()
     try:
-        json.loads(params or "{}")
-    except json.JSONDecodeError:
-        raise HTTPException(status_code=422, detail="params must be a JSON object")
+        if file is not None:
+            ct_path, ct_name = save_upload(file, folder, "ct", "CT")
+        elif image:
+            ct_path = _datastore_image(image)
+            ct_name = image
+        else:
+            raise HTTPException(status_code=422, detail="no CT given: upload it as 'file' or name a datastore image with ?image=")
+        mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
+        out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name,
+                               single_file=file is not None)
+        return _infer_response(out, result, output, folder)
+    except BaseException as exc:
+        scratch.remove(folder)
+        raise _http_error(exc) from exc
+
+
+def _infer_response(out: Path, result: dict, output: str, folder: Path) -> Response:
+    cleanup = BackgroundTask(ScratchSpace.remove, folder)
+    if output == "json":
+        ScratchSpace.remove(folder)
+        return JSONResponse(result)
+    if output == "image":
+        return _CleanupFileResponse(out, media_type="application/gzip", filename=out.name, background=cleanup)
+    enc = MultipartEncoder(fields={"params": (None, json.dumps(result), "application/json"),
+                                   "image": (out.name, out.read_bytes(), "application/gzip")})
+    body = enc.to_string()
+    ScratchSpace.remove(folder)
+    return Response(content=body, media_type=enc.content_type)
+
+
+class _CleanupFileResponse(FileResponse):
+    """Removes the request folder whether or not the client stays to the end."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.background is not None:
+                await self.background()
+
+
+def _http_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, HTTPException):
+        return exc
+    if isinstance(exc, InputError):
+        return HTTPException(status_code=422, detail=str(exc))
+    if isinstance(exc, NoModelError):
+        return HTTPException(status_code=503, detail=str(exc))
+    if isinstance(exc, CheckpointError):
+        return HTTPException(status_code=503, detail=f"model checkpoint unusable: {exc}")
+    if isinstance(exc, DeviceError):
+        return HTTPException(status_code=503, detail=f"compute device unusable: {exc}")
+    if isinstance(exc, Exception):
+        log.exception("inference failed")
+        return HTTPException(status_code=500, detail=f"inference failed ({type(exc).__name__}); see the server log")
+    return exc
+
+
+# ---------------------------------------------------------------- training
+_train_lock = threading.Lock()
+
+
+def _train_running() -> bool:
+    return any(t.get("status") in ("SUBMITTED", "RUNNING") for t in AsyncTask.status("train", all=True)[0] or [])
+
+
+@app.get("/train/", summary="Status of the last training run")
+def train_status(all: bool = False, user=USER):
+    res, _ = AsyncTask.status("train", all)
+    if res is None:
+        return [] if all else {"status": "NONE"}
+    return _public_task(res)
+
+
+def _public_task(t):
+    if isinstance(t, list):
+        return [_public_task(x) for x in t]
+    t = {k: v for k, v in t.items() if k != "request"}
+    if "details" in t:
+        t["details"] = list(t["details"])
+    return t
+
+
+@app.post("/train/{model}", summary="Start retraining (admin)")
+def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
+    if model != MODEL:
+        raise HTTPException(status_code=404, detail=f"unknown trainer {model!r}; this server offers {MODEL!r}")
     try:
-        return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
-    except HTTPException:
-        raise
+        opts = validate_options(params or {})
     except InputError as exc:
-        raise HTTPException(status_code=422, detail=str(exc))
-    except NoModelError as exc:
-        raise HTTPException(status_code=503, detail=str(exc))
-    except CheckpointError as exc:
-        raise HTTPException(status_code=503, detail=f"model checkpoint unusable: {exc}")
-    except DeviceError as exc:
-        raise HTTPException(status_code=503, detail=f"compute device unusable: {exc}")
-    except MONAILabelException as exc:
-        code = 404 if "no model" in exc.msg.lower() or "not initialized" in exc.msg.lower() else 400
-        if exc.error != MONAILabelError.INVALID_INPUT:
-            code = 500
-        raise HTTPException(status_code=code, detail=exc.msg)
-    except FileNotFoundError as exc:
-        raise HTTPException(status_code=404, detail=f"image not found: {exc}")
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    with _train_lock:
+        if _train_running():
+            raise HTTPException(status_code=409, detail="a training run is already in progress; stop it (DELETE /train/) or wait")
+        res, detail = AsyncTask.run("train", request={"model": MODEL}, params=opts, enqueue=False)
+    if res is None:
+        raise HTTPException(status_code=409, detail=detail)
+    return _public_task(res)
 
 
-app.add_api_route(
-    "/infer/{model}", infer_route, methods=["POST"], summary=f"{RBAC_USER}Run Inference (thread pool; 4xx on bad input)"
-)
-# FastAPI matches in order: move our route in front of MONAI Label's async one.
-app.router.routes.insert(0, app.router.routes.pop())
+@app.delete("/train/", summary="Stop the running training (admin); the previous model is kept")
+def train_stop(user=ADMIN):
+    with _train_lock:
+        res = AsyncTask.stop("train")
+    return _public_task(res) if res else {"status": "NONE"}
+
+
+# ---------------------------------------------------------------- datastore
+@app.get("/datastore/", summary="Image ids and label tags")
+def datastore_list(output: str = Query("list", pattern="^(list|stats)$"), user=USER):
+    ds = _instance().datastore()
+    if output == "stats":
+        return ds.status()
+    return {"images": {i: sorted(ds.get_labels_by_image_id(i)) for i in sorted(ds.list_images())}}
+
+
+def _stored_upload(upload: UploadFile, what: str, check):
+    scratch: ScratchSpace = app.state.scratch
+    folder = scratch.request_dir()
+    try:
+        path, name = save_upload(upload, folder, "upload", what)
+        img = read_image(path, what, name=name, single_file=True)
+        check(img, name)
+        return folder, path
+    except BaseException as exc:
+        scratch.remove(folder)
+        raise _http_error(exc) from exc
+
+
+@app.put("/datastore/", summary="Add a CT to the datastore (admin)")
+def datastore_add_image(image: str, file: UploadFile = File(...), user=ADMIN):
+    _check_name(image, "image id")
+    ds = _instance().datastore()
+    if image in ds.list_images():
+        raise HTTPException(status_code=409, detail=f"image {image!r} already exists")
+    folder, path = _stored_upload(file, "CT", lambda img, name: None)
+    try:
+        ds.add_image(image, str(path), {"user": user.username})
+    finally:
+        ScratchSpace.remove(folder)
+    return {"image": image}
+
+
+@app.put("/datastore/label", summary="Add a label for a datastore image (admin)")
+def datastore_add_label(image: str, tag: str, label: UploadFile = File(...), user=ADMIN):
+    _check_name(tag, "label tag")
+    ref = read_image(_datastore_image(image), "CT")
+
+    def on_ct_grid(img, name):
+        if not same_geometry(img, ref):
+            raise InputError(f"label {name}: geometry does not match image {image!r}; resample it onto the CT grid")
+
+    folder, path = _stored_upload(label, f"label '{tag}'", on_ct_grid)
+    try:
+        label_id = _instance().datastore().save_label(image, str(path), tag, {"user": user.username})
+    finally:
+        ScratchSpace.remove(folder)
+    return {"image": image, "label": label_id, "tag": tag}
+
+
+# ---------------------------------------------------------------- logs
+@app.get("/logs/", summary="Last lines of the server log (admin)", response_class=PlainTextResponse)
+def logs(lines: int = Query(300, ge=1, le=10000), user=ADMIN):
+    f = Path(settings.MONAI_LABEL_APP_DIR) / "logs" / "app.log"
+    if not f.is_file():
+        raise HTTPException(status_code=404, detail="no server log yet")
+    with open(f, errors="replace") as fh:
+        return "".join(deque(fh, lines))

@@ -62,6 +62,12 @@ class CT2DWIApp(MONAILabelApp):
         demo = self.model_dir / DEMO
         return {"ct2dwi": CT2DWITrain(self.model_dir, self.model_dir / PUBLISHED, demo if demo.exists() else None)}
 
+    def infer_task(self, model: str) -> CT2DWIInfer | None:
+        return self._infers.get(model)
+
+    def train_task(self, model: str) -> CT2DWITrain | None:
+        return self._trainers.get(model)
+
     def init_strategies(self):
         return {}
 

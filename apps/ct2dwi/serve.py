@@ -1,25 +1,72 @@
 #!/usr/bin/env python
-"""Starts the CT-to-DWI MONAI Label server with the hardened ASGI app.
+"""Starts the CT-to-DWI MONAI Label server with the hardened ASGI app (ct2dwi_server.py).
 
-    python apps/ct2dwi/serve.py --studies <folder or DICOMweb URL> [--host 0.0.0.0] [--port 8000]
-        [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [any monailabel start_server option]
+    python apps/ct2dwi/serve.py --studies <folder or DICOMweb URL> [--host 127.0.0.1] [--port 8000]
+        [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [--insecure]
+        [any other monailabel start_server option]
 
-CORS: set CT2DWI_CORS_ORIGINS="https://a.example,https://b.example" (not MONAI_LABEL_CORS_ORIGINS,
-which crashes MONAI Label 0.8.5's start_server).
+Secure by default: the host defaults to 127.0.0.1, and a non-loopback host (e.g. 0.0.0.0) is refused while
+authentication is off (MONAI_LABEL_AUTH_ENABLE) unless ``--insecure`` is given. Token settings that would
+let anybody sign tokens (HMAC algorithms) are refused too. Exit code 2 and a message on stderr in both cases.
+
+CORS is closed unless CT2DWI_CORS_ORIGINS="https://a.example,https://b.example" is set
+(MONAI_LABEL_CORS_ORIGINS, which crashes MONAI Label 0.8.5's start_server, is moved there).
 """
+import ipaddress
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _option(argv, *names):
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    insecure = "--insecure" in argv
+    argv = [a for a in argv if a != "--insecure"]
     if os.environ.get("MONAI_LABEL_CORS_ORIGINS"):
         os.environ["CT2DWI_CORS_ORIGINS"] = ",".join(
             filter(None, [os.environ.get("CT2DWI_CORS_ORIGINS", ""), os.environ.pop("MONAI_LABEL_CORS_ORIGINS").strip("[]").replace('"', "")])
         )
+    host = _option(argv, "--host", "-i")
+    if host is None:
+        host = "127.0.0.1"
+        argv += ["--host", host]
     sys.path.insert(0, HERE)
+    from ct2dwi_app.auth import AuthConfigError, check_config
+    from monailabel.config import settings
+
+    try:
+        check_config()
+    except AuthConfigError as exc:
+        print(f"serve.py: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    if not settings.MONAI_LABEL_AUTH_ENABLE and not is_loopback(host) and not insecure:
+        print(
+            f"serve.py: refusing to listen on {host} with authentication disabled: anybody on the network could run "
+            "inference and retrain the model. Enable auth (MONAI_LABEL_AUTH_ENABLE=true, MONAI_LABEL_AUTH_REALM_URI=...), "
+            "bind to 127.0.0.1 behind an authenticating proxy, or pass --insecure to accept the risk.",
+            file=sys.stderr,
+        )
+        return 2
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH", "")]))
     if "--app" not in argv:
         argv = ["--app", HERE] + argv
@@ -29,7 +76,8 @@ def main(argv=None):
 
     sys.argv = ["monailabel", "start_server"] + argv
     Main().run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

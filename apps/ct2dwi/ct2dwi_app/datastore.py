@@ -10,11 +10,11 @@ import re
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def is_safe_name(value: str | None) -> bool:
-    return value is None or value == "" or (bool(SAFE_NAME.match(value)) and ".." not in value)
+    return value is None or value == "" or (isinstance(value, str) and bool(SAFE_NAME.fullmatch(value)) and ".." not in value)
 
 
 def check_name(value: str | None, what: str) -> None:

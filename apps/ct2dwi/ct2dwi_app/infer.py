@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from jmmda_model import SYNTHETIC_LABEL
-from jmmda_model.imageio import read_image, write_image
+from jmmda_model.imageio import InputError, read_image, write_image
 from jmmda_model.inference import Synthesizer
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,28 @@ class CT2DWIInfer(InferTask):
                 self._loaded_key = key
             return self._syn
 
-    def __call__(self, request):
+    def run(self, ct_path: Path, mask_path: Path | None, out_dir: Path, ct_name: str | None = None,
+            mask_name: str | None = None, single_file: bool = True) -> tuple[Path, dict]:
+        """Synthesizes into ``out_dir`` (the caller owns and removes it); messages name ``ct_name``/``mask_name``."""
         syn = self.synthesizer()
-        ct = read_image(request["image"], "CT")
-        mask = read_image(request["label"], "brain mask") if request.get("label") else None
-        out, _, info = syn(ct, mask)
-        fd, path = tempfile.mkstemp(prefix="SYNTHETIC_DWI_", suffix=".nii.gz")
-        os.close(fd)
-        write_image(out, path)
+        ct = read_image(ct_path, "CT", name=ct_name, single_file=single_file)
+        mask = read_image(mask_path, "brain mask", name=mask_name, single_file=single_file) if mask_path else None
+        try:
+            out, _, info = syn(ct, mask)
+        except InputError as exc:  # checks on the voxels: say which of the user's files failed
+            msg = str(exc)
+            for what, name in (("CT", ct_name), ("brain mask", mask_name)):
+                if name and msg.startswith(f"{what}:"):
+                    msg = f"{what} {name}:{msg[len(what) + 1:]}"
+            raise InputError(msg) from exc
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha)$", "", ct_name or "case"))[:80]
+        path = write_image(out, Path(out_dir) / f"SYNTHETIC_DWI_{stem or 'case'}.nii.gz")
         info["checkpoint"] = syn.path.name
         info["model_card"] = syn.model_card
         return path, info
+
+    def __call__(self, request):
+        """MONAI Label's task interface (not routed by the hardened server, which calls ``run``)."""
+        out_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix="ct2dwi-"))
+        return self.run(Path(request["image"]), Path(request["label"]) if request.get("label") else None, out_dir,
+                        single_file=False)

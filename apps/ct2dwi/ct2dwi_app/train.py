@@ -21,6 +21,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from jmmda_model.checkpoint import CheckpointError, load
 from jmmda_model.data import Case
 from jmmda_model.imageio import InputError
+from jmmda_model.inference import DeviceError, pick_device
 from jmmda_model.networks import GeneratorConfig
 from jmmda_model.trainer import TrainConfig, Trainer
 
@@ -36,6 +37,49 @@ DEFAULTS = {
     "resume": False,
     "device": "auto",
 }
+#: keys MONAI Label itself adds to a training request; ignored by validation
+_RUNNER_KEYS = {"model", "gpus", "local_rank", "bundle_path", "client_id"}
+_INT_RANGES = {"epochs": (1, 10000), "batch_size": (1, 256), "max_steps_per_epoch": (0, 10**7)}
+_FLOAT_RANGES = {"lr": (0.0, 1.0), "val_fraction": (0.0, 0.9)}
+
+
+def validate_options(request: dict) -> dict:
+    """Training options merged over DEFAULTS; InputError (HTTP 422) names every bad or unknown option."""
+    if not isinstance(request, dict):
+        raise InputError("training options must be a JSON object")
+    errors = []
+    unknown = sorted(k for k in request if k not in DEFAULTS and k not in _RUNNER_KEYS)
+    if unknown:
+        errors.append(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(DEFAULTS)}")
+    opts = dict(DEFAULTS)
+    for key, value in request.items():
+        if key not in DEFAULTS:
+            continue
+        if key in _INT_RANGES:
+            lo, hi = _INT_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                errors.append(f"{key} must be an integer from {lo} to {hi}, got {value!r}")
+                continue
+        elif key in _FLOAT_RANGES:
+            lo, hi = _FLOAT_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value <= hi:
+                errors.append(f"{key} must be a number above {lo} and at most {hi}, got {value!r}")
+                continue
+            value = float(value)
+        elif key in ("fine_tune", "resume"):
+            if not isinstance(value, bool):
+                errors.append(f"{key} must be true or false, got {value!r}")
+                continue
+        elif key == "device":
+            try:
+                pick_device(value if isinstance(value, str) else repr(value))
+            except DeviceError as exc:
+                errors.append(str(exc))
+                continue
+        opts[key] = value
+    if errors:
+        raise InputError("invalid training options: " + "; ".join(errors))
+    return opts
 
 
 def datastore_cases(datastore: Datastore) -> list[Case]:
@@ -79,7 +123,7 @@ class CT2DWITrain(TrainTask):
         return {"run": status, "published_model": cur.name if cur else None}
 
     def __call__(self, request, datastore: Datastore):
-        opts = {**DEFAULTS, **{k: v for k, v in request.items() if k in DEFAULTS}}
+        opts = validate_options(request)
         cases = datastore_cases(datastore)
         if len(cases) < 2:
             raise InputError(f"training needs at least 2 cases with 'dwi' and 'brainmask' labels; the datastore has {len(cases)}")
