@@ -53,6 +53,7 @@ def cmd_evaluate(a):
         raise InputError(f"no complete cases to evaluate in {a.data}")
     res = evaluate_cases(a.model, cases, a.out, device=a.device)
     print(res["table_markdown"])
+    print(res["sensitivity_markdown"])
     print(f"report: {res['report']}\nfigure: {res['figure']}")
     return 0
 

@@ -64,6 +64,7 @@ class LoadedCase:
     lesion: np.ndarray
     spacing_zyx: tuple
     image: sitk.Image  # the axial-oriented CT (geometry reference)
+    dwi_unclipped: np.ndarray | None = None  # normalised like ``dwi`` but not clipped (lesion MAE)
 
 
 def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
@@ -86,21 +87,27 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     dwi = sitk.GetArrayFromImage(vols["dwi"]).astype(np.float32) if "dwi" in vols else None
     lesion = (sitk.GetArrayFromImage(vols["lesion"]) > 0).astype(np.uint8) if "lesion" in vols else np.zeros_like(brain)
     ct_hu = sitk.GetArrayFromImage(ct_ax).astype(np.float32)
+    norm = (lambda clip: normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value, clip=clip)) if dwi is not None else None
     return LoadedCase(
         case.id,
         ct_hu,
-        normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value) if dwi is not None else None,
+        norm(True) if norm else None,
         brain,
         lesion,
         tuple(reversed(ct_ax.GetSpacing())),
         ct_ax,
+        norm(False) if norm else None,
     )
 
 
 def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
-    """(z, y, x) -> (z, C+1, y, x): CT window channels then the brain mask, per axial slice."""
-    x = window_ct(ct_hu, pre.ct_windows)  # (C, z, y, x)
-    x = np.concatenate([x, brain[None].astype(np.float32)], 0)
+    """(z, y, x) -> (z, C+1, y, x): CT window channels of slices z-k..z+k (k = ``pre.context_slices``, edge
+    slices repeated), then the brain mask of slice z."""
+    w = window_ct(ct_hu, pre.ct_windows)  # (W, z, y, x)
+    k = int(pre.context_slices)
+    n = ct_hu.shape[0]
+    chans = [w[:, np.clip(np.arange(n) + d, 0, n - 1)] for d in range(-k, k + 1)] if k else [w]
+    x = np.concatenate(chans + [brain[None].astype(np.float32)], 0)
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
@@ -110,10 +117,13 @@ class SliceDataset(Dataset):
     def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False):
         self.pre, self.divisor, self.augment = pre, divisor, augment
         self.items = []
+        self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
         for c in cases:
             x = model_input(c.ct_hu, c.brain, pre)
             frac = c.brain.reshape(c.brain.shape[0], -1).mean(1)
             for k in np.nonzero(frac >= pre.min_brain_fraction)[0]:
+                if c.lesion[k].any():
+                    self.lesion_items.append(len(self.items))
                 self.items.append((x[k], c.dwi[k][None], c.brain[k][None].astype(np.float32), c.lesion[k][None].astype(np.float32)))
         if not self.items:
             raise InputError("no training slices: every case lacks brain in its axial slices")

@@ -1,17 +1,31 @@
-"""Image-similarity metrics used in the paper, on DWI normalised to [0, 1] (data range 1.0).
+"""Image-similarity and lesion metrics on DWI normalised to [0, 1] (data range 1.0).
 
-* MSE, PSNR (dB, data range 1.0) - over the whole volume and inside the brain mask;
-* SSIM (scikit-image, 2-D per axial slice, data range 1.0, 7x7 Gaussian-free window) - whole
-  slices and averaged inside the brain mask;
-* lesion MAE - mean absolute error inside the lesion mask (NaN where a case has no lesion);
-* superpixel gray-level correlation - SLIC superpixels on the real DWI inside the brain, the mean
-  gray value of every superpixel in real and synthetic images, Pearson r between the two.
+Headline metrics are computed inside the brain mask (outside it the synthetic image is 0 by construction, so
+whole-volume PSNR/SSIM mostly measure the background: an all-zero prediction scores whole-slice SSIM ~0.8).
+
+* MSE, PSNR (dB, data range 1.0) - inside the brain (headline) and over the whole volume (secondary);
+* SSIM (scikit-image, uniform 7-pixel window, data range 1.0): 2-D per axial slice (array axis 0) and 3-D
+  (7x7x7 window over the volume), each as the SSIM map averaged inside the brain; whole-slice 2-D as secondary;
+* lesion MAE - mean absolute error inside the lesion mask, on the *unclipped* normalised real DWI when given;
+* superpixel gray-level correlation (the paper's measure) - SLIC superpixels (``n_segments=400``,
+  ``compactness=0.1``, voxel spacing honoured, seeds chosen by scikit-image inside the brain mask) on the real
+  DWI inside the brain, mean gray value of every superpixel in real and synthetic images, Pearson r. The
+  arrays are first put in a canonical orientation derived from the data (axes ordered by size/spacing, each
+  flipped so the mask's centre of mass lies in its lower half), so flipping or transposing the input arrays
+  does not change the value;
+* lesion metrics (:func:`lesion_metrics`) per connected lesion of the true mask: synthetic and real
+  lesion/normal-brain ratios, "shown" when the synthetic ratio >= 1.3, "darker" when < 1.0, CT contrast
+  (HU), volume (mL); false-bright volume outside lesions.
+
+Every metric is invariant to flips of the array axes, and all but the 2-D (per axial slice) SSIM to
+permutations of them (2-D SSIM is invariant to swapping the two in-plane axes).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy import stats
 from skimage.metrics import structural_similarity
 from skimage.segmentation import slic
@@ -60,17 +74,59 @@ def lesion_mae(pred, target, lesion) -> float:
     return float(np.abs(np.asarray(pred, np.float64)[sel] - np.asarray(target, np.float64)[sel]).mean())
 
 
+def canonical_orientation(mask, spacing=None, weights=None):
+    """(axis order, flips) that put ``mask`` in an orientation derived from its own shape and content:
+    axes sorted by (size, spacing, spread), then each flipped so the centre of mass of ``weights`` inside the
+    mask (default: the mask itself) sits in the lower half (ties broken by the third moment). Applying it to
+    flipped/transposed copies of the same data gives the same array."""
+    m = np.asarray(mask) > 0
+    w = m.astype(np.float64) if weights is None else np.where(m, np.asarray(weights, np.float64), 0.0)
+    sp = np.ones(m.ndim) if spacing is None else np.asarray(spacing, float)
+    coords = [np.arange(n, dtype=np.float64) for n in m.shape]
+    marg = [w.sum(axis=tuple(j for j in range(m.ndim) if j != a)) for a in range(m.ndim)]
+    total = max(float(w.sum()), 1e-12)
+    spread = []
+    for a in range(m.ndim):
+        c = float((coords[a] * marg[a]).sum() / total)
+        spread.append(round(float(((coords[a] - c) ** 2 * marg[a]).sum() / total) * sp[a] ** 2, 6))
+    order = sorted(range(m.ndim), key=lambda a: (m.shape[a], round(float(sp[a]), 6), spread[a]))
+    flips = []
+    for a in range(m.ndim):
+        n = m.shape[a]
+        c = float((coords[a] * marg[a]).sum() / total)
+        d = c - (n - 1) / 2.0
+        if abs(d) < 1e-9 * n:
+            d = float((((coords[a] - (n - 1) / 2.0) ** 3) * marg[a]).sum())
+            d = 0.0 if abs(d) < 1e-6 * n**3 else d
+        flips.append(d > 0)
+    return order, flips
+
+
+def _canonical(a, order, flips):
+    a = np.asarray(a)
+    for ax, f in enumerate(flips):
+        if f:
+            a = np.flip(a, ax)
+    return np.ascontiguousarray(np.transpose(a, order))
+
+
 def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactness: float = 0.1, spacing=None, seed: int = 0):
     """Pearson r between per-superpixel mean gray levels of real and synthetic DWI.
 
     SLIC (scikit-image) runs on the real DWI restricted to the brain mask so that both images are
-    compared on the same regions. Returns (r, number_of_superpixels).
+    compared on the same regions; inputs are put in :func:`canonical_orientation` first so the result does
+    not depend on array axis order or flips. Returns (r, number_of_superpixels).
     """
-    target = np.asarray(target, np.float64)
-    pred = np.asarray(pred, np.float64)
     m = np.asarray(mask) > 0
     if m.sum() == 0:
         return float("nan"), 0
+    target = np.asarray(target, np.float64)
+    order, flips = canonical_orientation(m, spacing, weights=1.0 + target - target[m].min())
+    target = _canonical(np.asarray(target, np.float64), order, flips)
+    pred = _canonical(np.asarray(pred, np.float64), order, flips)
+    m = _canonical(m, order, flips)
+    if spacing is not None:
+        spacing = [float(spacing[a]) for a in order]
     labels = slic(
         target, n_segments=n_segments, compactness=compactness, mask=m, channel_axis=None,
         spacing=None if spacing is None else np.asarray(spacing, float), start_label=1,
@@ -87,29 +143,131 @@ def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactnes
     return float(stats.pearsonr(mt, mp)[0]), int(len(ids))
 
 
-def evaluate_volume(pred, target, brain, lesion=None, spacing_zyx=None) -> dict:
-    """All metrics for one case; arrays are (z, y, x) with DWI normalised to [0, 1]."""
+def ssim3d(pred, target, mask=None, data_range: float = DATA_RANGE, win: int = 7) -> float:
+    """3-D SSIM (uniform ``win``^3 window) averaged over the mask (or the volume)."""
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    win = min(win, *(n if n % 2 else n - 1 for n in pred.shape))
+    if win < 3:
+        return float("nan")
+    _, smap = structural_similarity(target, pred, data_range=data_range, full=True, win_size=win)
+    if mask is None:
+        return float(smap.mean())
+    sel = np.asarray(mask) > 0
+    return float(smap[sel].mean()) if sel.any() else float("nan")
+
+
+#: a lesion counts as shown when its synthetic lesion/normal-brain ratio reaches this
+SHOWN_RATIO = 1.3
+#: CT lesion-contrast bins (HU) and volume bins (mL) for stratified sensitivity
+CONTRAST_BINS = ((0.0, 3.0, "<3 HU"), (3.0, 5.0, "3-5 HU"), (5.0, np.inf, ">=5 HU"))
+VOLUME_BINS = ((0.0, 1.0, "<1 mL"), (1.0, np.inf, ">=1 mL"))
+
+
+def lesion_metrics(pred, target, brain, lesion, ct_hu=None, spacing=None, shown_ratio: float = SHOWN_RATIO) -> dict:
+    """Per connected lesion (26-connectivity) of the true lesion mask.
+
+    Normal brain = brain minus the lesions dilated by 2 voxels; its median is the reference of each image.
+    For each lesion: ``ratio_real`` and ``ratio_syn`` = mean lesion value / normal-brain median, ``shown``
+    (ratio_syn >= ``shown_ratio``), ``darker`` (ratio_syn < 1), ``volume_ml`` and, with ``ct_hu``,
+    ``ct_contrast_hu`` = median CT of a 2-4 voxel ring of normal brain (15-60 HU) minus the lesion's mean CT.
+    Also ``false_bright_ml``: normal-brain volume that is bright (> shown_ratio x normal) in the synthetic
+    image but not in the real one."""
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    b = np.asarray(brain) > 0
+    les = (np.asarray(lesion) > 0) & b if lesion is not None else np.zeros(b.shape, bool)
+    vox_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None else 0.001
+    full = np.ones((3,) * b.ndim, bool)
+    normal = b & ~ndi.binary_dilation(les, full, iterations=2) if les.any() else b
+    if normal.sum() < 10:
+        normal = b & ~les
+    ref_syn = float(np.median(pred[normal])) if normal.any() else float("nan")
+    ref_real = float(np.median(target[normal])) if normal.any() else float("nan")
+    bright_syn = normal & (pred > shown_ratio * ref_syn)
+    bright_real = target > shown_ratio * ref_real
+    out = {"normal_syn": ref_syn, "normal_real": ref_real,
+           "false_bright_ml": float((bright_syn & ~bright_real).sum()) * vox_ml, "lesions": []}
+    if not les.any():
+        return out
+    labels, n = ndi.label(les, full)
+    ring_base = b & ~ndi.binary_dilation(les, full, iterations=1)
+    for k in range(1, n + 1):
+        region = labels == k
+        item = {
+            "volume_ml": float(region.sum()) * vox_ml,
+            "ratio_real": float(target[region].mean() / ref_real) if ref_real > 0 else float("nan"),
+            "ratio_syn": float(pred[region].mean() / ref_syn) if ref_syn > 0 else float("nan"),
+        }
+        item["shown"] = bool(item["ratio_syn"] >= shown_ratio)
+        item["darker"] = bool(item["ratio_syn"] < 1.0)
+        if ct_hu is not None:
+            ct = np.asarray(ct_hu, np.float64)
+            ring = ndi.binary_dilation(region, full, iterations=4) & ~ndi.binary_dilation(region, full, iterations=2) & ring_base
+            ring &= (ct > 15) & (ct < 60)
+            item["ct_contrast_hu"] = float(np.median(ct[ring]) - ct[region].mean()) if ring.sum() >= 5 else float("nan")
+        out["lesions"].append(item)
+    return out
+
+
+def stratified_sensitivity(lesions: list[dict]) -> dict:
+    """Fraction of lesions shown, overall and by CT contrast and volume bins: {bin: {"shown", "n", "sensitivity"}}."""
+    def summary(items):
+        n = len(items)
+        shown = sum(1 for x in items if x["shown"])
+        return {"shown": shown, "n": n, "sensitivity": shown / n if n else float("nan"),
+                "darker": sum(1 for x in items if x["darker"])}
+
+    out = {"all": summary(lesions)}
+    for lo, hi, name in CONTRAST_BINS:
+        out[f"contrast {name}"] = summary([x for x in lesions if lo <= x.get("ct_contrast_hu", np.nan) < hi])
+    for lo, hi, name in VOLUME_BINS:
+        out[f"volume {name}"] = summary([x for x in lesions if lo <= x["volume_ml"] < hi])
+    out["target: >=3 HU and >=1 mL"] = summary(
+        [x for x in lesions if x.get("ct_contrast_hu", np.nan) >= 3.0 and x["volume_ml"] >= 1.0])
+    return out
+
+
+def evaluate_volume(pred, target, brain, lesion=None, spacing_zyx=None, ct_hu=None, target_unclipped=None) -> dict:
+    """All metrics for one case; arrays are (z, y, x) axial-first with DWI normalised to [0, 1].
+    ``target_unclipped``: the normalised real DWI before clipping to [0, 1] (lesion MAE is computed on it)."""
     r, nsp = superpixel_correlation(pred, target, brain, spacing=spacing_zyx)
+    les = lesion_metrics(pred, target, brain, lesion, ct_hu, spacing_zyx)
+    lesion_sel = (np.asarray(lesion) > 0) if lesion is not None else None
+    clipped = float(np.mean(np.asarray(target)[lesion_sel] >= 1.0)) if lesion_sel is not None and lesion_sel.any() else float("nan")
     return {
+        "psnr_brain": psnr(pred, target, brain),
+        "ssim_brain": ssim(pred, target, brain),
+        "ssim3d_brain": ssim3d(pred, target, brain),
+        "mse_brain": mse(pred, target, brain),
+        "superpixel_r": r,
+        "lesion_mae": lesion_mae(pred, target if target_unclipped is None else target_unclipped, lesion),
+        "lesions_shown": sum(x["shown"] for x in les["lesions"]),
+        "lesions_total": len(les["lesions"]),
+        "lesions_darker": sum(x["darker"] for x in les["lesions"]),
+        "false_bright_ml": les["false_bright_ml"],
+        "lesion_voxels_clipped": clipped,
         "mse": mse(pred, target),
         "psnr": psnr(pred, target),
         "ssim": ssim(pred, target),
-        "mse_brain": mse(pred, target, brain),
-        "psnr_brain": psnr(pred, target, brain),
-        "ssim_brain": ssim(pred, target, brain),
-        "lesion_mae": lesion_mae(pred, target, lesion),
-        "superpixel_r": r,
         "superpixels": nsp,
+        "lesion_detail": les["lesions"],
     }
 
 
 METRIC_INFO = {
-    "mse": "MSE, whole volume (data range 1.0)",
-    "psnr": "PSNR dB, whole volume (data range 1.0)",
-    "ssim": "SSIM, whole axial slices (data range 1.0)",
-    "mse_brain": "MSE inside brain mask",
-    "psnr_brain": "PSNR dB inside brain mask",
-    "ssim_brain": "SSIM map averaged inside brain mask",
-    "lesion_mae": "MAE inside lesion mask",
-    "superpixel_r": "Pearson r of SLIC-superpixel mean gray (in brain)",
+    "psnr_brain": "PSNR dB inside the brain mask (headline)",
+    "ssim_brain": "2-D SSIM (per axial slice) map averaged inside the brain",
+    "ssim3d_brain": "3-D SSIM map averaged inside the brain",
+    "mse_brain": "MSE inside the brain mask",
+    "superpixel_r": "Pearson r of SLIC-superpixel mean gray (in brain; orientation-invariant)",
+    "lesion_mae": "MAE inside the lesion mask (unclipped normalised real DWI)",
+    "lesions_shown": "lesions with synthetic lesion/normal ratio >= 1.3",
+    "lesions_total": "connected lesions in the true mask",
+    "lesions_darker": "lesions rendered darker than normal brain (ratio < 1)",
+    "false_bright_ml": "mL of normal brain bright (>1.3x normal) in the synthetic but not the real DWI",
+    "lesion_voxels_clipped": "fraction of lesion voxels at the normalisation ceiling (1.0)",
+    "mse": "MSE, whole volume (secondary)",
+    "psnr": "PSNR dB, whole volume (secondary; + ~8 dB from the empty background)",
+    "ssim": "SSIM, whole axial slices (secondary)",
 }

@@ -161,29 +161,44 @@ class Up(nn.Module):
 
 
 class AdaptiveFusionWeighting(nn.Module):
-    """Learns one weight per scale (per pixel, CNN path + global attention path) and fuses the scales."""
+    """Learns one weight per scale (per pixel, CNN path + global attention path) and fuses the scales.
 
-    def __init__(self, scale_channels: list[int], width: int, heads: int):
+    ``scale`` > 1 computes the weights (and fuses the coarse scales) at 1/scale of the finest resolution; only
+    the finest scale is weighted at full resolution, with the weights up-sampled. ``scale=1`` is the full
+    resolution form (all scales projected and scored per full-resolution pixel: memory-bound and ~16 % of the
+    generator's time at base width 16)."""
+
+    def __init__(self, scale_channels: list[int], width: int, heads: int, scale: int = 1):
         super().__init__()
         self.proj = nn.ModuleList([nn.Conv2d(c, width, 1) for c in scale_channels])
         self.score_cnn = nn.Sequential(ConvBlock(width, width // 2), nn.Conv2d(width // 2, 1, 3, padding=1))
         self.scale_attn = nn.MultiheadAttention(width, num_heads=heads, batch_first=True)
         self.score_attn = nn.Linear(width, 1)
+        self.scale = int(scale)
 
     def forward(self, feats: list[torch.Tensor], return_weights: bool = False):
-        size = feats[0].shape[-2:]
-        proj = [
+        full = feats[0].shape[-2:]
+        size = full if self.scale == 1 else (max(1, full[0] // self.scale), max(1, full[1] // self.scale))
+        finest = self.proj[0](feats[0])
+        proj = [finest if size == full else F.adaptive_avg_pool2d(finest, size)]
+        proj += [
             F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else p(f)
-            for p, f in zip(self.proj, feats)
+            for p, f in zip(self.proj[1:], feats[1:])
         ]
-        stack = torch.stack(proj, 1)  # (B, S, C, H, W)
-        b, s, c, h, w = stack.shape
+        stack = torch.stack(proj, 1)  # (B, S, C, h, w)
+        b, s, _, h, w = stack.shape
         local = self.score_cnn(stack.flatten(0, 1)).view(b, s, h, w)
         tokens = stack.mean(dim=(-2, -1))  # (B, S, C) scale descriptors
         ctx, _ = self.scale_attn(tokens, tokens, tokens)
         global_score = self.score_attn(ctx).view(b, s, 1, 1)
         weights = torch.softmax(local + global_score, dim=1)
-        fused = (weights.unsqueeze(2) * stack).sum(1)
+        if size == full:
+            fused = (weights.unsqueeze(2) * stack).sum(1)
+        else:
+            coarse = (weights[:, 1:].unsqueeze(2) * stack[:, 1:]).sum(1)
+            up = F.interpolate(torch.cat([weights[:, :1], coarse], 1), size=full, mode="bilinear", align_corners=False)
+            fused = up[:, :1] * finest + up[:, 1:]
+            weights = F.interpolate(weights, size=full, mode="bilinear", align_corners=False)
         return (fused, weights) if return_weights else fused
 
 
@@ -207,13 +222,20 @@ class GeneratorConfig:
     use_dwt: bool = True
     use_adaptive_fusion: bool = True
     channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 4, 8, 8])
+    #: adaptive fusion weights computed at 1/fusion_scale resolution (1 = full resolution, the first design)
+    fusion_scale: int = 2
+    #: auxiliary lesion-probability head (training only; inference ignores it)
+    aux_lesion: bool = False
+
+    #: values of keys added after the first release, for checkpoints written before them
+    LEGACY = {"fusion_scale": 1, "aux_lesion": False}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
-        return strict_from_dict(cls, d, "generator config")
+        return strict_from_dict(cls, {**cls.LEGACY, **d}, "generator config")
 
 
 class JMMDAGenerator(nn.Module):
@@ -235,10 +257,11 @@ class JMMDAGenerator(nn.Module):
         self.up = nn.ModuleList([Up(ch[i + 1], ch[i], cfg.wavelet, cfg.use_dwt) for i in reversed(range(cfg.depth))])
         if cfg.use_adaptive_fusion:
             # decoder outputs, coarse to fine: ch[depth-1], ..., ch[0]; fuse at full resolution (finest first)
-            self.fusion = AdaptiveFusionWeighting(list(ch[: cfg.depth]), ch[0], cfg.heads)
+            self.fusion = AdaptiveFusionWeighting(list(ch[: cfg.depth]), ch[0], cfg.heads, cfg.fusion_scale)
         self.head = nn.Sequential(ConvBlock(ch[0], ch[0]), nn.Conv2d(ch[0], 1, 1))
+        self.lesion_head = nn.Conv2d(ch[0], 1, 1) if cfg.aux_lesion else None
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, return_weights: bool = False, return_aux: bool = False):
         ct, mask = x[:, : self.cfg.ct_channels], x[:, self.cfg.ct_channels : self.cfg.ct_channels + 1]
         h = self.stem(ct, mask) if self.cfg.use_mask else self.stem(ct)
         skips = [h]
@@ -254,6 +277,8 @@ class JMMDAGenerator(nn.Module):
         if self.cfg.use_adaptive_fusion:
             h, weights = self.fusion(dec[::-1], return_weights=True)
         out = torch.sigmoid(self.head(h))
+        if return_aux:
+            return out, (self.lesion_head(h) if self.lesion_head is not None else None)
         return (out, weights) if return_weights else out
 
 
@@ -285,7 +310,7 @@ class UNetGenerator(nn.Module):
         )
         self.out = nn.Conv2d(2 * ch[0], 1, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, return_weights: bool = False, return_aux: bool = False):
         x = x[:, : self.cfg.ct_channels + (1 if self.cfg.use_mask else 0)]
         feats = [self.inc(x)]
         for d in self.downs:
@@ -296,7 +321,7 @@ class UNetGenerator(nn.Module):
                 h = torch.cat([h, feats[self.cfg.depth - k]], 1)
             h = up(h)
         out = torch.sigmoid(self.out(torch.cat([h, feats[0]], 1)))
-        return (out, None) if return_weights else out
+        return (out, None) if (return_weights or return_aux) else out
 
 
 class PatchDiscriminator(nn.Module):

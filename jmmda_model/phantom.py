@@ -1,10 +1,29 @@
 """Paired CT / DWI / brain-mask / lesion-mask phantoms built on real anatomy.
 
-Anatomy: the MNI152 2009 grey-matter, white-matter and brain-mask templates shipped inside the
-``nilearn`` wheel (no download). Each case gets its own random affine + smooth elastic
-deformation, a skull and scalp grown around the brain, 0-3 ischaemic lesions (subtle CT
-hypodensity, bright DWI), a DWI bias field and realistic noise (correlated Gaussian in HU on CT,
-Rician on DWI). Geometry is clinical: 2.5 x 2.5 mm in plane, 5 mm axial slices, LPS direction.
+Anatomy: the 1 mm MNI152 2009 grey-matter, white-matter and brain-mask templates shipped inside the ``nilearn``
+wheel (no download), so sulci and ventricles come from the template. Per case (all drawn from the seed):
+
+* a random affine + smooth elastic deformation; age-like atrophy (sulcal and ventricular CSF widened);
+* tissue values within published ranges: CT GM 34-42 HU, WM 24-32 HU (GM-WM >= 4 HU), CSF 2-12 HU;
+  DWI (b1000 trace) GM 0.9-1.1, WM 0.72-0.9, CSF 0.12-0.3 (arbitrary units);
+* skull (cortical tables, diploe), scalp with a fat layer (-110..-70 HU), frontal and sphenoid sinus and
+  mastoid air cells; beam-hardening cupping near the inner table and streaks across the posterior fossa;
+  CT noise 2.5-6 HU (correlated) varying by case;
+* 0-``max_lesions`` acute infarcts shaped by vascular territory (MCA, ACA, PCA: a wedge of the territory
+  grown from a seed; lacunar: 3-8 mm deep lesions, < 1 mL), CT hypodensity 1-8 HU each, DWI 1.5-2.5x normal;
+  some subacute ones with T2 shine-through (more CT hypodensity, DWI only 1.3-1.6x); and 0-1 *old* infarcts
+  (CSF-like, dark on DWI, NOT in the lesion mask) as distractors;
+* DWI with an EPI-like distortion along the phase-encoding axis (A-P) and susceptibility signal loss near the
+  sinuses and skull base, a bias field and Rician noise.
+
+Default geometry: 1.8 x 1.8 mm in plane, 5 mm axial slices (``PhantomConfig.spacing``; the field of view is
+fixed in mm, so the grid follows the spacing), LPS direction. The brain mask excludes the skull's partial-volume
+rim (voxels the blurred bone reaches above 80 HU).
+
+What they do NOT model (see README): real pathology variety (haemorrhage, tumour, small-vessel disease beyond
+lacunes), patient motion, metal, dental or calcification artefacts, CT reconstruction kernels, scanner-specific
+DWI (b-value, coil shading beyond a smooth bias, ghosting), slice gaps or tilt, and anatomy beyond one
+template's warps.
 
 These are PHANTOMS for software testing and demonstration; they are not patient data.
 """
@@ -12,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,28 +39,30 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-HU = {"gm": 38.0, "wm": 29.0, "csf": 7.0, "scalp": 40.0, "air": -1000.0}
-DWI = {"gm": 1.0, "wm": 0.82, "csf": 0.22, "scalp": 0.12}
-
 
 @dataclass
 class PhantomConfig:
-    spacing: tuple[float, float, float] = (2.5, 2.5, 5.0)  # x, y, z in mm
-    size: tuple[int, int, int] = (96, 112, 36)  # x, y, z voxels
+    spacing: tuple[float, float, float] = (1.8, 1.8, 5.0)  # x, y, z in mm
+    fov_mm: tuple[float, float, float] = (230.0, 256.0, 160.0)  # x, y, z
+    size: tuple[int, int, int] | None = None  # default: ceil(fov / spacing)
     max_lesions: int = 3
-    ct_noise_hu: float = 4.0
-    dwi_noise: float = 0.035
+    old_infarct_prob: float = 0.3
     dwi_scale: float = 800.0  # arbitrary DWI units of the b1000 trace, stored as int16
+
+    def grid(self) -> tuple[int, int, int]:
+        if self.size is not None:
+            return tuple(int(s) for s in self.size)
+        return tuple(int(math.ceil(f / s - 1e-6)) for f, s in zip(self.fov_mm, self.spacing))
 
 
 @functools.lru_cache(maxsize=1)
 def _templates():
-    """MNI152 GM, WM, brain mask (2 mm) and their affine; read once per process (arrays are not modified)."""
+    """1 mm MNI152 GM, WM, brain mask and affine; read once per process (arrays are not modified)."""
     from nilearn import datasets  # templates ship inside the wheel
 
-    gm = datasets.load_mni152_gm_template(resolution=2)
-    wm = datasets.load_mni152_wm_template(resolution=2)
-    brain = datasets.load_mni152_brain_mask(resolution=2)
+    gm = datasets.load_mni152_gm_template(resolution=1)
+    wm = datasets.load_mni152_wm_template(resolution=1)
+    brain = datasets.load_mni152_brain_mask(resolution=1)
     return (
         np.asarray(gm.get_fdata(), np.float32),
         np.asarray(wm.get_fdata(), np.float32),
@@ -63,25 +85,42 @@ def _smooth_noise(rng, shape, sigma, amplitude):
     return n * amplitude
 
 
-def _lesions(rng, tissue: np.ndarray, spacing, max_lesions: int) -> np.ndarray:
-    """Irregular ellipsoidal infarcts inside brain tissue, biased towards MCA territory (lateral)."""
-    lesion = np.zeros(tissue.shape, bool)
-    n = int(rng.integers(0, max_lesions + 1))
-    candidates = np.argwhere(tissue > 0.6)
-    if n == 0 or len(candidates) == 0:
-        return lesion
-    center_x = tissue.shape[0] / 2
-    lateral = np.abs(candidates[:, 0] - center_x)
-    p = lateral**2 + 1.0
-    p /= p.sum()
-    grid = np.indices(tissue.shape).astype(np.float32)
-    for _ in range(n):
-        c = candidates[rng.choice(len(candidates), p=p)]
-        radii_mm = rng.uniform(6.0, 18.0, size=3)
-        d = sum(((grid[i] - c[i]) * spacing[i] / radii_mm[i]) ** 2 for i in range(3))
-        rough = _smooth_noise(rng, tissue.shape, 2.0, 0.35)
-        lesion |= d + rough < 1.0
-    return lesion & (tissue > 0.35)
+def _ellipsoid(mm: np.ndarray, centre, radii) -> np.ndarray:
+    """mm: (3, ...) MNI coordinates; True inside the ellipsoid."""
+    return sum(((mm[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
+
+
+# vascular territories in MNI mm (coarse, symmetric; side chosen per lesion): x = |lateral|, y = A-P, z = I-S
+def _territory(kind: str, mm: np.ndarray, side: float) -> np.ndarray:
+    x, y, z = side * mm[0], mm[1], mm[2]
+    if kind == "MCA":
+        return (x > 22) & (y > -75) & (y < 55) & (z > -25) & (z < 65)
+    if kind == "ACA":
+        return (x > 0) & (x < 22) & (y > -45) & (z > 5)
+    if kind == "PCA":
+        return (x > 0) & (((y < -62) & (z < 45)) | ((y < -25) & (z < -5) & (x < 45)))
+    if kind == "lacunar":
+        return (x > 8) & (x < 32) & (y > -30) & (y < 22) & (z > -8) & (z < 22)
+    raise ValueError(kind)
+
+
+def _infarct(rng, kind: str, mm: np.ndarray, tissue: np.ndarray, spacing) -> np.ndarray:
+    side = float(rng.choice([-1.0, 1.0]))
+    terr = _territory(kind, mm, side) & (tissue > 0.5)
+    cand = np.argwhere(terr)
+    if len(cand) == 0:
+        return np.zeros(tissue.shape, bool)
+    c = cand[rng.integers(len(cand))]
+    centre = mm[(slice(None),) + tuple(c)]
+    if kind == "lacunar":
+        radii = rng.uniform(3.0, 8.0, size=3) / 2 + 1.0  # 3-8 mm diameter (+ partial volume)
+        region = _ellipsoid(mm, centre, radii)
+    else:
+        radii = rng.uniform(5.0, 28.0) * rng.uniform(0.6, 1.4, size=3)
+        rough = _smooth_noise(rng, tissue.shape, 2.0, 0.45)
+        region = (sum(((mm[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) + rough) < 1.0
+        region &= _territory(kind, mm, side)
+    return region & (tissue > 0.35)
 
 
 def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
@@ -89,89 +128,186 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     cfg = cfg or PhantomConfig()
     rng = np.random.default_rng(seed)
     gm_t, wm_t, brain_t, affine = _templates()
-    # through-plane partial volume of thick slices
-    z_sigma = cfg.spacing[2] / 2.0 / 2.355 * 2
-    gm_t, wm_t, brain_t = (ndi.gaussian_filter1d(a, z_sigma, axis=2) for a in (gm_t, wm_t, brain_t))
+    shape = cfg.grid()
+    size = np.array(shape)
+    spacing = np.array(cfg.spacing, float)
 
-    size = np.array(cfg.size)
-    spacing = np.array(cfg.spacing)
-    idx = np.indices(cfg.size).reshape(3, -1).astype(np.float64)
-    # output grid in mm, centred on the brain (MNI RAS mm)
+    # ---- geometry: output grid (mm, centred on the brain) -> template voxels
     centre_vox = np.array(np.nonzero(brain_t > 0.5)).mean(1)
     centre_mm = affine[:3, :3] @ centre_vox + affine[:3, 3]
+    idx = np.indices(shape).reshape(3, -1).astype(np.float64)
     pts = (idx - (size[:, None] - 1) / 2) * spacing[:, None]
+    pts[2] += 10.0  # more field of view above the skull base than below
     rot = _random_rotation(rng)
-    scale = rng.uniform(0.92, 1.08)
+    scale = rng.uniform(1.0, 1.12)
     shift = rng.uniform(-4, 4, size=3)
     src_mm = (rot @ pts) / scale + centre_mm[:, None] + shift[:, None]
+    for axis in range(3):  # smooth elastic deformation, mm
+        src_mm[axis] += _smooth_noise(rng, shape, sigma=10.0 / spacing.mean(), amplitude=3.0).ravel()
     src_vox = np.linalg.solve(affine[:3, :3], src_mm - affine[:3, 3:4])
-    # smooth elastic deformation (in template voxels)
-    for axis in range(3):
-        src_vox[axis] += _smooth_noise(rng, cfg.size, sigma=6.0, amplitude=2.5).ravel()
+    mm = src_mm.reshape((3, *shape))  # MNI coordinates of every output voxel
 
-    def warp(a, order=1):
-        return ndi.map_coordinates(a, src_vox, order=order, mode="constant", cval=0.0).reshape(cfg.size)
+    # through-plane partial volume of thick slices: a box of the slice thickness, applied as a Gaussian
+    z_sigma = cfg.spacing[2] / 2.355
+
+    def warp(a):
+        out = ndi.map_coordinates(a, src_vox, order=1, mode="constant", cval=0.0).reshape(shape)
+        return ndi.gaussian_filter1d(out, z_sigma / cfg.spacing[2], axis=2)
 
     gm, wm, brain_p = warp(gm_t), warp(wm_t), warp(brain_t)
     brain = ndi.binary_fill_holes(brain_p > 0.5)
     tissue = np.clip(gm + wm, 0, 1) * brain
+    # ---- atrophy: tissue next to CSF recedes (sulci and ventricles widen)
+    atrophy = rng.uniform(0.0, 1.0)
+    csf0 = np.clip(1.0 - tissue, 0, 1) * brain
+    shrink = np.clip(1.0 - atrophy * 0.9 * ndi.gaussian_filter(csf0, 2.0 / spacing[:2].mean()), 0.0, 1.0)
+    gm, wm = gm * shrink, wm * shrink
+    tissue = np.clip(gm + wm, 0, 1) * brain
     csf = np.clip(1.0 - tissue, 0, 1) * brain
-    # skull and scalp from distance to brain (mm)
+    frac_gm = gm / np.maximum(gm + wm, 1e-3)
+
+    # ---- tissue values of this case
+    hu = {"gm": rng.uniform(34, 42), "csf": rng.uniform(2, 12), "skin": rng.uniform(30, 50), "fat": rng.uniform(-110, -70)}
+    hu["wm"] = min(rng.uniform(24, 32), hu["gm"] - 4.0)
+    sig = {"gm": rng.uniform(0.9, 1.1), "wm": rng.uniform(0.72, 0.9), "csf": rng.uniform(0.12, 0.3), "scalp": 0.1}
+
+    # ---- lesions: acute (in the mask), old (distractors)
+    lesions, lesion_meta = [], []
+    n_acute = int(rng.integers(0, cfg.max_lesions + 1))
+    for _ in range(n_acute):
+        kind = str(rng.choice(["MCA", "MCA", "ACA", "PCA", "lacunar", "lacunar"]))
+        region = _infarct(rng, kind, mm, tissue, cfg.spacing)
+        if not region.any():
+            continue
+        shine = bool(rng.random() < 0.2)
+        contrast = rng.uniform(6.0, 12.0) if shine else rng.uniform(1.0, 8.0)
+        ratio = rng.uniform(1.3, 1.6) if shine else rng.uniform(1.5, 2.5)
+        lesions.append((region, contrast, ratio))
+        lesion_meta.append({"territory": kind, "stage": "subacute (T2 shine-through)" if shine else "acute",
+                            "ct_hypodensity_hu": round(contrast, 2), "dwi_ratio": round(ratio, 2)})
+    old = np.zeros(shape, bool)
+    if rng.random() < cfg.old_infarct_prob:
+        old = _infarct(rng, str(rng.choice(["MCA", "PCA", "lacunar"])), mm, tissue, cfg.spacing)
+    lesion = np.zeros(shape, bool)
+    for region, _, _ in lesions:
+        lesion |= region
+    old &= ~lesion
+
+    # ---- skull, scalp, air spaces (distance to the brain, mm)
     dist = ndi.distance_transform_edt(~brain, sampling=cfg.spacing)
     csf_gap = rng.uniform(1.5, 3.5)
     skull_thick = rng.uniform(5.0, 8.0)
-    scalp_thick = rng.uniform(4.0, 7.0)
+    skin_t, fat_t, galea_t = rng.uniform(1.5, 2.5), rng.uniform(2.0, 5.0), rng.uniform(1.0, 2.0)
+    outer = csf_gap + skull_thick
     shell_csf = (dist > 0) & (dist <= csf_gap)
-    skull = (dist > csf_gap) & (dist <= csf_gap + skull_thick)
-    scalp = (dist > csf_gap + skull_thick) & (dist <= csf_gap + skull_thick + scalp_thick)
+    skull = (dist > csf_gap) & (dist <= outer)
+    galea = (dist > outer) & (dist <= outer + galea_t)
+    fat = (dist > outer + galea_t) & (dist <= outer + galea_t + fat_t)
+    skin = (dist > outer + galea_t + fat_t) & (dist <= outer + galea_t + fat_t + skin_t)
+    air_cells = np.zeros(shape, bool)
+    air_cells |= _ellipsoid(mm, (rng.uniform(-3, 3), rng.uniform(60, 66), rng.uniform(8, 16)), rng.uniform(5, 11, 3))  # frontal
+    air_cells |= _ellipsoid(mm, (rng.uniform(-3, 3), rng.uniform(8, 16), rng.uniform(-40, -30)), rng.uniform(8, 13, 3))  # sphenoid
+    for sx in (-1.0, 1.0):  # mastoid air cells: clusters of small cells behind the ear
+        for _ in range(int(rng.integers(4, 9))):
+            c = (sx * rng.uniform(40, 55), rng.uniform(-48, -30), rng.uniform(-45, -28))
+            air_cells |= _ellipsoid(mm, c, rng.uniform(2, 5, 3))
+    air_cells &= ~brain & (dist > csf_gap)
 
-    lesion = _lesions(rng, tissue, cfg.spacing, cfg.max_lesions)
-
-    # ---- CT (HU)
-    ct = np.full(cfg.size, HU["air"], np.float32)
-    ct[scalp] = HU["scalp"]
-    # cortical bone dense at the tables, diploe less dense in the middle of the skull
+    # ---- CT (HU), noiseless first
+    ct = np.full(shape, -1000.0, np.float32)
+    ct[skin | galea] = hu["skin"]
+    ct[fat] = hu["fat"]
     depth = np.clip((dist - csf_gap) / skull_thick, 0, 1)
-    bone = 1500.0 - 900.0 * np.sin(np.pi * depth) ** 2
+    cortical, diploe = rng.uniform(1300, 1800), rng.uniform(450, 800)
+    bone = cortical - (cortical - diploe) * np.sin(np.pi * depth) ** 2
     ct[skull] = bone[skull]
-    ct[shell_csf] = HU["csf"]
-    parenchyma = gm * HU["gm"] + wm * HU["wm"] + csf * HU["csf"]
-    ct[brain] = parenchyma[brain] / np.maximum((gm + wm + csf)[brain], 1e-3)
-    hypo = rng.uniform(2.0, 7.0)  # early ischaemic change is subtle on CT
-    ct[lesion] -= hypo * ndi.gaussian_filter(lesion.astype(np.float32), 1.0)[lesion] * 1.5
-    ct = ndi.gaussian_filter(ct, (0.6, 0.6, 0.3))
-    ct += ndi.gaussian_filter(rng.standard_normal(cfg.size).astype(np.float32), 0.7) * cfg.ct_noise_hu * 2.2
+    ct[shell_csf] = hu["csf"]
+    ct[air_cells] = -1000.0
+    rim = ndi.binary_dilation(air_cells, iterations=1) & ~air_cells & ~brain  # thin bony septa around air cells
+    ct[rim] = np.maximum(ct[rim], 600.0)
+    par = (frac_gm * hu["gm"] + (1 - frac_gm) * hu["wm"]) * tissue + hu["csf"] * csf
+    for region, contrast, _ in lesions:
+        par -= contrast * ndi.gaussian_filter(region.astype(np.float32), 0.7) * tissue
+    if old.any():
+        o = ndi.gaussian_filter(old.astype(np.float32), 0.7)
+        par = par * (1 - o) + (hu["csf"] + 2.0) * o
+    ct[brain] = par[brain]
+    # beam hardening: cupping (brighter next to the inner table) and streaks across the posterior fossa
+    dist_in = ndi.distance_transform_edt(brain, sampling=cfg.spacing)
+    ct[brain] += rng.uniform(1.5, 4.0) * np.exp(-dist_in[brain] / 8.0)
+    base = np.clip((-mm[2] - 10.0) / 25.0, 0, 1) * brain  # weight 1 at the skull base, 0 above z = -10 mm
+    streaks = np.zeros(shape, np.float32)
+    for _ in range(int(rng.integers(2, 6))):
+        ang = rng.uniform(-0.35, 0.35)
+        off = rng.uniform(-60, -20)
+        d_line = np.abs(np.cos(ang) * (mm[1] - off) - np.sin(ang) * mm[0])
+        streaks -= rng.uniform(6, 20) * np.exp(-(d_line**2) / (2 * rng.uniform(1.0, 2.5) ** 2))
+    ct += streaks * base
+    ct = ndi.gaussian_filter(ct, (0.5, 0.5, 0.25))
+    # brain mask without the skull's partial-volume rim
+    mask = ndi.binary_fill_holes(brain & (ct < 80.0))
+    mask = ndi.binary_opening(mask, iterations=1) | (mask & lesion)
+    lab, n = ndi.label(mask)
+    if n > 1:
+        mask = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    noise_hu = rng.uniform(2.5, 6.0)
+    ct += ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7) * noise_hu * 2.2
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
+    lesion &= mask
 
     # ---- DWI (b1000 trace, arbitrary units)
-    dwi = np.zeros(cfg.size, np.float32)
-    dwi[scalp] = DWI["scalp"]
-    tissue_sig = gm * DWI["gm"] + wm * DWI["wm"] + csf * DWI["csf"]
-    dwi[brain] = tissue_sig[brain] / np.maximum((gm + wm + csf)[brain], 1e-3)
-    dwi[shell_csf] = DWI["csf"]
-    bright = rng.uniform(1.7, 2.5)
-    dwi[lesion] *= 1.0 + (bright - 1.0) * np.clip(ndi.gaussian_filter(lesion.astype(np.float32), 1.0)[lesion] * 1.6, 0, 1)
-    bias = 1.0 + _smooth_noise(rng, cfg.size, sigma=15.0, amplitude=0.08)
-    dwi = ndi.gaussian_filter(dwi * bias, (0.7, 0.7, 0.3))
-    sigma = cfg.dwi_noise
-    dwi = np.sqrt((dwi + rng.normal(0, sigma, cfg.size)) ** 2 + rng.normal(0, sigma, cfg.size) ** 2)
+    dwi = np.zeros(shape, np.float32)
+    dwi[skin | galea | fat] = sig["scalp"]
+    tsig = (frac_gm * sig["gm"] + (1 - frac_gm) * sig["wm"]) * tissue + sig["csf"] * csf
+    for region, _, ratio in lesions:
+        tsig *= 1.0 + (ratio - 1.0) * np.clip(ndi.gaussian_filter(region.astype(np.float32), 0.7) * 1.4, 0, 1)
+    if old.any():
+        o = ndi.gaussian_filter(old.astype(np.float32), 0.7)
+        tsig = tsig * (1 - o) + sig["csf"] * o
+    dwi[brain] = tsig[brain]
+    dwi[shell_csf] = sig["csf"]
+    # susceptibility: signal loss next to air spaces (orbitofrontal, inferior temporal)
+    d_air = ndi.distance_transform_edt(~air_cells, sampling=cfg.spacing) if air_cells.any() else np.full(shape, 1e3)
+    dwi *= 1.0 - rng.uniform(0.4, 0.8) * np.exp(-d_air / rng.uniform(6.0, 10.0))
+    # EPI distortion along the phase-encoding axis (y = A-P), largest near the air spaces and skull base
+    amp = rng.uniform(1.5, 4.0)  # mm
+    shift_mm = amp * (np.exp(-d_air / 15.0) + 0.4 * np.clip((-mm[2] - 10.0) / 30.0, 0, 1)) * np.sign(rng.uniform(-1, 1))
+    coords = np.indices(shape).astype(np.float32)
+    coords[1] += shift_mm / cfg.spacing[1]
+    jac = 1.0 + np.gradient(shift_mm / cfg.spacing[1], axis=1)  # pile-up / stretching of signal
+    dwi = ndi.map_coordinates(dwi, coords, order=1, mode="constant") * np.clip(jac, 0.5, 1.5)
+    bias = 1.0 + _smooth_noise(rng, shape, sigma=30.0 / spacing.mean(), amplitude=0.08)
+    dwi = ndi.gaussian_filter(dwi * bias, (0.6, 0.6, 0.25))
+    noise = rng.uniform(0.025, 0.045)
+    dwi = np.sqrt((dwi + rng.normal(0, noise, shape)) ** 2 + rng.normal(0, noise, shape) ** 2)
     dwi = np.round(dwi * cfg.dwi_scale).astype(np.int16)
 
+    # per-lesion facts (connected parts of one territory lesion count as one lesion here)
+    vox_ml = float(np.prod(cfg.spacing)) / 1000.0
+    for (region, _, _), meta in zip(lesions, lesion_meta):
+        meta["volume_ml"] = round(float((region & mask).sum()) * vox_ml, 2)
     # LPS geometry: MNI RAS x,y -> LPS flips x and y; direction diag(-1,-1,1) keeps array order
-    origin = (
-        float(-(centre_mm[0] - (size[0] - 1) / 2 * spacing[0])),
-        float(-(centre_mm[1] - (size[1] - 1) / 2 * spacing[1])),
-        float(centre_mm[2] - (size[2] - 1) / 2 * spacing[2]),
-    )
+    origin_ras = centre_mm - (size - 1) / 2 * spacing + np.array([0.0, 0.0, 10.0])
+    origin = (float(-origin_ras[0]), float(-origin_ras[1]), float(origin_ras[2]))
     return {
         "ct": ct,
         "dwi": dwi,
-        "brainmask": brain.astype(np.uint8),
+        "brainmask": mask.astype(np.uint8),
         "lesion": lesion.astype(np.uint8),
         "spacing": tuple(float(s) for s in cfg.spacing),
         "origin": origin,
         "direction": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0),
-        "meta": {"seed": seed, "lesion_voxels": int(lesion.sum()), "ct_hypodensity_hu": round(hypo, 2), "dwi_lesion_ratio": round(bright, 2)},
+        "meta": {
+            "seed": seed,
+            "lesion_voxels": int(lesion.sum()),
+            "lesions": lesion_meta,
+            "old_infarct_ml": round(float(old.sum()) * vox_ml, 2),
+            "atrophy": round(atrophy, 2),
+            "ct_noise_hu": round(noise_hu, 2),
+            "tissue_hu": {k: round(v, 1) for k, v in hu.items()},
+            "tissue_dwi": {k: round(v, 3) for k, v in sig.items()},
+            "epi_shift_mm": round(amp, 2),
+        },
     }
 
 

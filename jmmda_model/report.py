@@ -1,5 +1,6 @@
-"""Evaluation report: per-case metric table (CSV, Markdown, JSON) and a PNG figure
-CT | real DWI | synthetic DWI (| abs. error) at the slice with the most lesion (or brain)."""
+"""Evaluation report: per-case metric table (CSV, Markdown, JSON), per-lesion table with sensitivity stratified
+by CT contrast and volume, and a PNG figure CT | real DWI | synthetic DWI | abs. error at the slice through
+the largest lesion of each case (or the most brain when it has none)."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,11 @@ import numpy as np
 
 from .data import Case, load_case, model_input
 from .inference import Synthesizer
-from .metrics import METRIC_INFO, evaluate_volume
+from .metrics import METRIC_INFO, SHOWN_RATIO, evaluate_volume, stratified_sensitivity
 
-COLUMNS = ["mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain", "lesion_mae", "superpixel_r"]
+#: headline (in-brain, lesion) first; whole-volume numbers last as secondary columns
+COLUMNS = ["psnr_brain", "ssim_brain", "ssim3d_brain", "superpixel_r", "lesion_mae", "lesions_shown", "lesions_total",
+           "lesions_darker", "false_bright_ml", "lesion_voxels_clipped", "mse_brain", "psnr", "ssim", "mse"]
 
 
 def _fmt(v):
@@ -30,7 +33,7 @@ def markdown_table(rows: list[dict], summary: dict) -> str:
 def summarize(rows: list[dict]) -> dict:
     out = {}
     for c in COLUMNS:
-        vals = np.array([r[c] for r in rows], float)
+        vals = np.array([r.get(c, np.nan) for r in rows], float)
         vals = vals[np.isfinite(vals)]
         out[c] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sd": float(vals.std()) if vals.size else float("nan"), "n": int(vals.size)}
     return out
@@ -48,8 +51,8 @@ def figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarra
         err = np.abs(syn - real)
         for ax, img, title, kw in (
             (axes[r, 0], ct, f"{cid}: CT (W80 L40)", dict(cmap="gray", vmin=0, vmax=80)),
-            (axes[r, 1], real, "real DWI", dict(cmap="gray", vmin=0, vmax=1)),
-            (axes[r, 2], syn, "SYNTHETIC DWI", dict(cmap="gray", vmin=0, vmax=1)),
+            (axes[r, 1], real, "real DWI", dict(cmap="gray", vmin=0, vmax=0.8)),
+            (axes[r, 2], syn, "SYNTHETIC DWI", dict(cmap="gray", vmin=0, vmax=0.8)),
             (axes[r, 3], err, "|error|", dict(cmap="magma", vmin=0, vmax=0.5)),
         ):
             ax.imshow(img, origin="upper", **kw)
@@ -65,19 +68,43 @@ def figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return path
 
 
-def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, device: str | None = None) -> dict:
+def lesion_table(lesions: list[dict]) -> str:
+    head = "| case | lesion | volume mL | CT contrast HU | real ratio | synthetic ratio | shown | darker |\n|---|---|---|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {x['case']} | {x['index']} | {x['volume_ml']:.2f} | {_fmt(x.get('ct_contrast_hu'))} | {x['ratio_real']:.2f} | "
+        f"{x['ratio_syn']:.2f} | {'yes' if x['shown'] else 'no'} | {'yes' if x['darker'] else 'no'} |\n"
+        for x in lesions
+    )
+
+
+def sensitivity_table(sens: dict) -> str:
+    head = f"| lesions | shown (synthetic ratio >= {SHOWN_RATIO}) | n | sensitivity | darker than normal |\n|---|---|---|---|---|\n"
+    return head + "".join(
+        f"| {k} | {v['shown']} | {v['n']} | {_fmt(v['sensitivity'])} | {v['darker']} |\n" for k, v in sens.items()
+    )
+
+
+def predict_case(syn: Synthesizer, lc) -> np.ndarray:
+    y = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre))
+    return y * lc.brain if syn.pre.mask_output else y
+
+
+def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, device: str | None = None,
+                   progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     syn = Synthesizer(model, device=device)
-    rows, panels = [], []
-    for case in cases:
+    rows, panels, lesions = [], [], []
+    for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress, dynamic_ncols=True):
         lc = load_case(case, syn.pre)
         if lc.dwi is None:
             continue
-        y = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre))
-        if syn.pre.mask_output:
-            y = y * lc.brain
-        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx)
+        y = predict_case(syn, lc)
+        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
+        detail = m.pop("lesion_detail")
+        lesions += [{"case": case.id, "index": i + 1, **x} for i, x in enumerate(detail)]
         rows.append({"case": case.id, **m})
         per_slice = lc.lesion.reshape(lc.lesion.shape[0], -1).sum(1)
         if per_slice.max() == 0:
@@ -85,6 +112,7 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
         k = int(per_slice.argmax())
         panels.append((case.id, lc.ct_hu[k], lc.dwi[k], y[k], lc.lesion[k] > 0))
     summary = summarize(rows)
+    sens = stratified_sensitivity(lesions)
     table = markdown_table(rows, summary)
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["case"] + COLUMNS + ["superpixels"])
@@ -98,16 +126,23 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
         "metrics": METRIC_INFO,
         "cases": rows,
         "summary": summary,
+        "lesions": lesions,
+        "lesion_sensitivity": sens,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     md = (
         "# JMMDA-GAN evaluation\n\nSynthetic DWI - research use only, not for diagnosis.\n\n"
         f"Model: `{model}`; data range 1.0 (DWI normalised to [0, 1] inside the brain).\n\n"
         + table
+        + "\n## Lesions\n\n"
+        + sensitivity_table(sens)
+        + "\n"
+        + lesion_table(lesions)
         + "\n"
         + "\n".join(f"- `{k}`: {v}" for k, v in METRIC_INFO.items())
         + "\n\n![figure](figure.png)\n"
     )
     (out / "report.md").write_text(md)
     fig = figure(panels[:6], out / "figure.png")
-    return {"rows": rows, "summary": summary, "table_markdown": table, "report": str(out / "report.md"), "figure": str(fig)}
+    return {"rows": rows, "summary": summary, "table_markdown": table, "lesions": lesions, "lesion_sensitivity": sens,
+            "sensitivity_markdown": sensitivity_table(sens), "report": str(out / "report.md"), "figure": str(fig)}

@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -58,6 +59,14 @@ class TrainConfig:
     amp: bool = True
     val_every: int = 1
     max_steps_per_epoch: int | None = None
+    #: stop after exactly this many optimiser steps in total (None: run all epochs)
+    max_steps: int | None = None
+    #: lesion-aware training: slices with lesion appear this many times per epoch (1 = plain sampling)
+    lesion_oversample: int = 3
+    #: weight of the lesion-contrast loss |(lesion - normal)_synthetic - (lesion - normal)_real| per slice
+    lambda_contrast: float = 10.0
+    #: weight of the auxiliary lesion-probability loss (generators built with ``aux_lesion``)
+    lambda_aux: float = 1.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -69,6 +78,20 @@ class TrainConfig:
 def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float):
     w = background_weight + (1.0 - background_weight) * brain + lesion_weight * lesion
     return (w * (pred - target).abs()).sum() / w.sum()
+
+
+def lesion_contrast_loss(pred, target, brain, lesion):
+    """Mean over slices with lesion of |(mean lesion - mean normal brain) of pred - the same of target|:
+    penalises a lesion rendered less (or more) bright than the real one, whatever its size."""
+    normal = brain * (1 - lesion)
+    dims = (1, 2, 3)
+    n_les, n_norm = lesion.sum(dims), normal.sum(dims)
+    has = (n_les > 0) & (n_norm > 0)
+    if not bool(has.any()):
+        return pred.sum() * 0.0
+    def delta(img):
+        return (img * lesion).sum(dims) / n_les.clamp(min=1) - (img * normal).sum(dims) / n_norm.clamp(min=1)
+    return (delta(pred) - delta(target)).abs()[has].mean()
 
 
 def _gan_loss(logits, real: bool, mode: str):
@@ -97,10 +120,9 @@ class Trainer:
         self.on_epoch = on_epoch
         self.device = pick_device(cfg.device)
         self.amp = cfg.amp and self.device.type == "cuda"
-        self.gcfg = GeneratorConfig.from_dict(cfg.generator)
         self.pre = PreprocessConfig.from_dict(cfg.preprocess)
-        if self.gcfg.ct_channels != len(self.pre.ct_windows):
-            raise ValueError(f"generator ct_channels={self.gcfg.ct_channels} but {len(self.pre.ct_windows)} CT windows configured")
+        # the generator's CT channels follow from the preprocessing (windows x 2.5-D slices)
+        self.gcfg = dataclasses.replace(GeneratorConfig.from_dict(cfg.generator), ct_channels=self.pre.input_channels)
         torch.manual_seed(cfg.seed)
         self.G = build_generator(self.gcfg).to(self.device)
         self.D = PatchDiscriminator(self.gcfg.ct_channels + 2, cfg.disc_channels, cfg.disc_layers).to(self.device)
@@ -154,9 +176,15 @@ class Trainer:
             y = predict_slices(self.G, model_input(c.ct_hu, c.brain, self.pre), self.device, amp=self.amp)
             if self.pre.mask_output:
                 y = y * c.brain
-            per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx))
-        keys = [k for k in per_case[0] if k != "superpixels"]
-        return {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
+            per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx, ct_hu=c.ct_hu,
+                                            target_unclipped=c.dwi_unclipped))
+        lesions = [x for m in per_case for x in m.pop("lesion_detail")]
+        keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
+        out = {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
+        out["lesion_sensitivity"] = float(np.mean([x["shown"] for x in lesions])) if lesions else float("nan")
+        out["lesions_darker"] = float(sum(x["darker"] for x in lesions))
+        out["lesions_total"] = float(len(lesions))
+        return out
 
     def fit(self, train: list[Case], val: list[Case] | None = None, resume: bool = True,
             init_from: str | Path | None = None) -> dict:
@@ -184,13 +212,18 @@ class Trainer:
             writer = SummaryWriter(str(self.out / "tensorboard"))
         status_path = self.out / "status.json"
         stopped = False
+        def done() -> bool:
+            return cfg.max_steps is not None and self.global_step >= cfg.max_steps
+
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < cfg.epochs and not done():
                 ds.epoch_seed = cfg.seed * 7919 + self.epoch
                 order = torch.Generator().manual_seed(cfg.seed * 104729 + self.epoch)
-                loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=order, drop_last=len(ds) > cfg.batch_size)
+                idx = list(range(len(ds))) + [i for i in ds.lesion_items for _ in range(max(cfg.lesion_oversample, 1) - 1)]
+                idx = [idx[j] for j in torch.randperm(len(idx), generator=order).tolist()]
+                loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=idx, drop_last=len(idx) > cfg.batch_size)
                 torch.manual_seed(cfg.seed * 15485863 + self.epoch)
-                sums = {"loss_g": 0.0, "loss_d": 0.0, "loss_l1": 0.0}
+                sums = {"loss_g": 0.0, "loss_d": 0.0, "loss_l1": 0.0, "loss_contrast": 0.0}
                 n = 0
                 it = loader
                 if cfg.progress:
@@ -200,7 +233,7 @@ class Trainer:
                 for step, batch in enumerate(it):
                     if self.stop_event.is_set():
                         raise StopTraining()
-                    if cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch:
+                    if (cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch) or done():
                         break
                     losses = self._step(batch)
                     for k in sums:
@@ -260,7 +293,7 @@ class Trainer:
         lesion = batch["lesion"].to(self.device)
         ac = torch.autocast("cuda", dtype=torch.float16) if self.amp else torch.autocast("cpu", enabled=False)
         with ac:
-            fake = self.G(x)
+            fake, lesion_logits = self.G(x, return_aux=True)
             if self.pre.mask_output:
                 fake_d = fake * brain
                 y_d = y * brain
@@ -277,11 +310,19 @@ class Trainer:
             adv = _gan_loss(self.D(x, fake_d), True, cfg.gan_mode)
             l1 = weighted_l1(fake.float(), y, brain, lesion, cfg.lesion_weight, cfg.background_weight)
             loss_g = cfg.lambda_adv * adv + cfg.lambda_l1 * l1
+            contrast = lesion_contrast_loss(fake.float(), y, brain, lesion)
+            if cfg.lambda_contrast:
+                loss_g = loss_g + cfg.lambda_contrast * contrast
+            if lesion_logits is not None and cfg.lambda_aux:
+                pos = torch.tensor(10.0, device=lesion_logits.device)
+                aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain, pos_weight=pos)
+                loss_g = loss_g + cfg.lambda_aux * aux
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "loss_l1": float(l1.detach())}
+        return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "loss_l1": float(l1.detach()),
+                "loss_contrast": float(contrast.detach())}
 
     def model_card(self, train: list[Case]) -> dict:
         return {

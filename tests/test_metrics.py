@@ -76,3 +76,103 @@ def test_evaluate_volume_keys():
     m = M.evaluate_volume(v * 0.9, v, brain, None)
     assert set(M.METRIC_INFO) <= set(m)
     assert m["psnr_brain"] > 10 and math.isnan(m["lesion_mae"])
+
+
+# ---------------------------------------------------------------- lesion metrics (known answers)
+def _lesion_volume():
+    """(pred-free) real DWI with two lesions of known brightness, CT with known hypodensity."""
+    shape = (12, 64, 64)
+    rng = np.random.default_rng(5)
+    brain = np.zeros(shape, np.uint8)
+    brain[1:11, 6:58, 6:58] = 1
+    dwi = np.where(brain > 0, 0.25 + rng.normal(0, 0.005, shape), 0.0)
+    ct = np.where(brain > 0, 35.0, -1000.0)
+    lesion = np.zeros(shape, np.uint8)
+    lesion[3:8, 15:27, 15:27] = 1  # 720 voxels: 0.72 mL at 1 mm^3
+    lesion[4:6, 40:44, 40:44] = 1  # 32 voxels, separate
+    dwi[lesion > 0] = 0.55  # ratio 2.2
+    ct[3:8, 15:27, 15:27] -= 6.0
+    ct[4:6, 40:44, 40:44] -= 2.0
+    return dwi, brain, lesion, ct
+
+
+def test_lesion_metrics_perfect_prediction_shows_every_lesion():
+    dwi, brain, lesion, ct = _lesion_volume()
+    m = M.lesion_metrics(dwi, dwi, brain, lesion, ct, spacing=(1.0, 1.0, 1.0))
+    assert len(m["lesions"]) == 2
+    big, small = sorted(m["lesions"], key=lambda x: -x["volume_ml"])
+    assert big["volume_ml"] == pytest.approx(0.72) and small["volume_ml"] == pytest.approx(0.032)
+    assert big["ratio_real"] == pytest.approx(2.2, rel=0.02) and big["ratio_syn"] == pytest.approx(big["ratio_real"])
+    assert big["ct_contrast_hu"] == pytest.approx(6.0, abs=0.01) and small["ct_contrast_hu"] == pytest.approx(2.0, abs=0.01)
+    assert all(x["shown"] and not x["darker"] for x in m["lesions"])
+    assert m["false_bright_ml"] == 0
+    sens = M.stratified_sensitivity(m["lesions"])
+    assert sens["all"]["sensitivity"] == 1.0 and sens["contrast <3 HU"]["n"] == 1 and sens["contrast >=5 HU"]["n"] == 1
+    assert sens["volume <1 mL"]["n"] == 2
+
+
+def test_lesion_metrics_erased_and_darkened_lesions():
+    dwi, brain, lesion, ct = _lesion_volume()
+    erased = dwi.copy()
+    erased[lesion > 0] = 0.25  # lesion painted as normal brain
+    m = M.lesion_metrics(erased, dwi, brain, lesion, ct)
+    assert [x["shown"] for x in m["lesions"]] == [False, False]
+    assert all(x["ratio_syn"] == pytest.approx(1.0, abs=0.05) for x in m["lesions"])
+    dark = dwi.copy()
+    dark[lesion > 0] = 0.2
+    m = M.lesion_metrics(dark, dwi, brain, lesion, ct)
+    assert all(x["darker"] and not x["shown"] for x in m["lesions"])
+    assert M.stratified_sensitivity(m["lesions"])["all"] == {"shown": 0, "n": 2, "sensitivity": 0.0, "darker": 2}
+    fake = dwi.copy()
+    fake[8:10, 30:40, 45:55] = 0.6  # 200 voxels bright in the synthetic image only
+    m = M.lesion_metrics(fake, dwi, brain, lesion, ct, spacing=(1.0, 1.0, 1.0))
+    assert m["false_bright_ml"] == pytest.approx(0.2)
+
+
+def _flips_and_transposes():
+    yield lambda a: a[::-1]
+    yield lambda a: a[:, ::-1, ::-1]
+    yield lambda a: np.swapaxes(a, 1, 2)
+    yield lambda a: np.transpose(a, (2, 0, 1))
+
+
+def test_every_metric_is_invariant_to_array_axis_order():
+    dwi, brain, lesion, ct = _lesion_volume()
+    rng = np.random.default_rng(9)
+    from scipy import ndimage as ndi
+
+    texture = ndi.gaussian_filter(rng.random(dwi.shape), 1.5)
+    target = np.clip(dwi + 0.3 * (texture - 0.5) * brain, 0, 1)
+    pred = np.clip(target + rng.normal(0, 0.03, dwi.shape) * brain, 0, 1)
+    pred[lesion > 0] *= 0.7
+    ref = M.evaluate_volume(pred, target, brain, lesion, (1.0, 1.0, 1.0), ct_hu=ct)
+    for k, f in enumerate(_flips_and_transposes()):
+        got = M.evaluate_volume(f(pred), f(target), f(brain), f(lesion), (1.0, 1.0, 1.0), ct_hu=f(ct))
+        for key, v in ref.items():
+            if key == "lesion_detail":
+                a = sorted((x["volume_ml"], round(x["ratio_syn"], 9), round(x["ct_contrast_hu"], 9)) for x in v)
+                b = sorted((x["volume_ml"], round(x["ratio_syn"], 9), round(x["ct_contrast_hu"], 9)) for x in got[key])
+                assert a == b
+            elif key in ("ssim", "ssim_brain") and k == 3:
+                continue  # 2-D SSIM is per axial slice (axis 0): defined for axial-first arrays only
+            else:
+                assert got[key] == pytest.approx(v, rel=1e-6, abs=1e-9, nan_ok=True), (k, key)
+
+
+def test_superpixel_r_uses_no_orientation():
+    v, brain = _vol(3, (10, 48, 40))
+    p = np.clip(v + np.random.default_rng(4).normal(0, 0.1, v.shape), 0, 1)
+    r0, n0 = M.superpixel_correlation(p, v, brain, spacing=(5.0, 1.8, 1.8))
+    r1, n1 = M.superpixel_correlation(p[:, ::-1], v[:, ::-1], brain[:, ::-1], spacing=(5.0, 1.8, 1.8))
+    assert (r0, n0) == pytest.approx((r1, n1), abs=1e-12)
+
+
+def test_dwi_normalisation_keeps_lesions_below_the_ceiling():
+    from jmmda_model.preprocess import normalize_dwi
+
+    dwi, brain, lesion, _ = _lesion_volume()
+    raw = dwi * 3000  # scanner units; lesion 2.2x normal
+    n = normalize_dwi(raw, brain)
+    assert np.median(n[brain > 0]) == pytest.approx(0.25, abs=0.01)
+    assert n[lesion > 0].max() < 1.0  # nothing clipped
+    assert n[lesion > 0].mean() / np.median(n[(brain > 0) & (lesion == 0)]) == pytest.approx(2.2, rel=0.02)

@@ -11,8 +11,8 @@ from conftest import SAMPLE
 
 
 def test_phantom_case_is_plausible_and_deterministic():
-    a = make_case(7)
-    b = make_case(7)
+    a = make_case(5)
+    b = make_case(5)
     c = make_case(8)
     assert np.array_equal(a["ct"], b["ct"]) and np.array_equal(a["dwi"], b["dwi"])
     assert not np.array_equal(a["brainmask"], c["brainmask"])  # random deformation per case
@@ -25,6 +25,33 @@ def test_phantom_case_is_plausible_and_deterministic():
     normal = brain & ~les
     assert np.median(dwi[les]) > 1.4 * np.median(dwi[normal])  # DWI bright lesion
     assert np.mean(ct[les]) < np.mean(ct[normal & (ct > 20)])  # subtle CT hypodensity
+    assert max(a["spacing"][:2]) <= 1.8  # clinical DWI/CT in-plane resolution
+    assert (ct[brain] > 245).mean() < 0.001  # no skull partial-volume rim inside the brain mask
+    assert (ct < -50).sum() > 0 and ((ct > -150) & (ct < -50)).sum() > 100  # air spaces, scalp fat
+
+
+def test_phantoms_vary_per_case_and_cover_the_lesion_spectrum():
+    metas = [make_case(s)["meta"] for s in range(12)]
+    gm = [m["tissue_hu"]["gm"] for m in metas]
+    assert max(gm) - min(gm) > 3 and len({m["ct_noise_hu"] for m in metas}) == 12
+    lesions = [x for m in metas for x in m["lesions"]]
+    territories = {x["territory"] for x in lesions}
+    assert {"MCA", "lacunar"} <= territories and len(territories) >= 3
+    assert min(x["volume_ml"] for x in lesions) < 1.0 < max(x["volume_ml"] for x in lesions)
+    assert min(x["ct_hypodensity_hu"] for x in lesions) < 3.0 and max(x["ct_hypodensity_hu"] for x in lesions) > 6.0
+    assert any(m["old_infarct_ml"] > 0 for m in metas)
+
+
+def test_generation_takes_a_target_spacing_and_is_fast():
+    import time
+
+    from jmmda_model.phantom import PhantomConfig
+
+    make_case(0)  # templates read once per process
+    t = time.time()
+    c = make_case(3, PhantomConfig(spacing=(1.2, 1.2, 3.0)))
+    assert c["ct"].shape == (192, 214, 54) and c["spacing"] == (1.2, 1.2, 3.0)
+    assert time.time() - t < 15
 
 
 def test_committed_sample_data_is_consistent():
@@ -42,10 +69,10 @@ def test_committed_sample_data_is_consistent():
 def test_write_datastore_layout(tmp_path):
     from jmmda_model.phantom import PhantomConfig
 
-    ids = write_datastore(tmp_path, 2, first_seed=40, cfg=PhantomConfig(size=(48, 56, 12), spacing=(5.0, 5.0, 15.0)))
+    ids = write_datastore(tmp_path, 2, first_seed=40, cfg=PhantomConfig(spacing=(5.0, 5.0, 15.0)))
     assert ids == ["phantom_040", "phantom_041"]
     found = find_cases(tmp_path)
     assert [c.id for c in found] == ids and all(c.lesion is not None for c in found)
-    write_datastore(tmp_path, 1, first_seed=50, cfg=PhantomConfig(size=(48, 56, 12), spacing=(5.0, 5.0, 15.0)))
+    write_datastore(tmp_path, 1, first_seed=50, cfg=PhantomConfig(spacing=(5.0, 5.0, 15.0)))
     index = json.loads((tmp_path / "phantom_cases.json").read_text())["cases"]
     assert set(index) == {"phantom_040", "phantom_041", "phantom_050"}

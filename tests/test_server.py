@@ -51,7 +51,7 @@ def test_info_lists_model_and_trainer(server):
 
 
 def test_infer_round_trip_with_monailabel_client(server, tmp_path):
-    ct, mask, _ = _case(9)
+    ct, mask, _ = _case(7)
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
     out_path, params = client.infer("ct2dwi", "", {}, label_in=str(mask), file=str(ct))
     assert "SYNTHETIC" in out_path
@@ -67,7 +67,7 @@ def test_infer_round_trip_with_monailabel_client(server, tmp_path):
 
 
 def test_infer_auto_mask_and_datastore_image(server):
-    ct, _, _ = _case(9)
+    ct, _, _ = _case(7)
     r = _post_infer(server.url, ct)
     assert r.status_code == 200
     r2 = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_001&output=json", timeout=300)
@@ -85,14 +85,14 @@ def test_infer_auto_mask_and_datastore_image(server):
     ],
 )
 def test_bad_inputs_get_clear_4xx(server, tmp_path, kind, expect):
-    ct, mask, dwi = _case(9)
+    ct, mask, dwi = _case(7)
     if kind == "mask_geometry":
         m = sitk.ReadImage(str(mask))[:, :, 2:30]
         mask = tmp_path / "m.nii.gz"
         sitk.WriteImage(m, str(mask))
     elif kind == "corrupt":
         ct = tmp_path / "ct.nii.gz"
-        ct.write_bytes(_case(9)[0].read_bytes()[:5000])
+        ct.write_bytes(_case(7)[0].read_bytes()[:5000])
         mask = None
     elif kind == "empty_mask":
         m = sitk.ReadImage(str(mask)) * 0
@@ -100,7 +100,7 @@ def test_bad_inputs_get_clear_4xx(server, tmp_path, kind, expect):
         sitk.WriteImage(m, str(mask))
     elif kind == "image_2d":
         ct = tmp_path / "ct2d.nii.gz"
-        sitk.WriteImage(sitk.ReadImage(str(_case(9)[0]))[:, :, 10], str(ct))
+        sitk.WriteImage(sitk.ReadImage(str(_case(7)[0]))[:, :, 10], str(ct))
         mask = None
     elif kind == "not_ct":
         ct, mask = dwi, None
@@ -110,14 +110,14 @@ def test_bad_inputs_get_clear_4xx(server, tmp_path, kind, expect):
 
 
 def test_unknown_model_and_bad_params(server):
-    ct, _, _ = _case(9)
+    ct, _, _ = _case(7)
     assert _post_infer(server.url, ct, model="nope").status_code == 404
     r = requests.post(f"{server.url}/infer/ct2dwi", files={"file": ("ct.nii.gz", ct.read_bytes())}, data={"params": "{oops"}, timeout=60)
     assert r.status_code == 422
 
 
 def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
-    ids = [9, 8, 7, 6]
+    ids = [7, 6, 5, 4]
     ref, single = {}, []
     for i in ids[:2]:
         t = time.time()

@@ -114,8 +114,8 @@ def _scene_with_views():
 
 def test_mrml_round_trip_through_server(server, tmp_path):
     scene = _scene_with_views()
-    ct = mrml.read_volume(scene, SAMPLE / "phantom_009.nii.gz", "CT head")
-    mask = mrml.read_volume(scene, SAMPLE / "labels" / "brainmask" / "phantom_009.nii.gz", "brain", labelmap=True)
+    ct = mrml.read_volume(scene, SAMPLE / "phantom_007.nii.gz", "CT head")
+    mask = mrml.read_volume(scene, SAMPLE / "labels" / "brainmask" / "phantom_007.nii.gz", "brain", labelmap=True)
     ct_path = mrml.write_volume(scene, ct, tmp_path / "ct.nrrd")
     mask_path = mrml.write_volume(scene, mask, tmp_path / "mask.nrrd")
 
@@ -150,8 +150,8 @@ def test_mrml_round_trip_through_server(server, tmp_path):
 
 def test_result_off_the_ct_grid_is_discarded(server, tmp_path):
     scene = _scene_with_views()
-    ct = mrml.read_volume(scene, SAMPLE / "phantom_009.nii.gz", "CT")
-    other = sitk.ReadImage(str(SAMPLE / "phantom_008.nii.gz"))
+    ct = mrml.read_volume(scene, SAMPLE / "phantom_007.nii.gz", "CT")
+    other = sitk.ReadImage(str(SAMPLE / "phantom_006.nii.gz"))
     other.SetOrigin((0.0, 0.0, 0.0))
     p = tmp_path / "SYNTHETIC_wrong.nii.gz"
     sitk.WriteImage(sitk.Cast(other, sitk.sitkFloat32), str(p))
@@ -164,7 +164,7 @@ def test_result_off_the_ct_grid_is_discarded(server, tmp_path):
 def test_server_errors_reach_the_user(server, tmp_path):
     client = CT2DWIClient(server.url)
     with pytest.raises(ServerError) as e:
-        client.infer(SAMPLE / "labels" / "dwi" / "phantom_009.nii.gz")  # an MR image sent as CT
+        client.infer(SAMPLE / "labels" / "dwi" / "phantom_007.nii.gz")  # an MR image sent as CT
     assert e.value.status == 422 and "Hounsfield" in str(e.value) and "rejected" in str(e.value)
 
 

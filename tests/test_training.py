@@ -30,9 +30,35 @@ def test_dataset_slices_and_normalisation(small_store):
     assert c.dwi.min() >= 0 and c.dwi.max() <= 1 and abs(c.dwi[c.brain > 0].mean() - 0.5) < 0.35
     ds = SliceDataset(cases, pre, divisor=4, augment=True)
     item = ds[0]
-    assert item["input"].shape[0] == 2 and item["input"].shape[-2:] == item["target"].shape[-2:]
+    assert item["input"].shape[0] == pre.input_channels + 1 == 4  # 3 adjacent slices (2.5-D) + brain mask
+    assert item["input"].shape[-2:] == item["target"].shape[-2:]
     assert item["input"].shape[-1] % 4 == 0
     assert all(float(it["brain"].mean()) >= pre.min_brain_fraction * 0.9 for it in (ds[i] for i in range(0, len(ds), 7)))
+
+
+def test_max_steps_runs_exactly_that_many_steps(small_store, tmp_path, tiny_gcfg):
+    cases = find_cases(small_store)
+    out = Trainer(_cfg(tiny_gcfg, epochs=100, max_steps_per_epoch=None, max_steps=7, batch_size=8), tmp_path / "s").fit(cases[:1], [])
+    assert out["global_step"] == 7
+
+
+def test_lesion_slices_are_oversampled_and_contrast_loss_measures_lesion_brightness(small_store):
+    from jmmda_model.trainer import lesion_contrast_loss
+
+    pre = PreprocessConfig()
+    cases = [load_case(c, pre) for c in find_cases(small_store)]
+    ds = SliceDataset(cases, pre, divisor=4)
+    assert 0 < len(ds.lesion_items) < len(ds)
+    assert all(float(ds[i]["lesion"].sum()) > 0 for i in ds.lesion_items)
+    target = torch.full((1, 1, 8, 8), 0.25)
+    brain = torch.ones_like(target)
+    lesion = torch.zeros_like(target)
+    lesion[..., 2:5, 2:5] = 1
+    target[lesion > 0] = 0.6
+    assert float(lesion_contrast_loss(target, target, brain, lesion)) == pytest.approx(0.0)
+    erased = torch.full_like(target, 0.25)
+    assert float(lesion_contrast_loss(erased, target, brain, lesion)) == pytest.approx(0.35, abs=1e-6)
+    assert float(lesion_contrast_loss(erased, target, brain, torch.zeros_like(lesion))) == 0.0
 
 
 def test_weighted_l1_emphasises_lesion():
@@ -123,10 +149,10 @@ def test_cases_at_other_pixel_sizes_are_loaded_at_the_model_spacing(small_store)
     case = find_cases(small_store)[0]
     for path, label in ((case.ct, False), (case.dwi, False), (case.brainmask, True), (case.lesion, True)):
         img = sitk.ReadImage(str(path))
-        sitk.WriteImage(resample_inplane(sitk.DICOMOrient(img, "LPS"), (1.25, 1.25), label=label), str(path))
+        sitk.WriteImage(resample_inplane(sitk.DICOMOrient(img, "LPS"), (0.9, 0.9), label=label), str(path))
     native = load_case(find_cases(small_store)[1], PreprocessConfig())
     lc = load_case(case, PreprocessConfig())
-    assert lc.ct_hu.shape == native.ct_hu.shape == (36, 112, 96)
-    assert lc.image.GetSpacing()[:2] == (2.5, 2.5)
+    assert lc.ct_hu.shape == native.ct_hu.shape == (32, 143, 128)
+    assert lc.image.GetSpacing()[:2] == (1.8, 1.8)
     assert set(np.unique(lc.brain)) == {0, 1} and lc.lesion.sum() > 0
     assert PreprocessConfig(inplane_spacing=None).needs_resampling(sitk.ReadImage(str(case.ct))) is False

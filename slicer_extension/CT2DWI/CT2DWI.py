@@ -254,7 +254,7 @@ class CT2DWILogic(ScriptedLoadableModuleLogic):
 
 class CT2DWITest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (ctest) against a server at CT2DWI_SERVER with a sample CT file at
-    CT2DWI_TEST_CT (e.g. sample_data/studies/phantom_009.nii.gz)."""
+    CT2DWI_TEST_CT (e.g. sample_data/studies/phantom_007.nii.gz)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)

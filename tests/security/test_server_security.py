@@ -28,8 +28,8 @@ from server_utils import APP, Server, copy_app, copy_studies
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
-CT = SAMPLE / "phantom_009.nii.gz"
-MASK = SAMPLE / "labels" / "brainmask" / "phantom_009.nii.gz"
+CT = SAMPLE / "phantom_007.nii.gz"
+MASK = SAMPLE / "labels" / "brainmask" / "phantom_007.nii.gz"
 RSS_LIMIT = 1.5 * 2**30
 
 
@@ -366,7 +366,7 @@ def test_no_files_left_after_20_failing_requests(srv, bombs):
         {"file": ("trunc.nii.gz", CT.read_bytes()[:5000])},
         {"file": ("ct.nii.gz", CT.read_bytes()), "label": ("empty.nii.gz", b"")},
         {"file": ("x.mhd", b"ObjectType = Image\n")},
-        {"file": ("dwi.nii.gz", (SAMPLE / "labels" / "dwi" / "phantom_009.nii.gz").read_bytes())},
+        {"file": ("dwi.nii.gz", (SAMPLE / "labels" / "dwi" / "phantom_007.nii.gz").read_bytes())},
         {"file": ("gzip_bomb.nii.gz", (bombs / "gzip_bomb.nii.gz").read_bytes())},
     ]
     codes = []
