@@ -1,18 +1,37 @@
 #!/usr/bin/env python
-"""JMMDA-GAN vs pix2pix vs ablations, same training budget, held-out phantom cases; then inference
-time and peak memory of JMMDA relative to pix2pix - all in one run.
+"""JMMDA-GAN vs pix2pix (same depth and width, and matched for FLOPs) vs ablations vs trivial baselines.
 
-    python benchmarks/compare_models.py --train-cases 16 --steps 300 --out runs/bench
+    python benchmarks/compare_models.py --steps 150 --seeds 0,1,2 --out runs/bench      (./run.sh bench ...)
 
-Training data: phantoms generated with seeds 1000.. (never the committed sample cases); test data:
-the committed sample cases (sample_data/studies, seeds 0..9), i.e. held out. Every arm gets the same
-seed, the same slices, the same number of optimiser steps and batch size. Output: a Markdown table
-(mean +- sd over test cases) and ratios, also written to <out>/results.json and <out>/results.md.
+What it runs, exactly:
+* training data: ``--train-cases`` phantoms generated with seeds 1000.. (never the test seeds); test data:
+  ``--test-data`` (default: the committed sample cases, phantom seeds 0..7), i.e. held out;
+* every network arm is trained from scratch for exactly ``--steps`` optimiser steps of ``--batch-size``
+  slices with each seed of ``--seeds`` (same slices, sampling, learning rate for every arm; the printed step
+  count is the one the trainer reports); wall time and forward GFLOPs per slice are recorded per arm;
+* baselines: ``constant`` (the mean in-brain normalised DWI of the training cases, everywhere in the brain) and
+  ``lut`` (per-pixel lookup table fitted on the training cases: Gaussian-smoothed CT HU x distance to the brain
+  edge -> mean normalised DWI);
+* metrics on every test case (jmmda_model.metrics): headline in-brain PSNR, 2-D and 3-D SSIM, superpixel r,
+  lesion MAE (unclipped), per-lesion synthetic/real lesion-to-normal ratios with sensitivity stratified by CT
+  contrast and volume, lesions rendered darker than normal, false-bright volume; whole-volume PSNR/SSIM as
+  secondary columns;
+* statistics: mean +- sd over seeds of the per-seed test means; paired per-case differences (arm - pix2pix,
+  each case averaged over seeds) with 95 % t confidence intervals; a CI that contains 0 is reported as a tie;
+* inference time and peak memory of JMMDA relative to pix2pix at the same depth and width (and the
+  FLOPs-matched pix2pix), each model in a fresh process, in the same run;
+* every target of the model issue is checked and printed as MET or MISSED with the numbers.
+
+Output: ``<out>/results.json``, ``<out>/results.md`` and ``<out>/lesion_sensitivity.png`` (fraction of lesions
+shown vs CT contrast, per arm).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -24,132 +43,438 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARMS = {
+NETWORK_ARMS = {
     "jmmda": {},
-    "pix2pix": {"arch": "pix2pix", "depth": 4},
+    "pix2pix": {"arch": "pix2pix"},  # same depth and base width as jmmda
+    "pix2pix_flops": {"arch": "pix2pix", "match_flops": True},  # width chosen so its FLOPs match jmmda's
     "jmmda_no_mask": {"use_mask": False},
     "jmmda_no_dwt": {"use_dwt": False},
     "jmmda_no_adaptive_fusion": {"use_adaptive_fusion": False},
+    "jmmda_2d": {"pre": {"context_slices": 0}},  # single-slice input (no 2.5-D)
+    "jmmda_no_lesion_aware": {"train": {"lesion_oversample": 1, "lambda_contrast": 0.0}},
+    "jmmda_no_contrast_loss": {"train": {"lambda_contrast": 0.0}},
+    "jmmda_aux_lesion": {"aux_lesion": True},
 }
+BASELINE_ARMS = ("constant", "lut")
+DEFAULT_ARMS = "jmmda,pix2pix,pix2pix_flops,constant,lut"
+HEADLINE = ["psnr_brain", "ssim_brain", "ssim3d_brain", "superpixel_r", "lesion_mae", "false_bright_ml"]
+SECONDARY = ["psnr", "ssim"]
+CONTRAST_EDGES = [0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 100.0]
 
 
-def train_and_eval(name, overrides, train, test, args, out):
+# ---------------------------------------------------------------------------------------------- helpers
+def gflops_per_slice(gcfg: dict, h: int, w: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from jmmda_model.networks import build_generator
+
+    net = build_generator(gcfg).eval()
+    x = torch.rand(1, gcfg["ct_channels"] + 1, h, w)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(x)
+    return fc.get_total_flops() / 1e9
+
+
+def arm_config(name: str, base: int, depth: int, in_ch: int, h: int, w: int) -> tuple[dict, dict, dict]:
+    """(generator config, preprocess overrides, train overrides) of a network arm."""
     from jmmda_model.networks import GeneratorConfig
-    from jmmda_model.report import evaluate_cases
+
+    spec = dict(NETWORK_ARMS[name])
+    pre = spec.pop("pre", {})
+    train = spec.pop("train", {})
+    match = spec.pop("match_flops", False)
+    from jmmda_model.preprocess import PreprocessConfig
+
+    ch = PreprocessConfig(**pre).input_channels if pre else in_ch
+    g = GeneratorConfig(base_channels=base, depth=depth, ct_channels=ch, **spec).to_dict()
+    if match:
+        target = gflops_per_slice(GeneratorConfig(base_channels=base, depth=depth, ct_channels=ch).to_dict(), h, w)
+        best = min(range(base, 8 * base + 1, 2),
+                   key=lambda b: abs(gflops_per_slice({**g, "base_channels": b}, h, w) - target))
+        g["base_channels"] = best
+    return g, pre, train
+
+
+def t_ci(diffs: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    from scipy import stats
+
+    d = np.asarray(diffs, float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    m = float(d.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return m, m - half, m + half
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": dev,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+class LookupTable:
+    """Mean normalised DWI per (smoothed CT HU bin, distance-to-brain-edge bin), fitted on training cases."""
+
+    HU_EDGES = np.arange(-20.0, 82.0, 2.0)
+    DIST_EDGES = np.array([0, 1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25, 30, 40, 60, 1e9], float)
+
+    def __init__(self):
+        self.sum = np.zeros((len(self.HU_EDGES) + 1, len(self.DIST_EDGES) + 1))
+        self.n = np.zeros_like(self.sum)
+
+    def _bins(self, lc):
+        from scipy import ndimage as ndi
+
+        sp = lc.spacing_zyx
+        hu = ndi.gaussian_filter(lc.ct_hu, (0.0, 1.0, 1.0))
+        dist = ndi.distance_transform_edt(lc.brain > 0, sampling=sp)
+        return np.digitize(hu, self.HU_EDGES), np.digitize(dist, self.DIST_EDGES)
+
+    def fit(self, cases):
+        for lc in cases:
+            hb, db = self._bins(lc)
+            sel = lc.brain > 0
+            np.add.at(self.sum, (hb[sel], db[sel]), lc.dwi[sel])
+            np.add.at(self.n, (hb[sel], db[sel]), 1)
+        glob = self.sum.sum() / max(self.n.sum(), 1)
+        hu_marg = self.sum.sum(1) / np.maximum(self.n.sum(1), 1)
+        self.table = np.where(self.n > 0, self.sum / np.maximum(self.n, 1),
+                              np.where(self.n.sum(1, keepdims=True) > 0, hu_marg[:, None], glob))
+        return self
+
+    def predict(self, lc):
+        hb, db = self._bins(lc)
+        return (self.table[hb, db] * (lc.brain > 0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_predictions(predict, test_loaded) -> dict:
+    """predict(lc) -> (z,y,x) array. Returns per-case metrics and per-lesion records."""
+    from jmmda_model.metrics import evaluate_volume
+
+    cases, lesions = {}, []
+    for lc in test_loaded:
+        y = predict(lc)
+        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
+        lesions += [{"case": lc.id, **x} for x in m.pop("lesion_detail")]
+        cases[lc.id] = {k: float(v) for k, v in m.items()}
+    return {"cases": cases, "lesions": lesions}
+
+
+def train_network(name, gcfg, pre_over, train_over, seed, train_cases, args, out):
+    from jmmda_model.preprocess import PreprocessConfig
     from jmmda_model.trainer import TrainConfig, Trainer
 
-    g = GeneratorConfig(base_channels=args.base_channels, **overrides)
-    cfg = TrainConfig(generator=g.to_dict(), epochs=args.epochs, max_steps_per_epoch=max(1, args.steps // args.epochs),
-                      batch_size=args.batch_size, lr_g=args.lr, lr_d=args.lr, seed=args.seed, progress=False, tensorboard=False)
+    pre = {**PreprocessConfig().to_dict(), **pre_over}
+    cfg = TrainConfig(generator=gcfg, preprocess=pre, epochs=10**6, max_steps=args.steps, batch_size=args.batch_size,
+                      lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, **train_over)
     t = time.time()
-    summary = Trainer(cfg, out / name).fit(train, [], resume=False)
-    train_s = time.time() - t
-    res = evaluate_cases(out / name / "model.pt", test, out / name / "eval")
-    return {"arch": g.to_dict(), "steps": summary["global_step"], "train_seconds": round(train_s, 1), "summary": res["summary"]}
+    summary = Trainer(cfg, out / f"{name}_s{seed}").fit(train_cases, [], resume=False)
+    return out / f"{name}_s{seed}" / "model.pt", summary["global_step"], time.time() - t
 
 
+def run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre):
+    from jmmda_model.data import load_case
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.report import predict_case
+
+    runs = []
+    if name in BASELINE_ARMS:
+        if name == "constant":
+            mean = float(np.mean(np.concatenate([lc.dwi[lc.brain > 0] for lc in train_loaded])))
+            pred = lambda lc: (np.full(lc.dwi.shape, mean, np.float32) * (lc.brain > 0))  # noqa: E731
+        else:
+            lut = LookupTable().fit(train_loaded)
+            pred = lut.predict
+        test_loaded = [load_case(c, pre) for c in test_cases]
+        res = evaluate_predictions(pred, test_loaded)
+        return {"kind": "baseline", "runs": [{"seed": None, "steps": 0, "train_seconds": 0.0, **res}]}
+    gcfg, pre_over, train_over = arm_config(name, args.base_channels, args.depth, dims["in_ch"], dims["h"], dims["w"])
+    flops = gflops_per_slice(gcfg, dims["h"], dims["w"])
+    for seed in seeds:
+        print(f"== {name} seed {seed}: training {args.steps} steps ...", flush=True)
+        model, steps, secs = train_network(name, gcfg, pre_over, train_over, seed, train_cases, args, out)
+        syn = Synthesizer(model, device=args.device)
+        test_loaded = [load_case(c, syn.pre) for c in test_cases]
+        res = evaluate_predictions(lambda lc: predict_case(syn, lc), test_loaded)  # noqa: B023
+        runs.append({"seed": seed, "steps": steps, "train_seconds": round(secs, 1), **res})
+        print(f"   {steps} steps in {secs:.0f} s; in-brain PSNR "
+              f"{np.mean([c['psnr_brain'] for c in res['cases'].values()]):.2f} dB", flush=True)
+    return {"kind": "network", "generator": gcfg, "preprocess_overrides": pre_over, "train_overrides": train_over,
+            "gflops_per_slice": round(flops, 3), "runs": runs}
+
+
+def summarise(arm: dict) -> dict:
+    from jmmda_model.metrics import stratified_sensitivity
+
+    keys = HEADLINE + SECONDARY + ["lesions_shown", "lesions_total", "lesions_darker", "lesion_voxels_clipped"]
+    per_seed = {k: [float(np.nanmean([c[k] for c in r["cases"].values()])) for r in arm["runs"]] for k in keys}
+    out = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for k, v in per_seed.items()}
+    lesions = [x for r in arm["runs"] for x in r["lesions"]]
+    out["sensitivity"] = stratified_sensitivity(lesions)
+    out["darker_total"] = sum(x["darker"] for x in lesions)
+    return out
+
+
+def per_case_mean(arm: dict, key: str) -> dict:
+    cases = arm["runs"][0]["cases"].keys()
+    return {c: float(np.mean([r["cases"][c][key] for r in arm["runs"]])) for c in cases}
+
+
+def paired(arm: dict, ref: dict, key: str) -> dict:
+    a, b = per_case_mean(arm, key), per_case_mean(ref, key)
+    d = np.array([a[c] - b[c] for c in a])
+    m, lo, hi = t_ci(d)
+    verdict = "tie" if not (lo > 0 or hi < 0) else ("better" if (lo > 0) == (key != "lesion_mae") else "worse")
+    return {"mean_diff": m, "ci95": [lo, hi], "n_cases": int(np.isfinite(d).sum()), "verdict": verdict}
+
+
+def sensitivity_curve(arms: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = [(a + min(b, 10.0)) / 2 for a, b in zip(CONTRAST_EDGES[:-1], CONTRAST_EDGES[1:])]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, arm in arms.items():
+        lesions = [x for r in arm["runs"] for x in r["lesions"]]
+        ys, ns = [], []
+        for lo, hi in zip(CONTRAST_EDGES[:-1], CONTRAST_EDGES[1:]):
+            sel = [x for x in lesions if lo <= x.get("ct_contrast_hu", np.nan) < hi]
+            ys.append(np.mean([x["shown"] for x in sel]) if sel else np.nan)
+            ns.append(len(sel))
+        ax.plot(centres, ys, marker="o", label=name)
+    ax.set_xlabel("CT lesion contrast (HU, ring of normal brain minus lesion)")
+    ax.set_ylabel("fraction of lesions shown (synthetic ratio >= 1.3)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Lesion sensitivity on held-out phantoms (all seeds pooled)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- inference cost
 INFER_CHILD = r"""
 import json, sys, threading, time, psutil, torch, numpy as np
 sys.path.insert(0, sys.argv[1])
-from jmmda_model.networks import GeneratorConfig, build_generator
+from jmmda_model.networks import build_generator
 from jmmda_model.inference import predict_slices
 torch.manual_seed(0)
-cfg = json.loads(sys.argv[2]); n = int(sys.argv[3]); h, w = int(sys.argv[4]), int(sys.argv[5])
-net = build_generator(GeneratorConfig(**cfg)).eval()
+cfg = json.loads(sys.argv[2]); n = int(sys.argv[3]); h, w = int(sys.argv[4]), int(sys.argv[5]); bs = int(sys.argv[6])
+net = build_generator(cfg).eval()
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu"); net.to(dev)
-x = np.random.rand(n, 2, h, w).astype(np.float32)
+x = np.random.rand(n, cfg["ct_channels"] + 1, h, w).astype(np.float32)
 proc = psutil.Process()
 base = proc.memory_info().rss
 peak = [base]
 stop = threading.Event()
-def sample():  # resident memory sampled every millisecond while inference runs
+def sample():
     while not stop.is_set():
         peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.001)
 sampler = threading.Thread(target=sample); sampler.start()
 predict_slices(net, x[:2], dev)  # warm-up
 if dev.type == "cuda": torch.cuda.reset_peak_memory_stats(); torch.cuda.synchronize()
 times = []
-for _ in range(3):
-    t = time.perf_counter(); predict_slices(net, x, dev, batch_size=8)
+for _ in range(5):
+    t = time.perf_counter(); predict_slices(net, x, dev, batch_size=bs)
     if dev.type == "cuda": torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
 stop.set(); sampler.join()
 used = torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak[0] - base
 print(json.dumps({"seconds": float(np.median(times)), "peak_bytes": int(used), "device": dev.type,
-                  "params": sum(p.numel() for p in net.parameters())}))
+                  "threads": torch.get_num_threads(), "params": sum(p.numel() for p in net.parameters())}))
 """
 
 
-def inference_cost(cfg: dict, slices: int, h: int, w: int) -> dict:
-    """Measured in a fresh process so one model's memory does not hide the other's. Memory: peak GPU
-    allocation on CUDA; on CPU the peak resident-set growth during inference (1 ms sampling)."""
-    r = subprocess.run([sys.executable, "-c", INFER_CHILD, str(ROOT), json.dumps(cfg), str(slices), str(h), str(w)],
+def inference_cost(cfg: dict, slices: int, h: int, w: int, batch: int) -> dict:
+    r = subprocess.run([sys.executable, "-c", INFER_CHILD, str(ROOT), json.dumps(cfg), str(slices), str(h), str(w), str(batch)],
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def fmt(s):
-    return f"{s['mean']:.4f} ± {s['sd']:.4f}" if np.isfinite(s["mean"]) else "n/a"
+# ---------------------------------------------------------------------------------------------- report
+def fmt(s, digits=3):
+    return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}" if np.isfinite(s["mean"]) else "n/a"
 
 
-def main():
+def report(results: dict) -> str:
+    arms, a = results["arms"], results["config"]
+    lines = [
+        f"Command: `{results['command']}`",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, torch {results['machine']['torch']} "
+        f"({results['machine']['torch_threads']} threads), GPU: {results['machine']['gpu']}. Wall time {results['wall_minutes']:.1f} min.",
+        "",
+        f"Training: {a['train_cases']} generated phantoms (seeds 1000–{1000 + a['train_cases'] - 1}); every network arm "
+        f"trained from scratch for exactly {a['steps']} optimiser steps of batch {a['batch_size']} (lr {a['lr']}) with seeds "
+        f"{a['seeds']}; test: {results['n_test']} held-out cases from `{a['test_data']}`. Headline metrics inside the brain; "
+        "mean ± sd over seeds of the per-seed test means (baselines: deterministic, sd 0).",
+        "",
+        "| arm | steps | train s / seed | GFLOP/slice | PSNR brain | SSIM brain (2-D) | SSIM brain (3-D) | superpixel r | lesion MAE | "
+        "false-bright mL | lesions shown | darker | PSNR whole | SSIM whole |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, arm in arms.items():
+        s = arm["summary"]
+        steps = ",".join(sorted({str(r["steps"]) for r in arm["runs"]}))
+        secs = np.mean([r["train_seconds"] for r in arm["runs"]])
+        sens = s["sensitivity"]["all"]
+        lines.append(
+            f"| {name} | {steps} | {secs:.0f} | {arm.get('gflops_per_slice', 0) or '–'} | {fmt(s['psnr_brain'], 2)} | {fmt(s['ssim_brain'])} | "
+            f"{fmt(s['ssim3d_brain'])} | {fmt(s['superpixel_r'])} | {fmt(s['lesion_mae'])} | {fmt(s['false_bright_ml'], 1)} | "
+            f"{sens['shown']}/{sens['n']} | {s['darker_total']} | {fmt(s['psnr'], 2)} | {fmt(s['ssim'])} |"
+        )
+    lines += ["", "Lesion sensitivity (synthetic lesion/normal ratio >= 1.3), all seeds pooled:", "",
+              "| arm | " + " | ".join(next(iter(arms.values()))["summary"]["sensitivity"]) + " |",
+              "|---|" + "---|" * len(next(iter(arms.values()))["summary"]["sensitivity"])]
+    for name, arm in arms.items():
+        sens = arm["summary"]["sensitivity"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{v['shown']}/{v['n']}" + (f" ({v['sensitivity']:.0%})" if v["n"] else "") for v in sens.values()) + " |")
+    if results.get("paired"):
+        lines += ["", "Paired per-case differences against pix2pix (same depth and width; each case averaged over seeds), "
+                  "95 % t confidence interval; a CI containing 0 is a tie:", "",
+                  "| arm − pix2pix | metric | mean diff | 95 % CI | n | verdict |", "|---|---|---|---|---|---|"]
+        for name, per in results["paired"].items():
+            for key, p in per.items():
+                lines.append(f"| {name} | {key} | {p['mean_diff']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | "
+                             f"{p['n_cases']} | {p['verdict']} |")
+    inf = results.get("inference")
+    if inf:
+        lines += ["", f"Inference on one {inf['slices']}-slice {inf['h']} × {inf['w']} volume (batch {inf['batch']}, fresh process "
+                  f"per model, {inf['jmmda']['device']}, {inf['jmmda']['threads']} threads, median of 5):", "",
+                  "| model | time s | peak memory MiB | parameters |", "|---|---|---|---|"]
+        for k in ("jmmda", "pix2pix", "pix2pix_flops"):
+            if k in inf:
+                lines.append(f"| {k} | {inf[k]['seconds']:.3f} | {inf[k]['peak_bytes'] / 2**20:.1f} | {inf[k]['params']:,} |")
+        lines += ["", f"Ratios JMMDA / pix2pix (same depth and width): time {inf['time_ratio']:.2f}, memory {inf['memory_ratio']:.2f}."]
+    lines += ["", "Targets (model issue):", ""]
+    lines += [f"- **{t['status']}** — {t['target']}: {t['value']}" for t in results["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def check_targets(results: dict) -> list[dict]:
+    arms, out = results["arms"], []
+    jm = arms.get("jmmda")
+    if jm:
+        t = jm["summary"]["sensitivity"]["target: >=3 HU and >=1 mL"]
+        ok = t["n"] > 0 and t["sensitivity"] >= 0.85
+        out.append({"target": "lesions >= 3 HU and >= 1 mL shown >= 85 %", "status": "MET" if ok else "MISSED",
+                    "value": f"{t['shown']}/{t['n']} = {t['sensitivity']:.0%}" if t["n"] else "no such lesions"})
+        d = jm["summary"]["darker_total"]
+        out.append({"target": "no lesion rendered darker than normal brain", "status": "MET" if d == 0 else "MISSED",
+                    "value": f"{d} darker (all seeds)"})
+        if "jmmda" in results.get("paired", {}):
+            p = results["paired"]["jmmda"]["psnr_brain"]
+            out.append({"target": "JMMDA − pix2pix in-brain PSNR, 95 % CI above 0", "status": "MET" if p["ci95"][0] > 0 else "MISSED",
+                        "value": f"{p['mean_diff']:+.2f} dB [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] ({p['verdict']})"})
+            sj = jm["summary"]["sensitivity"]["all"]["sensitivity"]
+            sp = arms["pix2pix"]["summary"]["sensitivity"]["all"]["sensitivity"]
+            out.append({"target": "JMMDA lesion sensitivity higher than pix2pix", "status": "MET" if sj > sp else "MISSED",
+                        "value": f"{sj:.0%} vs {sp:.0%}"})
+        if "lut" in arms:
+            gain = jm["summary"]["psnr_brain"]["mean"] - arms["lut"]["summary"]["psnr_brain"]["mean"]
+            out.append({"target": ">= 3 dB in-brain PSNR over the lookup table", "status": "MET" if gain >= 3 else "MISSED",
+                        "value": f"{gain:+.2f} dB"})
+    inf = results.get("inference")
+    if inf:
+        out.append({"target": "JMMDA forward time <= 2x pix2pix (same depth and width)", "status": "MET" if inf["time_ratio"] <= 2 else "MISSED",
+                    "value": f"{inf['time_ratio']:.2f}x"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train-cases", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=300, help="optimiser steps per arm (same budget for all)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated; known: {', '.join([*NETWORK_ARMS, *BASELINE_ARMS])}")
+    ap.add_argument("--steps", type=int, default=150, help="optimiser steps per network arm and seed (exact)")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (>= 3 for confidence intervals)")
+    ap.add_argument("--train-cases", type=int, default=12)
+    ap.add_argument("--test-data", default=str(ROOT / "sample_data" / "studies"), help="folder of held-out cases")
+    ap.add_argument("--test-ids", default="", help="comma-separated case ids (default: all)")
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arms", default=",".join(ARMS))
-    ap.add_argument("--test-ids", default="", help="comma-separated sample case ids (default: all committed samples)")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--no-inference", action="store_true", help="skip the inference time/memory comparison")
     ap.add_argument("--infer-only", action="store_true", help="only the inference time/memory comparison")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    from jmmda_model.data import find_cases
+    from jmmda_model.data import find_cases, load_case
     from jmmda_model.phantom import write_datastore
+    from jmmda_model.preprocess import PreprocessConfig
 
+    t0 = time.time()
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in names if a not in NETWORK_ARMS and a not in BASELINE_ARMS]
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"config": vars(args), "arms": {}}
+    pre = PreprocessConfig()
+    test_cases = find_cases(args.test_data)
+    if args.test_ids:
+        want = set(args.test_ids.split(","))
+        test_cases = [c for c in test_cases if c.id in want]
+    if not test_cases and not args.infer_only:
+        ap.error(f"no complete test cases in {args.test_data}")
+    probe = load_case(test_cases[0], pre)
+    dims = {"in_ch": pre.input_channels, "h": int(math.ceil(probe.ct_hu.shape[1] / 8) * 8),
+            "w": int(math.ceil(probe.ct_hu.shape[2] / 8) * 8), "slices": probe.ct_hu.shape[0]}
+    results = {"command": " ".join(["python benchmarks/compare_models.py", *(argv if argv is not None else sys.argv[1:])]),
+               "config": {**vars(args), "seeds": seeds}, "machine": machine(), "n_test": len(test_cases), "arms": {}}
 
     if not args.infer_only:
-        test = find_cases(ROOT / "sample_data" / "studies")
-        if args.test_ids:
-            want = set(args.test_ids.split(","))
-            test = [c for c in test if c.id in want]
         train_dir = Path(tempfile.mkdtemp(prefix="jmmda_bench_"))
         print(f"generating {args.train_cases} training phantoms in {train_dir} ...", flush=True)
         write_datastore(train_dir, args.train_cases, first_seed=1000)
-        train = find_cases(train_dir)
-        for name in args.arms.split(","):
-            print(f"== {name}: {args.steps} steps", flush=True)
-            results["arms"][name] = train_and_eval(name, ARMS[name], train, test, args, out)
-        keys = ["mse", "psnr", "ssim", "psnr_brain", "ssim_brain", "lesion_mae", "superpixel_r"]
-        lines = ["| model | " + " | ".join(keys) + " | train s |", "|---|" + "---|" * (len(keys) + 1)]
-        for name, r in results["arms"].items():
-            lines.append(f"| {name} | " + " | ".join(fmt(r["summary"][k]) for k in keys) + f" | {r['train_seconds']} |")
-        table = "\n".join(lines)
-        print("\nHeld-out phantom cases (n=%d), same budget (%d steps, batch %d):\n" % (len(test), args.steps, args.batch_size))
-        print(table)
-        results["table"] = table
+        train_cases = find_cases(train_dir)
+        train_loaded = [load_case(c, pre) for c in train_cases]
+        for name in names:
+            arm = run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre)
+            arm["summary"] = summarise(arm)
+            results["arms"][name] = arm
+        if "pix2pix" in results["arms"]:
+            ref = results["arms"]["pix2pix"]
+            results["paired"] = {n: {k: paired(a, ref, k) for k in ("psnr_brain", "ssim_brain", "ssim3d_brain", "lesion_mae")}
+                                 for n, a in results["arms"].items() if n != "pix2pix"}
+        sensitivity_curve(results["arms"], out / "lesion_sensitivity.png")
 
-    h, w, n = 112, 96, 36  # one sample volume: 36 axial slices of 112 x 96
-    jm = inference_cost({"base_channels": args.base_channels}, n, h, w)
-    p2p = inference_cost({"base_channels": args.base_channels, **ARMS["pix2pix"]}, n, h, w)
-    ratio_t = jm["seconds"] / p2p["seconds"]
-    ratio_m = jm["peak_bytes"] / max(p2p["peak_bytes"], 1)
-    results["inference"] = {"jmmda": jm, "pix2pix": p2p, "time_ratio": ratio_t, "memory_ratio": ratio_m}
-    print(f"\nInference on one {n}-slice volume ({jm['device']}): JMMDA {jm['seconds']:.3f} s, pix2pix {p2p['seconds']:.3f} s"
-          f" -> time ratio JMMDA/pix2pix = {ratio_t:.2f}")
-    print(f"Peak memory: JMMDA {jm['peak_bytes'] / 2**20:.1f} MiB, pix2pix {p2p['peak_bytes'] / 2**20:.1f} MiB"
-          f" -> memory ratio JMMDA/pix2pix = {ratio_m:.2f}")
-    print(f"Parameters: JMMDA {jm['params']:,}, pix2pix {p2p['params']:,}")
+    if not args.no_inference:
+        h, w, n, bs = dims["h"], dims["w"], dims["slices"], 8
+        inf = {"slices": n, "h": h, "w": w, "batch": bs}
+        for k in ("jmmda", "pix2pix", "pix2pix_flops"):
+            g, _, _ = arm_config(k, args.base_channels, args.depth, dims["in_ch"], h, w)
+            inf[k] = inference_cost(g, n, h, w, bs)
+        inf["time_ratio"] = inf["jmmda"]["seconds"] / inf["pix2pix"]["seconds"]
+        inf["memory_ratio"] = inf["jmmda"]["peak_bytes"] / max(inf["pix2pix"]["peak_bytes"], 1)
+        results["inference"] = inf
+    results["wall_minutes"] = (time.time() - t0) / 60
+    results["targets"] = check_targets(results)
+    md = report(results)
+    print("\n" + md)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    md = ["# Benchmark results", "", results.get("table", ""), "",
-          f"Inference time ratio JMMDA/pix2pix: {ratio_t:.2f}; peak memory ratio: {ratio_m:.2f} ({jm['device']})"]
-    (out / "results.md").write_text("\n".join(md) + "\n")
+    (out / "results.md").write_text("# Benchmark results\n\n" + md)
+    return results
 
 
 if __name__ == "__main__":
