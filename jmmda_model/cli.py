@@ -30,12 +30,18 @@ def cmd_train(a):
     if not cases:
         raise InputError(f"no complete cases (CT + labels/dwi + labels/brainmask) in {a.data}")
     train, val = _split(cases, a.val_ids, a.n_val)
+    from .preprocess import PreprocessConfig
+
     g = GeneratorConfig(
         arch=a.arch, base_channels=a.base_channels, depth=a.depth, heads=a.heads, wavelet=a.wavelet,
         use_mask=not a.no_mask, use_dwt=not a.no_dwt, use_adaptive_fusion=not a.no_adaptive_fusion,
+        fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion,
     )
-    cfg = TrainConfig(generator=g.to_dict(), epochs=a.epochs, batch_size=a.batch_size, lr_g=a.lr, lr_d=a.lr,
-                      seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch, progress=not a.no_progress)
+    pre = PreprocessConfig(context_slices=a.context_slices)
+    cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
+                      lr_g=a.lr, lr_d=a.lr, seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
+                      max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
+                      select_metric=a.select, progress=not a.no_progress)
     summary = Trainer(cfg, a.out).fit(train, val, resume=not a.no_resume)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
@@ -130,6 +136,14 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--max-steps-per-epoch", type=int, default=None)
+    t.add_argument("--max-steps", type=int, default=None, help="stop after exactly this many optimiser steps")
+    t.add_argument("--context-slices", type=int, default=1, help="2.5-D input: adjacent slices on each side (0 = 2-D)")
+    t.add_argument("--lesion-oversample", type=int, default=3, help="slices with lesion appear this many times per epoch")
+    t.add_argument("--lambda-contrast", type=float, default=10.0, help="weight of the lesion-contrast loss (0 = off)")
+    t.add_argument("--aux-lesion", action="store_true", help="auxiliary lesion-probability head (training only)")
+    t.add_argument("--fusion-scale", type=int, default=2, choices=[1, 2, 4], help="adaptive fusion weights at 1/N resolution")
+    t.add_argument("--select", choices=["psnr_brain", "lesion"], default="lesion",
+                   help="model.pt = best validation epoch by in-brain PSNR, or by lesion sensitivity then PSNR")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -67,6 +67,9 @@ class TrainConfig:
     lambda_contrast: float = 10.0
     #: weight of the auxiliary lesion-probability loss (generators built with ``aux_lesion``)
     lambda_aux: float = 1.0
+    #: which validation epoch becomes model.pt: "psnr_brain", or "lesion" (lesion sensitivity first, lesions
+    #: rendered darker than normal penalised, in-brain PSNR breaking ties)
+    select_metric: str = "psnr_brain"
     tensorboard: bool = True
     progress: bool = True
 
@@ -248,6 +251,9 @@ class Trainer:
                     vm = self._validate(val_loaded)
                     record["val"] = vm
                     score = vm["psnr_brain"]
+                    if cfg.select_metric == "lesion":
+                        sens = vm["lesion_sensitivity"] if math.isfinite(vm["lesion_sensitivity"]) else 0.0
+                        score = 100.0 * sens - 10.0 * vm["lesions_darker"] + vm["psnr_brain"]
                     if score > self.best:
                         self.best = score
                         record["best"] = True
@@ -278,7 +284,8 @@ class Trainer:
             "epoch": self.epoch,
             "epochs": cfg.epochs,
             "global_step": self.global_step,
-            "best_psnr_brain": self.best if math.isfinite(self.best) else None,
+            "best_psnr_brain": next((r["val"]["psnr_brain"] for r in reversed(self.history) if r.get("best")), None),
+            "best_score": self.best if math.isfinite(self.best) else None,
             "history": self.history,
             "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
         }
