@@ -51,11 +51,15 @@ case "$cmd" in
     ;;
   test)
     setup
-    # Debian's Orthanc + DICOMweb plugin: a real PACS on loopback for the DICOMweb tests
-    if ! command -v Orthanc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "== installing orthanc orthanc-dicomweb (Debian)" >&2
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) >/dev/null 2>&1 \
-        || echo "== could not install Orthanc; its tests will be skipped" >&2
+    # Debian's Orthanc + DICOMweb plugin (a real PACS on loopback for the DICOMweb tests) and chromium +
+    # chromium-driver (the real-browser test of the training page)
+    need=()
+    command -v Orthanc >/dev/null 2>&1 || need+=(orthanc orthanc-dicomweb)
+    command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
+    if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "== installing ${need[*]} (Debian)" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
+        || echo "== could not install ${need[*]}; the tests that need them will be skipped with the reason" >&2
     fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;

@@ -444,15 +444,16 @@ def main(argv=None):
                "config": {**vars(args), "seeds": seeds}, "machine": machine(), "n_test": len(test_cases), "arms": {}}
 
     if not args.infer_only:
-        train_dir = Path(tempfile.mkdtemp(prefix="jmmda_bench_"))
-        print(f"generating {args.train_cases} training phantoms in {train_dir} ...", flush=True)
-        write_datastore(train_dir, args.train_cases, first_seed=1000)
-        train_cases = find_cases(train_dir)
-        train_loaded = [load_case(c, pre) for c in train_cases]
-        for name in names:
-            arm = run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre)
-            arm["summary"] = summarise(arm)
-            results["arms"][name] = arm
+        with tempfile.TemporaryDirectory(prefix="jmmda_bench_") as tmp:
+            train_dir = Path(tmp)
+            print(f"generating {args.train_cases} training phantoms in {train_dir} ...", flush=True)
+            write_datastore(train_dir, args.train_cases, first_seed=1000)
+            train_cases = find_cases(train_dir)
+            train_loaded = [load_case(c, pre) for c in train_cases]
+            for name in names:
+                arm = run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre)
+                arm["summary"] = summarise(arm)
+                results["arms"][name] = arm
         if "pix2pix" in results["arms"]:
             ref = results["arms"]["pix2pix"]
             results["paired"] = {n: {k: paired(a, ref, k) for k in ("psnr_brain", "ssim_brain", "ssim3d_brain", "lesion_mae")}

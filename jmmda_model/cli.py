@@ -68,13 +68,15 @@ def cmd_infer(a):
     from .imageio import read_image, write_image
     from .inference import Synthesizer
 
-    ct = read_image(a.ct, "CT")
-    mask = read_image(a.mask, "brain mask") if a.mask else None
-    syn = Synthesizer(a.model, device=a.device)
-    out, m, info = syn(ct, mask)
-    dst = Path(a.out)
+    dst = Path(a.out)  # arguments first: no inference before a refusal
     if "synthetic" not in dst.name.lower():
         raise InputError("output file name must contain 'synthetic' (every synthetic image is labelled as such)")
+    if not dst.parent.is_dir():
+        raise InputError(f"output folder does not exist: {dst.parent}")
+    syn = Synthesizer(a.model, device=a.device)
+    ct = read_image(a.ct, "CT")
+    mask = read_image(a.mask, "brain mask") if a.mask else None
+    out, m, info = syn(ct, mask)
     write_image(out, dst)
     if a.save_mask:
         write_image(m, a.save_mask)
@@ -85,7 +87,9 @@ def cmd_infer(a):
 def cmd_make_sample_data(a):
     from .phantom import PhantomConfig, write_datastore
 
-    ids = write_datastore(a.out, a.n, first_seed=a.seed, cfg=PhantomConfig(max_lesions=a.max_lesions))
+    if min(a.spacing) <= 0 or max(a.spacing) > 10:
+        raise InputError(f"--spacing must be three values in (0, 10] mm, got {a.spacing}")
+    ids = write_datastore(a.out, a.n, first_seed=a.seed, cfg=PhantomConfig(max_lesions=a.max_lesions, spacing=tuple(a.spacing)))
     print(f"wrote {len(ids)} phantom cases to {a.out}")
     return 0
 
@@ -170,6 +174,8 @@ def build_parser():
     m.add_argument("-n", type=int, default=10)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--max-lesions", type=int, default=3)
+    m.add_argument("--spacing", type=float, nargs=3, default=[1.8, 1.8, 5.0], metavar=("X", "Y", "Z"),
+                   help="voxel spacing in mm (the field of view stays 230 x 256 x 160 mm)")
     m.set_defaults(func=cmd_make_sample_data)
     im = sub.add_parser("import", help="import APIS or ISLES'24 data into a datastore folder")
     im.add_argument("--format", choices=["apis", "isles24"], required=True)

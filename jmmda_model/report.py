@@ -84,6 +84,26 @@ def sensitivity_table(sens: dict) -> str:
     )
 
 
+def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str = ""):
+    """PIL image CT (W80 L40) | real DWI | SYNTHETIC DWI of one slice, labelled; for the training page."""
+    from PIL import Image, ImageDraw
+
+    def gray(a, lo, hi):
+        return np.clip((np.asarray(a, np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+
+    panels = [gray(ct, 0.0, 80.0), gray(real, 0.0, 0.8), gray(syn, 0.0, 0.8)]
+    h, w = panels[0].shape
+    strip = Image.new("L", (3 * w + 8, h + 30), 0)
+    for i, p in enumerate(panels):
+        strip.paste(Image.fromarray(p), (i * (w + 4), 16))
+    draw = ImageDraw.Draw(strip)
+    for i, label in enumerate(("CT", "real DWI", "SYNTHETIC DWI")):
+        draw.text((i * (w + 4) + 2, 2), label, fill=255)
+    if title:
+        draw.text((2, h + 18), title, fill=200)
+    return strip.resize((strip.width * 2, strip.height * 2), Image.NEAREST)
+
+
 def predict_case(syn: Synthesizer, lc) -> np.ndarray:
     y = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre))
     return y * lc.brain if syn.pre.mask_output else y

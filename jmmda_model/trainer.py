@@ -159,7 +159,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> bool:
         ck = ckpt_io.load(path)
-        if ck["generator_config"] != self.gcfg.to_dict():
+        if GeneratorConfig.from_dict(ck["generator_config"]).to_dict() != self.gcfg.to_dict():
             raise ckpt_io.CheckpointError(f"cannot resume from {path}: it has a different generator configuration")
         self.G.load_state_dict(ck["generator"])
         if "discriminator" in ck:
@@ -181,6 +181,7 @@ class Trainer:
                 y = y * c.brain
             per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx, ct_hu=c.ct_hu,
                                             target_unclipped=c.dwi_unclipped))
+        self._sample(val_cases)
         lesions = [x for m in per_case for x in m.pop("lesion_detail")]
         keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
         out = {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
@@ -188,6 +189,23 @@ class Trainer:
         out["lesions_darker"] = float(sum(x["darker"] for x in lesions))
         out["lesions_total"] = float(len(lesions))
         return out
+
+    def _sample(self, val_cases) -> None:
+        """samples/epoch_NNN.png and samples/latest.png: CT | real DWI | SYNTHETIC DWI through the largest lesion
+        of the first validation case that has one (else through the most brain)."""
+        from .report import sample_strip
+
+        c = next((v for v in val_cases if v.lesion.any()), val_cases[0])
+        per_slice = (c.lesion if c.lesion.any() else c.brain).reshape(c.brain.shape[0], -1).sum(1)
+        k = int(per_slice.argmax())
+        y = predict_slices(self.G, model_input(c.ct_hu, c.brain, self.pre)[k : k + 1], self.device, amp=self.amp)[0] * c.brain[k]
+        img = sample_strip(c.ct_hu[k], c.dwi[k], y, f"{c.id} slice {k}  epoch {self.epoch}")
+        folder = self.out / "samples"
+        folder.mkdir(exist_ok=True)
+        for name in (f"epoch_{self.epoch:03d}.png", "latest.png"):
+            tmp = folder / f".{name}.{os.getpid()}.tmp.png"
+            img.save(tmp)
+            os.replace(tmp, folder / name)
 
     def fit(self, train: list[Case], val: list[Case] | None = None, resume: bool = True,
             init_from: str | Path | None = None) -> dict:
@@ -201,7 +219,7 @@ class Trainer:
             log.info("resumed from %s at epoch %d", last, self.epoch)
         elif init_from is not None:
             ck = ckpt_io.load(init_from)
-            if ck["generator_config"] != self.gcfg.to_dict():
+            if GeneratorConfig.from_dict(ck["generator_config"]).to_dict() != self.gcfg.to_dict():
                 raise ckpt_io.CheckpointError(f"cannot fine-tune from {Path(init_from).name}: different generator configuration")
             self.G.load_state_dict(ck["generator"])
             log.info("generator initialised from %s", init_from)
@@ -233,6 +251,7 @@ class Trainer:
                     from tqdm.auto import tqdm
 
                     it = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+                per_epoch = min(len(loader), cfg.max_steps_per_epoch or len(loader))
                 for step, batch in enumerate(it):
                     if self.stop_event.is_set():
                         raise StopTraining()
@@ -243,6 +262,7 @@ class Trainer:
                         sums[k] += losses[k]
                     n += 1
                     self.global_step += 1
+                    self._progress(status_path, step + 1, per_epoch)
                     if cfg.progress:
                         it.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 self.epoch += 1
@@ -269,7 +289,7 @@ class Trainer:
                     for k, v in record.get("val", {}).items():
                         writer.add_scalar(f"val/{k}", v, self.epoch)
                     writer.flush()
-                _atomic_json({"state": "running", "epochs": cfg.epochs, **record}, status_path)
+                _atomic_json({"state": "running", "epochs": cfg.epochs, **record, "history": self.history}, status_path)
                 log.info("epoch %d: %s", self.epoch, json.dumps(record, default=float))
                 if self.on_epoch:
                     self.on_epoch(record)
@@ -289,8 +309,24 @@ class Trainer:
             "history": self.history,
             "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
         }
-        _atomic_json({k: v for k, v in summary.items() if k != "history"}, status_path)
+        _atomic_json({k: v for k, v in summary.items() if k != "model"}, status_path)
         return summary
+
+    def _progress(self, status_path: Path, step_in_epoch: int, per_epoch: int, every: float = 2.0) -> None:
+        """Writes progress and an ETA to status.json at most every ``every`` seconds."""
+        now = time.monotonic()
+        if not hasattr(self, "_t_start"):
+            self._t_start, self._step_start, self._t_last = now, self.global_step - 1, 0.0
+        if now - self._t_last < every:
+            return
+        self._t_last = now
+        cfg = self.cfg
+        total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
+        rate = (now - self._t_start) / max(self.global_step - self._step_start, 1)
+        _atomic_json({"state": "running", "epoch": self.epoch + 1, "epochs": cfg.epochs, "step_in_epoch": step_in_epoch,
+                      "steps_per_epoch": per_epoch, "global_step": self.global_step, "total_steps": total,
+                      "seconds_per_step": round(rate, 3), "eta_seconds": round(max(total - self.global_step, 0) * rate, 1),
+                      "history": self.history}, status_path)
 
     def _step(self, batch) -> dict:
         cfg = self.cfg

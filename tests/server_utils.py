@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 def copy_app(dst: Path, with_demo: bool = True) -> Path:
-    ignore = shutil.ignore_patterns("logs", "train_run", "jmmda.pt", "__pycache__", "bin", "lib", *(() if with_demo else ("*.pt",)))
+    ignore = shutil.ignore_patterns("logs", "train_run", "jmmda.pt", "versions", "served.json", ".versions.lock", "__pycache__", "bin", "lib",
+                                    *(() if with_demo else ("*.pt",)))
     shutil.copytree(APP, dst, ignore=ignore)
     return dst
 

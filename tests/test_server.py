@@ -193,7 +193,7 @@ def _train_wait(url, timeout=400, want=("DONE", "ERROR", "STOPPED")):
 
 
 def test_training_publishes_model_used_by_next_infer(server):
-    published = server.app_dir / "model" / "jmmda.pt"
+    published = server.app_dir / "model" / "versions" / "v1" / "model.pt"
     assert not published.exists()
     client = MONAILabelClient(server.url)
     res = client.train_start("ct2dwi", {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "val_fraction": 0.25})
@@ -201,14 +201,17 @@ def test_training_publishes_model_used_by_next_infer(server):
     st = _train_wait(server.url)
     assert st["status"] == "DONE", st
     assert published.exists()
-    assert requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]["checkpoint"] == "jmmda.pt"
+    assert requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]["checkpoint"] == "v1"
     r = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
-    assert r.status_code == 200 and r.json()["checkpoint"] == "jmmda.pt"
+    assert r.status_code == 200 and r.json()["checkpoint"] == "v1" and r.json()["version"] == 1
 
 
 def test_stopped_training_leaves_previous_model_valid(server):
-    published = server.app_dir / "model" / "jmmda.pt"
-    current = published if published.exists() else server.app_dir / "model" / "jmmda_demo.pt"
+    served = server.app_dir / "model" / "served.json"
+    before = served.read_bytes() if served.exists() else None
+    versions = sorted(p.name for p in (server.app_dir / "model" / "versions").iterdir())
+    current = server.app_dir / "model" / "versions" / "v1" / "model.pt"
+    current = current if current.exists() else server.app_dir / "model" / "jmmda_demo.pt"
     digest = hashlib.sha256(current.read_bytes()).hexdigest()
     r = requests.post(f"{server.url}/train/ct2dwi", json={"epochs": 50, "batch_size": 2}, timeout=30)
     assert r.status_code == 200
@@ -218,7 +221,8 @@ def test_stopped_training_leaves_previous_model_valid(server):
     assert stopped["status"] == "STOPPED"
     assert requests.get(f"{server.url}/train/", timeout=30).json()["status"] == "STOPPED"
     assert hashlib.sha256(current.read_bytes()).hexdigest() == digest
-    assert not list((server.app_dir / "model").glob(".jmmda.pt.*"))
+    assert (served.read_bytes() if served.exists() else None) == before  # still the same version served
+    assert sorted(p.name for p in (server.app_dir / "model" / "versions").iterdir()) == versions  # nothing published
     r = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_002&output=json", timeout=300)
     assert r.status_code == 200, r.text
 

@@ -15,6 +15,11 @@ route                 method     role    what
 /train/               GET        user    status of the last training run (``{"status": "NONE"}`` before one)
 /train/ct2dwi         POST       admin   start training (options validated: 422; one run at a time: 409)
 /train/               DELETE     admin   stop training (previous model kept)
+/train/ct2dwi/status  GET        user    live run: progress, ETA, losses and validation metrics per epoch, log
+/train/ct2dwi/sample.png GET     user    CT | real DWI | SYNTHETIC DWI of a validation case, latest epoch
+/train/ct2dwi/versions GET       user    model versions (id, time, cases, options, metrics, card; which serves)
+/train/ct2dwi/versions/{id}/promote POST admin serve that version (roll back/forward), no restart
+/ui/                  GET        -       the training page (static HTML/JS/CSS; its API calls carry the token)
 /datastore/           GET        user    image ids and their label tags (``?output=stats``: counts)
 /datastore/           PUT        admin   add a CT (``?image=<id>``)
 /datastore/label      PUT        admin   add a label (``?image=<id>&tag=<tag>``) on the CT's grid
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections import deque
@@ -108,7 +114,7 @@ def index():
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>CT-to-DWI server</title></head><body>"
         "<h1>CT-to-DWI (JMMDA-GAN) server</h1><p><strong>Every image it produces is a SYNTHETIC DWI, not for "
         f"diagnosis.</strong></p><table><tr><th>route</th><th>methods</th></tr>{rows}</table>"
-        "<p>Schema: <a href='/openapi.json'>/openapi.json</a></p></body></html>"
+        "<p>Training page: <a href='/ui/'>/ui/</a>. Schema: <a href='/openapi.json'>/openapi.json</a></p></body></html>"
     )
 
 
@@ -287,6 +293,79 @@ def train_stop(user=ADMIN):
     with _train_lock:
         res = AsyncTask.stop("train")
     return _public_task(res) if res else {"status": "NONE"}
+
+
+def _finite(obj):
+    """JSON cannot carry NaN/Inf: they become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _trainer(model: str):
+    t = _instance().train_task(model) if model == MODEL else None
+    if t is None:
+        raise HTTPException(status_code=404, detail=f"unknown trainer {model!r}; this server offers {MODEL!r}")
+    return t
+
+
+@app.get("/train/{model}/status", summary="Live status of the training run (progress, curves, validation)")
+def train_run_status(model: str, user=USER):
+    trainer = _trainer(model)
+    task, _ = AsyncTask.status("train")
+    run = trainer.run_status()
+    sample = trainer.run_dir / "samples" / "latest.png"
+    return _finite({
+        "task": _public_task(task) if task else {"status": "NONE"},
+        "run": run,
+        "served_version": trainer.versions.served_id(),
+        "sample": sample.is_file(),
+    })
+
+
+@app.get("/train/{model}/sample.png", summary="Latest validation sample: CT | real DWI | SYNTHETIC DWI")
+def train_sample(model: str, user=USER):
+    f = _trainer(model).run_dir / "samples" / "latest.png"
+    if not f.is_file():
+        raise HTTPException(status_code=404, detail="no validation sample yet")
+    return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@app.get("/train/{model}/versions", summary="Model versions and which one serves")
+def versions_list(model: str, user=USER):
+    return _finite({"versions": _trainer(model).versions.list()})
+
+
+@app.post("/train/{model}/versions/{vid}/promote", summary="Serve this model version (admin); atomic, no restart")
+def versions_promote(model: str, vid: int, user=ADMIN):
+    from ct2dwi_app.versions import VersionError
+
+    versions = _trainer(model).versions
+    try:
+        record = versions.promote(vid)
+    except VersionError as exc:
+        raise HTTPException(status_code=404 if "does not exist" in str(exc) else 409, detail=str(exc)) from exc
+    log.info("user %s promoted model version %s (was %s)", user.username, vid, record.get("previous"))
+    return record
+
+
+# ---------------------------------------------------------------- training page (static, same origin)
+UI_DIR = Path(__file__).resolve().parent / "ui"
+UI_FILES = {"": ("index.html", "text/html"), "index.html": ("index.html", "text/html"),
+            "app.js": ("app.js", "text/javascript"), "style.css": ("style.css", "text/css")}
+
+
+@app.get("/ui/{name:path}", include_in_schema=False)
+def ui(name: str):
+    if name not in UI_FILES:
+        raise HTTPException(status_code=404, detail="not found")
+    fname, mime = UI_FILES[name]
+    return Response((UI_DIR / fname).read_bytes(), media_type=mime,
+                    headers={"Cache-Control": "no-cache", "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:"})
 
 
 # ---------------------------------------------------------------- datastore

@@ -2,8 +2,11 @@
 
 Conf options (``--conf key value``):
   device        auto | cpu | cuda[:N]        (default auto: GPU + mixed precision when available)
-  demo_model    true | false                 (default true: fall back to the shipped phantom-trained
-                                              demo checkpoint when no retrained model is published)
+  demo_model    true | false                 (default true: the shipped phantom-trained demo checkpoint is
+                                              model version 0, served until a retrained version is published)
+
+Models: every published model is a version under model/versions/ (see ct2dwi_app/versions.py); the served one
+is named by model/served.json and can be promoted or rolled back without a restart.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from ct2dwi_app.datastore import SafeLocalDatastore  # noqa: E402
 from ct2dwi_app.infer import CT2DWIInfer  # noqa: E402
 from ct2dwi_app.train import CT2DWITrain  # noqa: E402
+from ct2dwi_app.versions import ModelVersions  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,13 @@ class CT2DWIApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = Path(app_dir) / "model"
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.model_dir.glob(f".{PUBLISHED}.*.tmp"):  # left by a publish killed mid-copy
+        for stale in self.model_dir.glob(f".{PUBLISHED}.*.tmp"):  # left by a publish of an older version
             stale.unlink(missing_ok=True)
         self.device = conf.get("device", "auto")
         use_demo = str(conf.get("demo_model", "true")).lower() in ("1", "true", "yes")
-        self.model_paths = [self.model_dir / PUBLISHED] + ([self.model_dir / DEMO] if use_demo else [])
+        self.versions = ModelVersions(self.model_dir, self.model_dir / DEMO if use_demo else None)
+        self.versions.sweep()
+        self.versions.import_legacy(self.model_dir / PUBLISHED)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -56,11 +62,10 @@ class CT2DWIApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {"ct2dwi": CT2DWIInfer(self.model_paths, device=self.device)}
+        return {"ct2dwi": CT2DWIInfer(self.versions, device=self.device)}
 
     def init_trainers(self):
-        demo = self.model_dir / DEMO
-        return {"ct2dwi": CT2DWITrain(self.model_dir, self.model_dir / PUBLISHED, demo if demo.exists() else None)}
+        return {"ct2dwi": CT2DWITrain(self.model_dir, self.versions)}
 
     def infer_task(self, model: str) -> CT2DWIInfer | None:
         return self._infers.get(model)

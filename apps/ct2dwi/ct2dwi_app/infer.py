@@ -21,7 +21,7 @@ class NoModelError(RuntimeError):
 
 
 class CT2DWIInfer(InferTask):
-    def __init__(self, model_paths: list[Path], device: str = "auto", description: str | None = None):
+    def __init__(self, versions, device: str = "auto", description: str | None = None):
         super().__init__(
             type=InferType.OTHERS,
             labels=None,
@@ -29,34 +29,39 @@ class CT2DWIInfer(InferTask):
             description=description or f"JMMDA-GAN CT-to-DWI synthesis. Output is a {SYNTHETIC_LABEL}.",
             config={"device": device},
         )
-        self.model_paths = [Path(p) for p in model_paths]
+        self.versions = versions
         self.device = device
         self._syn: Synthesizer | None = None
         self._loaded_key = None
+        self._vid = None
         self._lock = threading.Lock()
 
     def checkpoint(self) -> Path | None:
-        return next((p for p in self.model_paths if p.is_file()), None)
+        return self.versions.served_path()
+
+    def served_name(self) -> str | None:
+        vid = self.versions.served_id()
+        return None if vid is None else ("jmmda_demo.pt" if vid == 0 else f"v{vid}")
 
     def is_valid(self) -> bool:
         return True  # listed even without a checkpoint; a call then answers 503 with the reason
 
     def info(self):
         i = super().info()
-        ck = self.checkpoint()
-        i["checkpoint"] = ck.name if ck else None
-        i["ready"] = ck is not None
+        i["checkpoint"] = self.served_name()
+        i["version"] = self.versions.served_id()
+        i["ready"] = i["version"] is not None
         i["output"] = SYNTHETIC_LABEL
         return i
 
-    def synthesizer(self) -> Synthesizer:
-        """Loads (or reloads, when training published a new file) the checkpoint."""
-        ck = self.checkpoint()
+    def synthesizer(self) -> tuple[Synthesizer, int]:
+        """(synthesizer, version id) of the served model, loaded again when another version is served."""
+        vid = self.versions.served_id()
+        ck = None if vid is None else self.versions.path(vid)
         if ck is None:
             raise NoModelError(
-                "no trained JMMDA-GAN checkpoint is installed (looked for: "
-                + ", ".join(p.name for p in self.model_paths)
-                + "); train one with POST /train/ct2dwi or copy a checkpoint into the app's model folder"
+                "no trained JMMDA-GAN checkpoint is installed (no published model version and no demo model); "
+                "train one with POST /train/ct2dwi"
             )
         st = ck.stat()
         key = (str(ck), st.st_ino, st.st_mtime_ns, st.st_size)
@@ -65,12 +70,13 @@ class CT2DWIInfer(InferTask):
                 log.info("loading checkpoint %s", ck)
                 self._syn = Synthesizer(ck, device=self.device)
                 self._loaded_key = key
-            return self._syn
+                self._vid = vid
+            return self._syn, self._vid
 
     def run(self, ct_path: Path, mask_path: Path | None, out_dir: Path, ct_name: str | None = None,
             mask_name: str | None = None, single_file: bool = True) -> tuple[Path, dict]:
         """Synthesizes into ``out_dir`` (the caller owns and removes it); messages name ``ct_name``/``mask_name``."""
-        syn = self.synthesizer()
+        syn, vid = self.synthesizer()
         ct = read_image(ct_path, "CT", name=ct_name, single_file=single_file)
         mask = read_image(mask_path, "brain mask", name=mask_name, single_file=single_file) if mask_path else None
         try:
@@ -83,7 +89,8 @@ class CT2DWIInfer(InferTask):
             raise InputError(msg) from exc
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha)$", "", ct_name or "case"))[:80]
         path = write_image(out, Path(out_dir) / f"SYNTHETIC_DWI_{stem or 'case'}.nii.gz")
-        info["checkpoint"] = syn.path.name
+        info["checkpoint"] = "jmmda_demo.pt" if vid == 0 else f"v{vid}"
+        info["version"] = vid
         info["model_card"] = syn.model_card
         return path, info
 

@@ -2,15 +2,16 @@
 
 Datastore convention: image = CT; labels with tags ``dwi``, ``brainmask`` and (optional) ``lesion``.
 MONAI Label runs this in a subprocess (POST /train/ct2dwi) and kills it on DELETE /train. The run
-folder keeps atomic checkpoints (an interrupted run resumes with ``{"resume": true}``); the new model
-is published only when training finishes, by an atomic rename over ``model/jmmda.pt``, so a stopped
-or crashed training always leaves the previous model in place and valid.
+folder keeps atomic checkpoints (an interrupted run resumes with ``{"resume": true}``); the new model is
+published only when training finishes, as a new model version (ct2dwi_app/versions.py) that is served at
+once, the previous versions kept for roll-back, so a stopped or crashed training always leaves the served
+model in place and valid. The run's status.json (progress, ETA, losses and validation metrics per epoch) and
+samples/latest.png (CT | real DWI | SYNTHETIC DWI of a validation case) feed the training page.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from jmmda_model.checkpoint import CheckpointError, load
+from jmmda_model.checkpoint import load
 from jmmda_model.data import Case
 from jmmda_model.imageio import InputError
 from jmmda_model.inference import DeviceError, pick_device
@@ -95,32 +96,31 @@ def datastore_cases(datastore: Datastore) -> list[Case]:
 
 
 class CT2DWITrain(TrainTask):
-    def __init__(self, model_dir: Path, published: Path, base_model: Path | None):
+    def __init__(self, model_dir: Path, versions):
         super().__init__("Retrain JMMDA-GAN on datastore pairs (image=CT; labels dwi, brainmask[, lesion])")
         self.model_dir = Path(model_dir)
-        self.published = Path(published)
-        self.base_model = base_model
+        self.versions = versions
         self.run_dir = self.model_dir / "train_run"
 
     def config(self):
         return dict(DEFAULTS)
 
     def current_model(self) -> Path | None:
-        for p in (self.published, self.base_model):
-            if p is not None and Path(p).is_file():
-                return Path(p)
-        return None
+        return self.versions.served_path()
+
+    def run_status(self) -> dict:
+        """The run's status.json (progress, ETA, per-epoch losses and validation metrics), or {}."""
+        f = self.run_dir / "status.json"
+        if not f.exists():
+            return {}
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {"state": "unknown"}
 
     def stats(self):
-        status = {}
-        f = self.run_dir / "status.json"
-        if f.exists():
-            try:
-                status = json.loads(f.read_text())
-            except json.JSONDecodeError:
-                status = {"state": "unknown"}
-        cur = self.current_model()
-        return {"run": status, "published_model": cur.name if cur else None}
+        status = {k: v for k, v in self.run_status().items() if k != "history"}
+        return {"run": status, "served_version": self.versions.served_id()}
 
     def __call__(self, request, datastore: Datastore):
         opts = validate_options(request)
@@ -154,28 +154,25 @@ class CT2DWITrain(TrainTask):
         summary = trainer.fit(train, val, resume=resume, init_from=base if (opts["fine_tune"] and not resume) else None)
         published = None
         if summary["state"] == "finished" and summary["model"]:
-            published = self.publish(Path(summary["model"]))
+            best = next((r for r in reversed(summary["history"]) if r.get("best")), summary["history"][-1] if summary["history"] else {})
+            ck = load(summary["model"])
+            published = self.versions.publish(Path(summary["model"]), {
+                "trained": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "base_version": self.versions.served_id() if opts["fine_tune"] else None,
+                "train_cases": [c.id for c in train],
+                "val_cases": [c.id for c in val],
+                "options": opts,
+                "epochs": summary["epoch"],
+                "steps": summary["global_step"],
+                "best_epoch": best.get("epoch"),
+                "validation": best.get("val", {}),
+                "model_card": ck.get("model_card", {}),
+            })
         return {
             "state": summary["state"],
             "epochs": summary["epoch"],
             "best_psnr_brain": summary["best_psnr_brain"],
             "train_cases": [c.id for c in train],
             "val_cases": [c.id for c in val],
-            "published": published,
+            "published_version": published,
         }
-
-    def publish(self, model: Path) -> str:
-        """Validates the new checkpoint, then renames it over the published file (atomic)."""
-        load(model)  # raises CheckpointError if unreadable
-        tmp = self.published.with_name(f".{self.published.name}.{os.getpid()}.tmp")
-        shutil.copyfile(model, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        try:
-            load(tmp)
-        except CheckpointError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, self.published)
-        log.info("published %s at %s", self.published, time.strftime("%H:%M:%S"))
-        return self.published.name

@@ -1,0 +1,57 @@
+"""The benchmark runs what it says: exact step counts, seeds, baselines, paired statistics, targets."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare_models as bench  # noqa: E402
+
+
+@pytest.mark.slow
+def test_small_benchmark_reports_exact_steps_and_statistics(tmp_path):
+    res = bench.main(["--arms", "pix2pix,jmmda,constant,lut", "--steps", "3", "--seeds", "0,1", "--train-cases", "2",
+                      "--test-ids", "phantom_001,phantom_003", "--batch-size", "2", "--no-inference", "--out", str(tmp_path)])
+    for name in ("pix2pix", "jmmda"):
+        arm = res["arms"][name]
+        assert [r["steps"] for r in arm["runs"]] == [3, 3] and [r["seed"] for r in arm["runs"]] == [0, 1]
+        assert arm["gflops_per_slice"] > 0
+        assert set(arm["runs"][0]["cases"]) == {"phantom_001", "phantom_003"}
+    assert res["arms"]["jmmda"]["gflops_per_slice"] > res["arms"]["pix2pix"]["gflops_per_slice"]
+    p = res["paired"]["jmmda"]["psnr_brain"]
+    assert p["n_cases"] == 2 and p["ci95"][0] <= p["mean_diff"] <= p["ci95"][1] and p["verdict"] in ("tie", "better", "worse")
+    # the lookup table uses the CT: it beats the constant in-brain mean
+    assert res["arms"]["lut"]["summary"]["psnr_brain"]["mean"] > res["arms"]["constant"]["summary"]["psnr_brain"]["mean"]
+    sens = res["arms"]["constant"]["summary"]["sensitivity"]
+    assert sens["all"]["n"] > 0 and sens["all"]["shown"] == 0  # a constant shows no lesion
+    md = (tmp_path / "results.md").read_text()
+    assert "exactly 3 optimiser steps" in md and ("MISSED" in md or "MET" in md)
+    assert (tmp_path / "lesion_sensitivity.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["config"]["seeds"] == [0, 1]
+
+
+def test_t_confidence_interval_and_tie():
+    m, lo, hi = bench.t_ci(np.array([1.0, 1.2, 0.8, 1.1]))
+    assert lo < m < hi and lo > 0
+    arm = {"runs": [{"cases": {"a": {"psnr_brain": 20.0}, "b": {"psnr_brain": 21.0}, "c": {"psnr_brain": 19.0}}}]}
+    ref = {"runs": [{"cases": {"a": {"psnr_brain": 20.5}, "b": {"psnr_brain": 20.5}, "c": {"psnr_brain": 19.0}}}]}
+    assert bench.paired(arm, ref, "psnr_brain")["verdict"] == "tie"
+
+
+def test_lookup_table_recovers_a_deterministic_mapping():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((4, 40, 40), np.uint8)
+    brain[:, 5:35, 5:35] = 1
+    ct = np.where(brain > 0, rng.uniform(10, 60, brain.shape), -1000.0)
+    from scipy import ndimage as ndi
+
+    dwi = np.clip(ndi.gaussian_filter(ct, (0, 1, 1)) / 200.0, 0, 1) * brain
+    lc = SimpleNamespace(ct_hu=ct, brain=brain, dwi=dwi, spacing_zyx=(5.0, 1.0, 1.0))
+    pred = bench.LookupTable().fit([lc]).predict(lc)
+    assert np.abs(pred - dwi)[brain > 0].mean() < 0.01

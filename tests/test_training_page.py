@@ -1,0 +1,217 @@
+"""Model versions (publish, promote, roll back, crash safety) and the training page in a real browser."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import DEMO_MODEL
+from server_utils import APP, Server, copy_app, copy_studies
+
+sys.path.insert(0, str(APP))
+from ct2dwi_app.versions import ModelVersions, VersionError  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(900)]
+
+
+# ---------------------------------------------------------------- versions, no server
+def test_versions_publish_promote_and_fall_back(tmp_path):
+    (tmp_path / "model").mkdir()
+    demo = tmp_path / "model" / "jmmda_demo.pt"
+    shutil.copy(DEMO_MODEL, demo)
+    v = ModelVersions(tmp_path / "model", demo)
+    assert v.served_id() == 0 and [x["id"] for x in v.list()] == [0]
+    assert v.publish(demo, {"note": "first"}) == 1 and v.served_id() == 1
+    assert v.publish(demo, {"note": "second"}, promote=False) == 2 and v.served_id() == 1
+    assert v.promote(2)["previous"] == 1 and v.served_id() == 2
+    assert v.promote(0)["version"] == 0 and v.served_path() == demo  # roll back to the demo
+    with pytest.raises(VersionError, match="does not exist"):
+        v.promote(9)
+    (tmp_path / "model" / "versions" / "v2" / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(VersionError, match="unusable"):
+        v.promote(2)
+    assert v.served_id() == 0
+    v.pointer.write_text("{not json")  # a pointer damaged outside our atomic writes
+    assert v.served_id() == 2 and v.list()[-1]["served"]  # newest version, never nothing
+    assert v.meta(1)["note"] == "first" and v.meta(1)["id"] == 1
+
+
+def test_publish_refuses_an_unreadable_checkpoint(tmp_path):
+    from jmmda_model.checkpoint import CheckpointError
+
+    (tmp_path / "model").mkdir()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    v = ModelVersions(tmp_path / "model", None)
+    with pytest.raises(CheckpointError):
+        v.publish(bad, {})
+    assert v.ids() == [] and v.served_id() is None
+
+
+CRASHER = r"""
+import sys, itertools
+sys.path.insert(0, sys.argv[1])
+from ct2dwi_app.versions import ModelVersions
+v = ModelVersions(sys.argv[2], sys.argv[3])
+print("ready", flush=True)
+for k in itertools.count():
+    v.promote(1 + k % 2)
+"""
+
+
+def test_kill_during_promote_leaves_exactly_one_valid_served_model(tmp_path):
+    from jmmda_model.checkpoint import load
+
+    model = tmp_path / "model"
+    model.mkdir()
+    demo = model / "jmmda_demo.pt"
+    shutil.copy(DEMO_MODEL, demo)
+    v = ModelVersions(model, demo)
+    v.publish(demo, {"n": 1})
+    v.publish(demo, {"n": 2})
+    for i in range(5):
+        p = subprocess.Popen([sys.executable, "-c", CRASHER, str(APP), str(model), str(demo)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(0.2 + 0.13 * i)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        fresh = ModelVersions(model, demo)
+        served = fresh.served_id()
+        assert served in (1, 2)
+        json.loads(fresh.pointer.read_text())  # the pointer itself is always a complete file
+        load(fresh.served_path())
+        fresh.sweep()
+        assert not list(model.glob(".served.json.*.tmp"))
+
+
+# ---------------------------------------------------------------- versions on the real server
+@pytest.fixture(scope="module")
+def vserver(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ver")
+    app = copy_app(base / "app")
+    studies = copy_studies(base / "studies", n=3)
+    s = Server(app, studies).wait()
+    s.app_dir, s.studies, s.base = app, studies, base
+    yield s
+    s.stop()
+
+
+def _served(url):
+    return requests.get(f"{url}/info/", timeout=30).json()["models"]["ct2dwi"]["version"]
+
+
+@pytest.mark.server
+def test_versions_api_promote_and_rollback_without_restart(vserver):
+    model = vserver.app_dir / "model"
+    v = ModelVersions(model, model / "jmmda_demo.pt")
+    v.publish(model / "jmmda_demo.pt", {"note": "copy of the demo, as if retrained"})
+    listed = requests.get(f"{vserver.url}/train/ct2dwi/versions", timeout=30).json()["versions"]
+    assert [x["id"] for x in listed] == [0, 1] and listed[1]["served"] and listed[1]["note"].startswith("copy")
+    assert _served(vserver.url) == 1
+    r = requests.post(f"{vserver.url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
+    assert r.json()["version"] == 1
+    r = requests.post(f"{vserver.url}/train/ct2dwi/versions/0/promote", timeout=30)
+    assert r.status_code == 200 and r.json() == {**r.json(), "version": 0, "previous": 1}
+    r = requests.post(f"{vserver.url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
+    assert r.json()["version"] == 0 and r.json()["checkpoint"] == "jmmda_demo.pt"
+    assert requests.post(f"{vserver.url}/train/ct2dwi/versions/42/promote", timeout=30).status_code == 404
+    assert requests.post(f"{vserver.url}/train/ct2dwi/versions/x/promote", timeout=30).status_code == 422
+    status = requests.get(f"{vserver.url}/train/ct2dwi/status", timeout=30).json()
+    assert status["served_version"] == 0 and status["task"]["status"] in ("NONE", "DONE", "STOPPED")
+
+
+@pytest.mark.server
+def test_served_version_survives_a_restart(tmp_path):
+    app = copy_app(tmp_path / "app")
+    studies = copy_studies(tmp_path / "studies", n=1)
+    model = app / "model"
+    v = ModelVersions(model, model / "jmmda_demo.pt")
+    v.publish(model / "jmmda_demo.pt", {})
+    v.publish(model / "jmmda_demo.pt", {})
+    v.promote(1)
+    (model / ".served.json.999999.tmp").write_text('{"version": 2')  # a promote that died mid-write
+    s = Server(app, studies).wait()
+    try:
+        assert _served(s.url) == 1
+        assert not (model / ".served.json.999999.tmp").exists()
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------- the page in a real browser
+def _driver():
+    chromedriver = shutil.which("chromedriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromedriver or not chromium:
+        pytest.skip("chromium + chromium-driver not installed (Debian packages; ./run.sh test installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--disable-gpu"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(chromedriver), options=opts)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_training_page_in_chromium(vserver, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    drv = _driver()
+    try:
+        drv.get(f"{vserver.url}/ui/")
+        wait = WebDriverWait(drv, 240, poll_frequency=0.5)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
+        assert "SYNTHETIC" in drv.find_element(By.CLASS_NAME, "banner").text
+        # a refused option shows the server's 422 inline
+        lr = drv.find_element(By.ID, "lr")
+        lr.clear()
+        lr.send_keys("abc")
+        drv.find_element(By.ID, "start").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "lr must be a number"))
+        # a tiny run: curve and sample appear
+        for field, value in (("lr", "0.0002"), ("epochs", "2"), ("batch_size", "2"), ("max_steps_per_epoch", "2"), ("val_fraction", "0.34")):
+            el = drv.find_element(By.ID, field)
+            el.clear()
+            el.send_keys(value)
+        drv.find_element(By.ID, "start").click()
+        wait.until(lambda d: d.find_element(By.ID, "start-error").text == "")
+        wait.until(lambda d: int(d.find_element(By.ID, "val-chart").get_attribute("data-points") or 0) >= 1)
+        wait.until(lambda d: d.find_element(By.ID, "sample").is_displayed())
+        assert int(drv.find_element(By.ID, "loss-chart").get_attribute("data-points")) >= 3
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: DONE"))
+        wait.until(EC.presence_of_element_located((By.ID, "version-2")))  # published as a new version...
+        assert "served" in drv.find_element(By.ID, "version-2").get_attribute("class")  # ...and served
+        # a long run, stopped from the page; the served version stays
+        el = drv.find_element(By.ID, "epochs")
+        el.clear()
+        el.send_keys("500")
+        drv.find_element(By.ID, "start").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: RUNNING"))
+        drv.find_element(By.ID, "start").click()  # a second run while one runs: 409 shown clearly
+        wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "409"))
+        drv.find_element(By.ID, "stop").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: STOPPED"))
+        assert _served(vserver.url) == 2
+        # roll back to the demo model from the versions table
+        drv.find_element(By.ID, "promote-0").click()
+        wait.until(lambda d: "served" in d.find_element(By.ID, "version-0").get_attribute("class"))
+        assert _served(vserver.url) == 0
+        drv.save_screenshot(str(tmp_path / "training_page.png"))
+        assert (tmp_path / "training_page.png").stat().st_size > 10000
+        logs = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")]
+        assert all(("401" in e["message"] or "404" in e["message"] or "409" in e["message"] or "422" in e["message"]) for e in logs), logs
+    finally:
+        drv.quit()
