@@ -177,3 +177,20 @@ def test_training_start_monitor_stop(server):
     assert "training running" in training_summary(client.train_status())
     assert client.train_stop()["status"] == "STOPPED"
     assert training_summary(client.train_status()).startswith("training stopped")
+
+
+def test_version_list_and_promote_from_the_module_client(server):
+    """The Slicer training panel shows the same version list as the training page and can serve one."""
+    from CT2DWILib.logic import version_label
+
+    client = CT2DWIClient(server.url)
+    versions = client.versions()
+    assert versions[0]["id"] == 0 and any(v["served"] for v in versions)
+    labels = [version_label(v) for v in versions]
+    assert labels[0].startswith("v0 (demo)") and sum("[serving]" in x for x in labels) == 1
+    assert client.promote(0)["version"] == 0
+    with pytest.raises(ServerError) as e:
+        client.promote(99)
+    assert e.value.status == 404
+    assert version_label({"id": 3, "published": "2026-01-02T03:04:05", "validation": {"psnr_brain": 25.04, "lesion_sensitivity": 0.5},
+                          "served": True}) == "v3 \u2013 2026-01-02 03:04:05 \u2013 PSNR 25.0 dB \u2013 lesions 50% \u2013 [serving]"

@@ -20,7 +20,7 @@ from slicer.util import VTKObservationMixin
 
 from CT2DWILib import BANNER, BackgroundCall, CT2DWIClient, ServerError
 from CT2DWILib.client import default_server_url
-from CT2DWILib.logic import training_summary
+from CT2DWILib.logic import training_summary, version_label
 from CT2DWILib.mrml import configure_side_by_side, load_synthetic, write_volume
 
 SETTINGS_KEY = "CT2DWI/ServerURL"
@@ -75,6 +75,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainStartButton.connect("clicked(bool)", self.onTrainStart)
         self.ui.trainStatusButton.connect("clicked(bool)", self.onTrainStatus)
         self.ui.trainStopButton.connect("clicked(bool)", self.onTrainStop)
+        self.ui.versionsRefreshButton.connect("clicked(bool)", self.onVersionsRefresh)
+        self.ui.versionsPromoteButton.connect("clicked(bool)", self.onVersionPromote)
         self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
         self.ui.showOutlineCheckBox.connect("toggled(bool)", self._updateButtons)
         self._updateButtons()
@@ -205,6 +207,35 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._train_timer.stop()
         self.ui.trainStatusLabel.text = training_summary(res)
+
+
+    def onVersionsRefresh(self):
+        try:
+            client = self._client()
+        except ServerError as exc:
+            self._status(str(exc), error=True)
+            return
+        self._start("Reading model versions", client.versions, self._onVersions)
+
+    def _onVersions(self, versions):
+        self.ui.versionsComboBox.clear()
+        for v in versions:
+            self.ui.versionsComboBox.addItem(version_label(v), v["id"])
+            if v.get("served"):
+                self.ui.versionsComboBox.setCurrentIndex(self.ui.versionsComboBox.count - 1)
+        self._status(f"{len(versions)} model version(s) on the server")
+
+    def onVersionPromote(self):
+        vid = self.ui.versionsComboBox.currentData
+        if vid is None:
+            self._status("Refresh the version list first", error=True)
+            return
+        try:
+            client = self._client()
+        except ServerError as exc:
+            self._status(str(exc), error=True)
+            return
+        self._start(f"Serving model version {vid}", lambda: client.promote(vid), lambda _r: self.onVersionsRefresh())
 
 
 class CT2DWILogic(ScriptedLoadableModuleLogic):

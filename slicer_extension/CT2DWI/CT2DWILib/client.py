@@ -118,6 +118,14 @@ class CT2DWIClient:
                 return {"status": "NONE"}
             raise
 
+    def versions(self) -> list[dict]:
+        """Model versions on the server (the same list as the training page), the served one flagged."""
+        return self._request("GET", f"/train/{MODEL}/versions", timeout=30).json()["versions"]
+
+    def promote(self, version: int) -> dict:
+        """Serves ``version`` (admin); the server switches without a restart."""
+        return self._request("POST", f"/train/{MODEL}/versions/{int(version)}/promote", timeout=60).json()
+
     def train_stop(self) -> dict:
         r = self._request("DELETE", "/train/", timeout=60)
         return r.json() or {"status": "NONE"}

@@ -50,6 +50,22 @@ def training_summary(status: dict) -> str:
     return text
 
 
+def version_label(v: dict) -> str:
+    """One combo-box entry for a model version from GET /train/ct2dwi/versions."""
+    name = "v0 (demo)" if v.get("id") == 0 else f"v{v.get('id')}"
+    val = v.get("validation") or {}
+    parts = [name]
+    if v.get("published"):
+        parts.append(v["published"].replace("T", " "))
+    if val.get("psnr_brain") is not None:
+        parts.append(f"PSNR {val['psnr_brain']:.1f} dB")
+    if val.get("lesion_sensitivity") is not None:
+        parts.append(f"lesions {val['lesion_sensitivity']:.0%}")
+    if v.get("served"):
+        parts.append("[serving]")
+    return " – ".join(parts)
+
+
 class BackgroundCall:
     """Runs ``fn(*args)`` in a worker thread; the GUI polls ``done``/``result()`` from a timer so the
     UI never freezes. Exceptions are kept and re-raised by ``result()``."""
