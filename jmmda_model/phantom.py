@@ -226,8 +226,10 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     rim = ndi.binary_dilation(air_cells, iterations=1) & ~air_cells & ~brain  # thin bony septa around air cells
     ct[rim] = np.maximum(ct[rim], 600.0)
     par = (frac_gm * hu["gm"] + (1 - frac_gm) * hu["wm"]) * tissue + hu["csf"] * csf
+    drop = np.zeros(shape, np.float32)  # overlapping lesions: the stronger change wins (no summing)
     for region, contrast, _ in lesions:
-        par -= contrast * ndi.gaussian_filter(region.astype(np.float32), 0.7) * tissue
+        drop = np.maximum(drop, contrast * ndi.gaussian_filter(region.astype(np.float32), 0.7))
+    par -= drop * tissue
     if old.any():
         o = ndi.gaussian_filter(old.astype(np.float32), 0.7)
         par = par * (1 - o) + (hu["csf"] + 2.0) * o
@@ -259,8 +261,10 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     dwi = np.zeros(shape, np.float32)
     dwi[skin | galea | fat] = sig["scalp"]
     tsig = (frac_gm * sig["gm"] + (1 - frac_gm) * sig["wm"]) * tissue + sig["csf"] * csf
+    gain = np.ones(shape, np.float32)
     for region, _, ratio in lesions:
-        tsig *= 1.0 + (ratio - 1.0) * np.clip(ndi.gaussian_filter(region.astype(np.float32), 0.7) * 1.4, 0, 1)
+        gain = np.maximum(gain, 1.0 + (ratio - 1.0) * np.clip(ndi.gaussian_filter(region.astype(np.float32), 0.7) * 1.4, 0, 1))
+    tsig *= gain
     if old.any():
         o = ndi.gaussian_filter(old.astype(np.float32), 0.7)
         tsig = tsig * (1 - o) + sig["csf"] * o

@@ -31,9 +31,15 @@ def test_phantom_case_is_plausible_and_deterministic():
 
 
 def test_phantoms_vary_per_case_and_cover_the_lesion_spectrum():
-    metas = [make_case(s)["meta"] for s in range(12)]
+    from jmmda_model.preprocess import normalize_dwi
+
+    cases = [make_case(s) for s in (*range(12), 201)]  # 201: two overlapping infarcts
+    metas = [c["meta"] for c in cases]
+    for c in cases:  # overlapping lesions do not multiply: no lesion beyond the normalisation ceiling
+        n = normalize_dwi(c["dwi"], c["brainmask"], clip=False)
+        assert n[c["lesion"] > 0].max(initial=0) < 1.0
     gm = [m["tissue_hu"]["gm"] for m in metas]
-    assert max(gm) - min(gm) > 3 and len({m["ct_noise_hu"] for m in metas}) == 12
+    assert max(gm) - min(gm) > 3 and len({m["ct_noise_hu"] for m in metas}) == len(metas)
     lesions = [x for m in metas for x in m["lesions"]]
     territories = {x["territory"] for x in lesions}
     assert {"MCA", "lacunar"} <= territories and len(territories) >= 3
