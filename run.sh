@@ -56,6 +56,7 @@ case "$cmd" in
     need=()
     command -v Orthanc >/dev/null 2>&1 || need+=(orthanc orthanc-dicomweb)
     command -v chromedriver >/dev/null 2>&1 || need+=(chromium chromium-driver)
+    command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
     if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "== installing ${need[*]} (Debian)" >&2
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \

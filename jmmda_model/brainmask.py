@@ -48,3 +48,62 @@ def ct_brain_mask(ct: sitk.Image, erode_mm: float = 3.0) -> sitk.Image:
     out = sitk.DICOMOrient(filled, sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.GetDirection()))
     out.CopyInformation(ct)
     return sitk.Cast(out, sitk.sitkUInt8)
+
+
+#: plausible adult intracranial volume (mL) and largest head width (mm)
+BRAIN_ML_RANGE = (500.0, 3000.0)
+MAX_HEAD_WIDTH_MM = 280.0
+MIN_SKULL_FRACTION = 0.25
+
+
+def check_head_ct(ct: sitk.Image, brain: np.ndarray) -> dict:
+    """Refuses a CT that is not a head CT (InputError), from three independent signs:
+
+    * brain-mask volume outside ``BRAIN_ML_RANGE`` (an abdomen gave a 5,365 mL "brain");
+    * body wider than ``MAX_HEAD_WIDTH_MM`` in the slices that hold the mask (heads are ~140-200 mm wide);
+    * the mask not enclosed by bone: less than ``MIN_SKULL_FRACTION`` of the 3-12 mm shell around it in its
+      axial slices is bone (> 300 HU), i.e. no skull.
+    ``brain`` is the mask as a (z, y, x) array on ``ct``'s grid. Returns the measured values."""
+    sp = np.array(ct.GetSpacing(), float)  # x, y, z
+    a = sitk.GetArrayViewFromImage(ct)
+    b = np.asarray(brain) > 0
+    ml = float(b.sum()) * float(np.prod(sp)) / 1000.0
+    facts = {"brain_ml": round(ml, 1)}
+    if not BRAIN_ML_RANGE[0] <= ml <= BRAIN_ML_RANGE[1]:
+        raise InputError(f"CT: the brain mask is {ml:.0f} mL, outside the {BRAIN_ML_RANGE[0]:.0f}-{BRAIN_ML_RANGE[1]:.0f} mL of an "
+                         "adult head; is this a head CT (and the mask a brain mask)?")
+    # work in the image's own axes; the slice axis is the one closest to superior-inferior
+    d = np.array(ct.GetDirection()).reshape(3, 3)
+    slice_axis_xyz = int(np.argmax(np.abs(d[2])))  # image axis (x=0,y=1,z=2) most aligned with patient S
+    arr_axis = 2 - slice_axis_xyz  # numpy axis order is (z, y, x)
+    inplane = [i for i in range(3) if i != slice_axis_xyz]
+    widths = []
+    for k in np.nonzero(b.any(axis=tuple(i for i in range(3) if i != arr_axis)))[0][::2]:
+        body = np.take(a, k, axis=arr_axis) > -300
+        if body.any():
+            ext = [np.ptp(np.nonzero(body.any(axis=1 - j))[0]) + 1 for j in range(2)]
+            # np.take drops arr_axis: remaining numpy axes are the two in-plane image axes, reversed
+            sizes = [ext[j] * sp[inplane[::-1][j]] for j in range(2)]
+            widths.append(max(sizes))
+    width = float(np.median(widths)) if widths else 0.0
+    facts["head_width_mm"] = round(width, 1)
+    if width > MAX_HEAD_WIDTH_MM:
+        raise InputError(f"CT: the body is {width:.0f} mm wide where the brain mask lies (a head is ~140-200 mm); "
+                         "this does not look like a head CT")
+    r_in = [max(1, int(round(3.0 / s))) for s in sp[::-1]]
+    r_out = [max(1, int(round(12.0 / s))) for s in sp[::-1]]
+    r_in[arr_axis] = r_out[arr_axis] = 0  # in-plane shell: thick slices would otherwise reach the skull base
+    near = ndi.binary_dilation(b, structure=_ellipsoid(r_in))
+    shell = ndi.binary_dilation(b, structure=_ellipsoid(r_out)) & ~near
+    frac = float((a[shell] > 300).mean()) if shell.any() else 0.0
+    facts["skull_fraction"] = round(frac, 3)
+    if frac < MIN_SKULL_FRACTION:
+        raise InputError(f"CT: only {frac:.0%} of the tissue around the brain mask is bone; no skull encloses it, "
+                         "so this does not look like a head CT with a brain mask")
+    return facts
+
+
+def _ellipsoid(radii) -> np.ndarray:
+    r = [max(int(x), 0) for x in radii]
+    g = np.ogrid[tuple(slice(-x, x + 1) for x in r)]
+    return sum((gi / max(x, 1)) ** 2 if x else gi.astype(float) ** 2 for gi, x in zip(g, r)) <= 1.0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .dicom import PacsError
 from .imageio import InputError
 from .inference import DeviceError
 
@@ -74,7 +75,7 @@ def cmd_infer(a):
     if not dst.parent.is_dir():
         raise InputError(f"output folder does not exist: {dst.parent}")
     syn = Synthesizer(a.model, device=a.device)
-    ct = read_image(a.ct, "CT")
+    ct = read_image(a.ct, "CT", series_uid=a.series_uid)
     mask = read_image(a.mask, "brain mask") if a.mask else None
     out, m, info = syn(ct, mask)
     write_image(out, dst)
@@ -108,7 +109,8 @@ def cmd_export_dicom(a):
     from .imageio import read_image
 
     syn = read_image(a.synthetic, "synthetic DWI")
-    paths = export_synthetic_dwi(syn, a.ct_dicom, a.out, checkpoint=a.checkpoint)
+    paths = export_synthetic_dwi(syn, a.ct_dicom, a.out, checkpoint=a.checkpoint, series_uid=a.series_uid,
+                                 burn_in=not a.no_burn_in)
     print(f"wrote {len(paths)} SYNTHETIC DWI instances to {a.out}")
     if a.stow:
         n = stow(paths, a.stow, a.user, a.password)
@@ -166,6 +168,7 @@ def build_parser():
     i.add_argument("--mask", default=None, help="brain mask on the CT grid; computed from the CT when omitted")
     i.add_argument("--out", required=True, help="output file, name must contain 'synthetic'")
     i.add_argument("--save-mask", default=None)
+    i.add_argument("--series-uid", default=None, help="the CT series to use when the DICOM folder holds several")
     i.add_argument("--device", default="auto")
     i.set_defaults(func=cmd_infer)
 
@@ -191,8 +194,10 @@ def build_parser():
     ex.add_argument("--out", required=True)
     ex.add_argument("--checkpoint", default="")
     ex.add_argument("--stow", default=None, help="DICOMweb root for STOW-RS, e.g. http://pacs:8042/dicom-web")
+    ex.add_argument("--series-uid", default=None, help="the CT series to use when the folder holds several")
+    ex.add_argument("--no-burn-in", action="store_true", help="do not burn 'SYNTHETIC - NOT FOR DIAGNOSIS' into the pixels")
     ex.add_argument("--user", default=None)
-    ex.add_argument("--password", default=None)
+    ex.add_argument("--password", default=None, help="prefer the JMMDA_DICOMWEB_PASSWORD environment variable or ~/.netrc")
     ex.set_defaults(func=cmd_export_dicom)
     return p
 
@@ -200,11 +205,17 @@ def build_parser():
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not a.verbose:
+        for noisy in ("dicomweb_client", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return a.func(a)
     except (InputError, ValueError, CheckpointError, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PacsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

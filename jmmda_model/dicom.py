@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +27,149 @@ SYNTHETIC_SERIES_DESCRIPTION = "SYNTHETIC DWI (JMMDA-GAN) - NOT FOR DIAGNOSIS"
 DWI_SCALE = 1000.0  # stored value = normalised DWI x 1000
 
 
+def list_series(folder: str | Path) -> list[dict]:
+    """Every image series in a folder: UID, description, number of images, orientation, modality."""
+    series: dict[str, dict] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001, S112 - non-DICOM files in the folder are ignored
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if not uid or "ImagePositionPatient" not in ds:
+            continue
+        s = series.setdefault(uid, {"uid": uid, "description": str(getattr(ds, "SeriesDescription", "") or ""),
+                                    "modality": str(getattr(ds, "Modality", "") or ""), "images": 0, "orientations": set()})
+        s["images"] += 1
+        if "ImageOrientationPatient" in ds:
+            s["orientations"].add(_orientation_label(ds.ImageOrientationPatient))
+    out = []
+    for s in series.values():
+        s["orientation"] = "/".join(sorted(s.pop("orientations"))) or "?"
+        out.append(s)
+    return sorted(out, key=lambda s: -s["images"])
+
+
+def _orientation_label(iop) -> str:
+    n = np.cross(np.array(iop[:3], float), np.array(iop[3:], float))
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(n)))]
+
+
+def _series_table(series: list[dict]) -> str:
+    return "; ".join(f"{s['uid']} ({s['modality']} '{s['description']}', {s['images']} images, {s['orientation']})" for s in series)
+
+
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
-    """Reads one DICOM series from a folder (the only one, or the one with ``series_uid``),
-    applying rescale slope/intercept (CT in HU)."""
+    """Reads one DICOM series from a folder (the only one, or the one with ``series_uid``), rescale applied
+    (CT in HU), with its geometry checked from the headers:
+
+    * localizers/scouts in the series (ImageType LOCALIZER, or an orientation other than the series'
+      majority) are left out; mixed orientations otherwise are refused;
+    * slices must be evenly spaced along the slice normal: a missing slice, a gap or duplicate positions
+      are refused with the positions named (ITK would silently stretch the spacing);
+    * a gantry tilt (slice positions sheared along the slice normal) is corrected by shifting every slice in
+      plane onto an orthogonal grid, as dcm2niix does, and reported in the image's metadata."""
     folder = Path(folder)
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not uids:
+    if not folder.is_dir():
+        raise InputError(f"DICOM folder not found: {folder}")
+    series = list_series(folder)
+    if not series:
         raise InputError(f"no DICOM series found in {folder}")
     if series_uid is None:
-        if len(uids) > 1:
-            raise InputError(f"{folder} holds {len(uids)} DICOM series; choose one by SeriesInstanceUID: {', '.join(uids)}")
-        series_uid = uids[0]
-    elif series_uid not in uids:
-        raise InputError(f"series {series_uid} not found in {folder}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
-    if len(files) < 2:
-        raise InputError(f"DICOM series {series_uid} has {len(files)} slice(s); a 3-D volume is required")
+        if len(series) > 1:
+            raise InputError(f"{folder} holds {len(series)} DICOM series; choose one with --series-uid: {_series_table(series)}")
+        series_uid = series[0]["uid"]
+    elif series_uid not in {s["uid"] for s in series}:
+        raise InputError(f"series {series_uid} not found in {folder}; it holds: {_series_table(series)}")
+    dss, paths, notes = _series_slices(folder, series_uid)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(p) for p in paths])
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series {series_uid}: {exc}") from exc
+    img = _apply_geometry(img, dss, notes)
+    return img
+
+
+def _series_slices(folder: Path, series_uid: str):
+    """Headers and files of the series' image slices, sorted along the normal, after the checks above."""
+    items = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001, S112 - non-DICOM files in the folder are ignored
+            continue
+        if str(getattr(ds, "SeriesInstanceUID", "")) == series_uid and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            items.append((ds, p))
+    notes = []
+    loc = [it for it in items if "LOCALIZER" in [str(x).upper() for x in getattr(it[0], "ImageType", [])]]
+    if loc:
+        notes.append(f"{len(loc)} localizer image(s) left out")
+        items = [it for it in items if it not in loc]
+    labels = [tuple(np.round(np.array(it[0].ImageOrientationPatient, float), 3)) for it in items]
+    if labels:
+        major = max(set(labels), key=labels.count)
+        other = [it for it, lab in zip(items, labels) if lab != major]
+        if other and len(other) <= 3 and len(other) < len(items) / 4:
+            notes.append(f"{len(other)} image(s) with another orientation (scout) left out")
+            items = [it for it, lab in zip(items, labels) if lab == major]
+        elif other:
+            raise InputError(f"DICOM series {series_uid} mixes image orientations ({len(set(labels))} different); "
+                             "it cannot be read as one volume")
+    if len(items) < 2:
+        raise InputError(f"DICOM series {series_uid} has {len(items)} slice(s); a 3-D volume is required")
+    iop = np.array(items[0][0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    items.sort(key=lambda it: float(np.dot(normal, np.array(it[0].ImagePositionPatient, float))))
+    z = np.array([float(np.dot(normal, np.array(it[0].ImagePositionPatient, float))) for it in items])
+    dz = np.diff(z)
+    if np.any(dz < 1e-3):
+        k = int(np.argmin(dz))
+        raise InputError(f"DICOM series {series_uid} has two slices at the same position ({z[k]:.2f} mm); "
+                         "duplicate or overlapping acquisitions must be separated first")
+    step = float(np.median(dz))
+    bad = np.nonzero(np.abs(dz - step) > max(0.01 * step, 0.05))[0]
+    if bad.size:
+        where = ", ".join(f"{z[k]:.2f}->{z[k + 1]:.2f} mm" for k in bad[:5])
+        raise InputError(f"DICOM series {series_uid} is not evenly spaced (usual step {step:.2f} mm; gaps or missing "
+                         f"slices at {where}); a volume built from it would be silently distorted")
+    return [it[0] for it in items], [it[1] for it in items], notes
+
+
+def _apply_geometry(img: sitk.Image, dss, notes) -> sitk.Image:
+    """Geometry from the headers; a gantry tilt (positions not along the normal) is corrected in plane."""
+    iop = np.array(dss[0].ImageOrientationPatient, float)
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    pos = np.array([np.array(d.ImagePositionPatient, float) for d in dss])
+    step_vec = (pos[-1] - pos[0]) / (len(pos) - 1)
+    dz = float(np.dot(step_vec, normal))
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(dz) / max(np.linalg.norm(step_vec), 1e-9)))))
+    sx, sy = img.GetSpacing()[:2]
+    if tilt > 0.1:
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        fill = float(arr.min())
+        from scipy import ndimage as ndi
+
+        for k in range(arr.shape[0]):
+            off = pos[k] - pos[0]
+            shift_x = float(np.dot(off, row)) / sx  # in-plane offset of this slice's first voxel, in pixels
+            shift_y = float(np.dot(off, col)) / sy
+            arr[k] = ndi.shift(arr[k], (shift_y, shift_x), order=1, mode="constant", cval=fill)
+        out = sitk.GetImageFromArray(np.round(arr).astype(sitk.GetArrayViewFromImage(img).dtype)
+                                     if sitk.GetArrayViewFromImage(img).dtype.kind in "iu" else arr)
+        notes.append(f"gantry tilt of {tilt:.1f} degrees corrected (slices shifted in plane onto an orthogonal grid)")
+        img = out
+    img.SetSpacing((float(sx), float(sy), abs(dz)))
+    img.SetOrigin(tuple(float(v) for v in pos[0]))
+    img.SetDirection(tuple(float(v) for v in np.stack([row, col, normal * np.sign(dz)], 1).ravel()))
+    if notes:
+        img.SetMetaData("jmmda_dicom_notes", "; ".join(notes))
     return img
 
 
@@ -136,6 +258,7 @@ def write_ct_series(ct: sitk.Image, out_dir: str | Path, patient_id="PHANTOM", p
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
         ds.Modality, ds.Manufacturer = "CT", "JMMDA phantom"
+        ds.PatientPosition = "HFS"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.SeriesDescription = series_description
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -155,31 +278,41 @@ def write_ct_series(ct: sitk.Image, out_dir: str | Path, patient_id="PHANTOM", p
 
 
 def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_dir: str | Path,
-                         model_name: str = "JMMDA-GAN", checkpoint: str = "") -> list[Path]:
-    """Writes the synthetic DWI (on the CT grid) as an MR Image Storage series beside the source CT.
+                         model_name: str = "JMMDA-GAN", checkpoint: str = "", series_uid: str | None = None,
+                         burn_in: bool = True) -> list[Path]:
+    """Writes the synthetic DWI as an MR Image Storage series beside the source CT series.
 
-    The CT's patient, study and frame of reference are kept; series and instance UIDs are new. Each
-    slice references the CT slice it was computed from (SourceImageSequence)."""
+    The CT's patient, study and frame of reference are kept; series and instance UIDs are new. Each slice
+    references the CT slice it was computed from (SourceImageSequence). The synthetic volume may come in any
+    axis order (RAS, flipped, ...) as long as it is the CT's physical grid: it is re-oriented onto the CT series'
+    order; anything else (shifted, resampled, cropped) is refused rather than silently misaligned. ``burn_in`` writes
+    "SYNTHETIC - NOT FOR DIAGNOSIS" into the pixels outside the brain of every slice (BurnedInAnnotation YES)."""
+    from .preprocess import orientation_code
+
     ct_dir = Path(ct_dicom_dir)
-    src = _slices_sorted(ct_dir)
-    if synthetic.GetSize()[2] != len(src):
-        raise InputError(f"synthetic volume has {synthetic.GetSize()[2]} slices but the CT series has {len(src)}")
-    # the synthetic must lie on the CT grid: compare slice positions and in-plane geometry
-    iop, positions, pixel_spacing, thickness = _geometry(synthetic)
-    src_iop = np.array(src[0].ImageOrientationPatient, float)
-    if not np.allclose(iop, src_iop, atol=1e-3):
-        raise InputError("synthetic DWI orientation differs from the CT series")
-    for k, ds in enumerate(src):
-        if not np.allclose(positions[k], np.array(ds.ImagePositionPatient, float), atol=1e-2):
-            raise InputError(f"synthetic DWI slice {k} is not at the CT slice position; it must be on the CT grid")
-        if (int(ds.Rows), int(ds.Columns)) != (synthetic.GetSize()[1], synthetic.GetSize()[0]):
-            raise InputError("synthetic DWI in-plane size differs from the CT series")
+    ref_img = read_dicom_series(ct_dir, series_uid)
+    src, _, _ = _series_slices(ct_dir, series_uid or list_series(ct_dir)[0]["uid"])
+    synthetic = sitk.DICOMOrient(synthetic, orientation_code(ref_img))  # any axis order / flip of the same grid
+    if not (synthetic.GetSize() == ref_img.GetSize()
+            and np.allclose(synthetic.GetOrigin(), ref_img.GetOrigin(), atol=1e-2)
+            and np.allclose(synthetic.GetSpacing(), ref_img.GetSpacing(), atol=1e-3)
+            and np.allclose(synthetic.GetDirection(), ref_img.GetDirection(), atol=1e-4)):
+        raise InputError(
+            f"the synthetic DWI is not on the CT series' grid (size {synthetic.GetSize()} vs {ref_img.GetSize()} slices/pixels, "
+            f"origin {tuple(round(v, 2) for v in synthetic.GetOrigin())} vs {tuple(round(v, 2) for v in ref_img.GetOrigin())}); "
+            "it must be computed from this CT series - a shifted or resampled result would be misaligned"
+        )
+    tilted = "gantry tilt" in (ref_img.GetMetaData("jmmda_dicom_notes") if ref_img.HasMetaDataKey("jmmda_dicom_notes") else "")
+    iop, positions, pixel_spacing, thickness = _geometry(ref_img)
     arr = sitk.GetArrayFromImage(synthetic).astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise InputError("synthetic DWI contains NaN/inf")
     stored = np.clip(np.round(arr * DWI_SCALE), 0, 65535).astype(np.uint16)
     nz = stored[stored > 0]
     lo, hi = (np.percentile(nz, [1, 99]) if nz.size else (0, 1000))
+    if burn_in:
+        for k in range(stored.shape[0]):
+            stored[k] = burn_in_text(stored[k], "SYNTHETIC - NOT FOR DIAGNOSIS", value=int(min(65535, max(2 * hi, 1000))))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
@@ -205,12 +338,15 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
         ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
         ds.Modality = "MR"
         ds.Manufacturer = "JMMDA-GAN (software)"
+        ds.PatientPosition = str(getattr(src_ds, "PatientPosition", "") or "HFS")
+        ds.Laterality = ""  # a paired body part is not imaged (brain): Type 2C, present and empty
         ds.SeriesNumber, ds.InstanceNumber = series_number, k + 1
         ds.SeriesDescription = SYNTHETIC_SERIES_DESCRIPTION
         ds.ImageType = ["DERIVED", "SECONDARY", "SYNTHETIC"]
         ds.DerivationDescription = derivation
-        ds.ImageComments = "SYNTHETIC image - not for diagnosis. Pixel value = normalised DWI x 1000."
-        ds.BurnedInAnnotation = "NO"
+        ds.ImageComments = "SYNTHETIC image - not for diagnosis. Pixel value = normalised DWI x 1000." + (
+            " The text SYNTHETIC is burned into the pixels outside the brain." if burn_in else "")
+        ds.BurnedInAnnotation = "YES" if burn_in else "NO"
         ds.LossyImageCompression = "00"
         ds.SourceImageSequence = [_sop_ref(src_ds)]
         series_ref = Dataset()
@@ -224,8 +360,9 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
         ds.EchoTrainLength = ""
         ds.ImagedNucleus = "1H"
         ds.DiffusionBValue = 1000
-        ds.ImagePositionPatient = list(src_ds.ImagePositionPatient)
-        ds.ImageOrientationPatient = list(src_ds.ImageOrientationPatient)
+        # on the CT's own slices (positions as the CT wrote them); a tilted CT gets the corrected orthogonal grid
+        ds.ImagePositionPatient = [_fmt(v) for v in positions[k]] if tilted else list(src_ds.ImagePositionPatient)
+        ds.ImageOrientationPatient = [_fmt(v) for v in iop] if tilted else list(src_ds.ImageOrientationPatient)
         ds.PixelSpacing = [_fmt(v) for v in pixel_spacing]
         ds.SliceThickness = _fmt(thickness)
         ds.WindowCenter, ds.WindowWidth = _fmt((lo + hi) / 2), _fmt(max(hi - lo, 1))
@@ -236,19 +373,74 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     return paths
 
 
+def burn_in_text(plane: np.ndarray, text: str, value: int) -> np.ndarray:
+    """Writes ``text`` into the top rows of a slice (outside the head in axial CT-grid images), scaled to
+    about a third of the slice width, with a dark outline so it reads on any background."""
+    from PIL import Image, ImageDraw
+
+    h, w = plane.shape
+    canvas = Image.new("L", (len(text) * 6 + 4, 12), 0)
+    ImageDraw.Draw(canvas).text((2, 1), text, fill=255)
+    scale = max(1, int(w * 0.9 // canvas.width))
+    mark = np.asarray(canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)) > 127
+    mh, mw = min(mark.shape[0], h // 6), min(mark.shape[1], w)
+    mark = mark[:mh, :mw]
+    out = plane.copy()
+    y0, x0 = 1, max(0, (w - mw) // 2)
+    region = out[y0:y0 + mh, x0:x0 + mw]
+    region[mark[: region.shape[0], : region.shape[1]]] = value
+    return out
+
+
 def read_synthetic_series(folder: str | Path) -> sitk.Image:
     """Reads an exported synthetic series back as float32 normalised DWI."""
     img = read_dicom_series(folder)
     return sitk.Cast(img, sitk.sitkFloat32) / DWI_SCALE
 
 
-def stow(paths: list[Path], url: str, username: str | None = None, password: str | None = None) -> int:
-    """STOW-RS the files to a DICOMweb endpoint (e.g. http://host:8042/dicom-web). Returns the count."""
-    from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session_from_user_pass
+class PacsError(RuntimeError):
+    """A DICOMweb server refused, failed or could not be reached (one-line message; CLI exit code 3)."""
 
-    session = create_session_from_user_pass(username, password) if username else None
+
+def stow(paths: list[Path], url: str, username: str | None = None, password: str | None = None,
+         timeout: float = 120.0) -> int:
+    """STOW-RS the files to a DICOMweb endpoint (e.g. http://host:8042/dicom-web), then checks with QIDO-RS
+    that the server holds every instance. Returns the number stored.
+
+    Credentials: ``username`` with ``password`` or the JMMDA_DICOMWEB_PASSWORD environment variable; without
+    a user name, ~/.netrc is used for the host (requests' standard behaviour)."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if username:
+        session.auth = (username, password if password is not None else os.environ.get("JMMDA_DICOMWEB_PASSWORD", ""))
     client = DICOMwebClient(url=url, session=session)
     datasets = [pydicom.dcmread(p) for p in paths]
-    client.store_instances(datasets)
-    return len(datasets)
+    if not datasets:
+        raise PacsError("nothing to store")
+
+    def call(what, fn):
+        try:
+            return fn()
+        except requests.exceptions.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else "?"
+            hint = {401: "authentication failed: check --user and the password (JMMDA_DICOMWEB_PASSWORD or ~/.netrc)",
+                    403: "the account may not store into this PACS",
+                    404: "no DICOMweb service at this URL (e.g. http://host:8042/dicom-web for Orthanc)"}.get(code, "the server refused")
+            raise PacsError(f"{what} at {url} failed (HTTP {code}): {hint}") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise PacsError(f"cannot reach the DICOMweb server at {url} (connection refused or host unreachable)") from exc
+        except requests.exceptions.Timeout as exc:
+            raise PacsError(f"the DICOMweb server at {url} did not answer within {timeout:.0f} s") from exc
+
+    response = call("STOW-RS", lambda: client.store_instances(datasets))
+    failed = len(getattr(response, "FailedSOPSequence", []) or []) if response is not None else 0
+    study, series = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
+    found = call("QIDO-RS check", lambda: client.search_for_instances(study_instance_uid=study, series_instance_uid=series))
+    wanted = {str(d.SOPInstanceUID) for d in datasets}
+    stored = {str(x.get("00080018", {}).get("Value", [""])[0]) for x in found or []} & wanted
+    if failed or len(stored) < len(wanted):
+        raise PacsError(f"the PACS at {url} holds {len(stored)} of {len(wanted)} instances of series {series}"
+                        + (f" ({failed} reported as failed by STOW-RS)" if failed else ""))
+    return len(stored)

@@ -37,7 +37,8 @@ def image_suffix(name: str) -> str | None:
     return next((s for s in UPLOAD_SUFFIXES if low.endswith(s)), None)
 
 
-def read_image(path: str | Path, what: str = "image", name: str | None = None, single_file: bool = False) -> sitk.Image:
+def read_image(path: str | Path, what: str = "image", name: str | None = None, single_file: bool = False,
+               series_uid: str | None = None) -> sitk.Image:
     """Reads a volume after :func:`probe_image`; ``name`` is how messages refer to the file (default its
     file name); ``single_file`` refuses formats whose header points at another file (for uploads)."""
     path = Path(path)
@@ -47,7 +48,7 @@ def read_image(path: str | Path, what: str = "image", name: str | None = None, s
     if path.is_dir():
         from .dicom import read_dicom_series  # a folder means a DICOM series
 
-        img = read_dicom_series(path)
+        img = read_dicom_series(path, series_uid)
     else:
         probe_image(path, what, name, single_file=single_file)
         try:

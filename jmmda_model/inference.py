@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from . import checkpoint as ckpt_io
-from .brainmask import ct_brain_mask
+from .brainmask import check_head_ct, ct_brain_mask
 from .data import model_input
 from .imageio import check_ct, check_mask, copy_geometry, label_synthetic
 from .networks import build_generator
@@ -92,6 +92,7 @@ class Synthesizer:
             mask = ct_brain_mask(ct)
             info["mask_source"] = "automatic (CT)"
         brain_native = check_mask(mask, ct)
+        info["head_check"] = check_head_ct(ct, brain_native)  # refuses a CT that is not of a head
         ct_ax, mask_ax = to_axial(ct), to_axial(mask)
         brain_ax = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
         resampled = self.pre.needs_resampling(ct_ax)

@@ -93,7 +93,7 @@ def test_mask_checks(sample_cases):
 def test_axial_reorientation_is_exact(code, sample_cases):
     ct = sitk.DICOMOrient(read(sample_cases[1].ct), code)
     ax = to_axial(ct)
-    assert ax.GetSize()[2] == 36  # slices along the superior axis
+    assert ax.GetSize()[2] == 32  # slices along the superior axis
     back = from_axial(ax, ct)
     assert back.GetSize() == ct.GetSize() and back.GetDirection() == ct.GetDirection()
     assert np.array_equal(arr(back), arr(ct))
