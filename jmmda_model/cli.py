@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .dicom import PacsError
-from .imageio import InputError
+from .clinical.dicom import PacsError
+from .errors import InputError
 from .inference import DeviceError
 
 
@@ -66,7 +66,7 @@ def cmd_evaluate(a):
 
 
 def cmd_infer(a):
-    from .imageio import read_image, write_image
+    from .clinical.imageio import read_image, write_image
     from .inference import Synthesizer
 
     dst = Path(a.out)  # arguments first: no inference before a refusal
@@ -96,7 +96,7 @@ def cmd_make_sample_data(a):
 
 
 def cmd_import(a):
-    from .importers import import_apis, import_isles24
+    from .clinical.importers import import_apis, import_isles24
 
     fn = {"apis": import_apis, "isles24": import_isles24}[a.format]
     rep = fn(a.src, a.studies, register=a.register, overwrite=a.overwrite)
@@ -105,8 +105,8 @@ def cmd_import(a):
 
 
 def cmd_export_dicom(a):
-    from .dicom import export_synthetic_dwi, stow
-    from .imageio import read_image
+    from .clinical.dicom import export_synthetic_dwi, stow
+    from .clinical.imageio import read_image
 
     syn = read_image(a.synthetic, "synthetic DWI")
     paths = export_synthetic_dwi(syn, a.ct_dicom, a.out, checkpoint=a.checkpoint, series_uid=a.series_uid,

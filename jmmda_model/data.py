@@ -14,8 +14,10 @@ import SimpleITK as sitk
 import torch
 from torch.utils.data import Dataset
 
-from .imageio import InputError, check_ct, check_mask, read_image, same_geometry
-from .preprocess import PreprocessConfig, normalize_dwi, pad_to_multiple, resample_inplane, to_axial, window_ct
+from .clinical.geometry import resample_inplane, same_geometry, to_axial
+from .clinical.imageio import check_ct, check_mask, read_image
+from .errors import InputError
+from .preprocess import PreprocessConfig, normalize_dwi, pad_to_multiple, window_ct
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 

@@ -10,12 +10,18 @@ import SimpleITK as sitk
 import torch
 
 from . import checkpoint as ckpt_io
-from .brainmask import check_head_ct, ct_brain_mask
+from .clinical.brainmask import check_head_ct, ct_brain_mask
+from .clinical.geometry import (
+    copy_geometry,
+    from_axial,
+    resample_inplane,
+    resample_to,
+    to_axial,
+)
+from .clinical.imageio import check_ct, check_mask, label_synthetic
 from .data import model_input
-from .imageio import check_ct, check_mask, copy_geometry, label_synthetic
 from .networks import build_generator
-from .preprocess import PreprocessConfig, from_axial, pad_to_multiple, resample_inplane, to_axial
-from .registration import resample_to
+from .preprocess import PreprocessConfig, pad_to_multiple
 
 
 class DeviceError(RuntimeError):

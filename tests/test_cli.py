@@ -7,7 +7,7 @@ import pydicom
 import pytest
 
 from jmmda_model.cli import main
-from jmmda_model.dicom import write_ct_series
+from jmmda_model.clinical.dicom import write_ct_series
 
 from conftest import arr, read
 from server_utils import copy_studies

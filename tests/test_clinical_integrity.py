@@ -13,7 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from jmmda_model.dicom import (
+from jmmda_model.clinical.dicom import (
     PacsError,
     export_synthetic_dwi,
     list_series,
@@ -22,7 +22,8 @@ from jmmda_model.dicom import (
     stow,
     write_ct_series,
 )
-from jmmda_model.imageio import InputError, same_geometry
+from jmmda_model.clinical.geometry import same_geometry
+from jmmda_model.errors import InputError
 
 from conftest import arr, read
 from server_utils import free_port
@@ -236,7 +237,7 @@ def test_infer_checks_the_output_name_before_inference(tmp_path, sample_cases):
 
 # ---------------------------------------------------------------- registration once per case, lesion included
 def test_register_moves_lesion_with_the_same_transform(tmp_path, sample_cases):
-    from jmmda_model.importers import import_apis
+    from jmmda_model.clinical.importers import import_apis
 
     c = sample_cases[3]
     ct = read(c.ct)
@@ -272,7 +273,7 @@ def test_register_moves_lesion_with_the_same_transform(tmp_path, sample_cases):
 
 
 def test_failed_registration_refuses_the_case(tmp_path, sample_cases, monkeypatch):
-    from jmmda_model import importers
+    from jmmda_model.clinical import importers
 
     c = sample_cases[0]
     src = tmp_path / "APIS"
@@ -288,7 +289,7 @@ def test_failed_registration_refuses_the_case(tmp_path, sample_cases, monkeypatc
 
 
 def test_isles_subject_without_ncct_is_reported(tmp_path, sample_cases):
-    from jmmda_model.importers import import_isles24
+    from jmmda_model.clinical.importers import import_isles24
 
     src = tmp_path / "ISLES24"
     c = sample_cases[0]

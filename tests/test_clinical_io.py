@@ -11,7 +11,7 @@ import requests
 import SimpleITK as sitk
 
 from jmmda_model.data import find_cases
-from jmmda_model.dicom import (
+from jmmda_model.clinical.dicom import (
     SYNTHETIC_SERIES_DESCRIPTION,
     export_synthetic_dwi,
     read_dicom_series,
@@ -19,9 +19,11 @@ from jmmda_model.dicom import (
     stow,
     write_ct_series,
 )
-from jmmda_model.imageio import InputError, read_image, same_geometry
-from jmmda_model.importers import discover_apis, discover_isles24, import_apis, import_isles24
-from jmmda_model.registration import register_rigid, resample_to, target_registration_error
+from jmmda_model.clinical.geometry import resample_to, same_geometry
+from jmmda_model.clinical.imageio import read_image
+from jmmda_model.clinical.importers import discover_apis, discover_isles24, import_apis, import_isles24
+from jmmda_model.clinical.registration import register_rigid, target_registration_error
+from jmmda_model.errors import InputError
 
 from conftest import arr, read
 from server_utils import free_port
@@ -235,3 +237,29 @@ def test_stow_synthetic_series_to_orthanc(orthanc, ct_dicom, tmp_path):
     # DICOMweb QIDO finds it by description
     q = requests.get(orthanc + "/dicom-web/series", params={"includefield": "0008103E"}, timeout=10).json()
     assert sum("SYNTHETIC" in s.get("0008103E", {}).get("Value", [""])[0] for s in q) == 1
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_server_on_a_dicomweb_datastore_offline(orthanc, ct_dicom, tmp_path):
+    """--studies http://orthanc/dicom-web starts without downloading dcmqi (PyPI dcmqi provides
+    itkimage2segimage), synthesizes from a CT stored in Orthanc, and answers 404 for an unknown image id."""
+    from server_utils import Server, copy_app
+
+    ct, d = ct_dicom
+    assert stow(sorted(d.iterdir()), orthanc + "/dicom-web") == ct.GetSize()[2]
+    series_uid = pydicom.dcmread(sorted(d.iterdir())[0]).SeriesInstanceUID
+    app = copy_app(tmp_path / "app")
+    s = Server(app, orthanc + "/dicom-web", env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache")}).wait(timeout=180)
+    try:
+        assert not list((app / "bin").glob("itkimage2segimage*"))  # nothing downloaded into the app
+        images = requests.get(f"{s.url}/datastore/", timeout=60).json()["images"]
+        assert series_uid in images
+        r = requests.post(f"{s.url}/infer/ct2dwi?image={series_uid}&output=json", timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["synthetic"] is True
+        r = requests.post(f"{s.url}/infer/ct2dwi?image=1.2.3.4.5&output=json", timeout=60)
+        assert r.status_code == 404
+        assert "dcmqi-1.2.4" not in s.log()
+    finally:
+        s.stop()

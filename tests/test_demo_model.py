@@ -59,7 +59,7 @@ def test_volume_call_is_deterministic_and_on_ct_grid(syn, sample_cases):
 
 def test_other_pixel_size_is_resampled_to_the_model_and_back(syn, sample_cases):
     """A 1.25 mm CT (like a clinical 512 matrix) gets the same synthesis as the native 2.5 mm grid."""
-    from jmmda_model.preprocess import resample_inplane, to_axial
+    from jmmda_model.clinical.geometry import resample_inplane, to_axial
 
     from conftest import arr
 

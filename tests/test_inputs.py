@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from jmmda_model import imageio
-from jmmda_model.brainmask import ct_brain_mask
-from jmmda_model.imageio import InputError, check_ct, check_mask, read_image
-from jmmda_model.preprocess import from_axial, to_axial
+from jmmda_model.clinical import imageio
+from jmmda_model.clinical.brainmask import ct_brain_mask
+from jmmda_model.clinical.geometry import from_axial, to_axial
+from jmmda_model.clinical.imageio import check_ct, check_mask, read_image
+from jmmda_model.errors import InputError
 
 from conftest import arr, make_image, read
 

@@ -4,7 +4,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from jmmda_model.data import find_cases
-from jmmda_model.imageio import check_ct, same_geometry
+from jmmda_model.clinical.geometry import same_geometry
+from jmmda_model.clinical.imageio import check_ct
 from jmmda_model.phantom import make_case, write_datastore
 
 from conftest import SAMPLE

@@ -144,7 +144,7 @@ def test_resume_refuses_other_architecture(small_store, tmp_path, tiny_gcfg):
 def test_cases_at_other_pixel_sizes_are_loaded_at_the_model_spacing(small_store):
     import SimpleITK as sitk
 
-    from jmmda_model.preprocess import resample_inplane
+    from jmmda_model.clinical.geometry import resample_inplane
 
     case = find_cases(small_store)[0]
     for path, label in ((case.ct, False), (case.dwi, False), (case.brainmask, True), (case.lesion, True)):

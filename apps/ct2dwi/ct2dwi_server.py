@@ -59,7 +59,9 @@ from ct2dwi_app.infer import NoModelError
 from ct2dwi_app.train import validate_options
 from ct2dwi_app.uploads import BodyLimit, ScratchSpace, save_upload
 from jmmda_model.checkpoint import CheckpointError
-from jmmda_model.imageio import InputError, read_image, same_geometry
+from jmmda_model.clinical.geometry import same_geometry
+from jmmda_model.clinical.imageio import read_image
+from jmmda_model.errors import InputError
 from jmmda_model.inference import DeviceError
 
 log = logging.getLogger(__name__)

@@ -68,6 +68,9 @@ def main(argv=None):
         )
         return 2
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH", "")]))
+    # the environment's own tools first: dcmqi's itkimage2segimage (PyPI dcmqi) lies beside this interpreter, so
+    # MONAI Label finds it instead of downloading dcmqi from the internet when the datastore is DICOMweb
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     if "--app" not in argv:
         argv = ["--app", HERE] + argv
     if "--uvicorn_app" not in argv:

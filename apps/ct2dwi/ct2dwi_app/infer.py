@@ -10,7 +10,8 @@ from pathlib import Path
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from jmmda_model import SYNTHETIC_LABEL
-from jmmda_model.imageio import InputError, read_image, write_image
+from jmmda_model.clinical.imageio import read_image, write_image
+from jmmda_model.errors import InputError
 from jmmda_model.inference import Synthesizer
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from jmmda_model.checkpoint import load
 from jmmda_model.data import Case
-from jmmda_model.imageio import InputError
+from jmmda_model.errors import InputError
 from jmmda_model.inference import DeviceError, pick_device
 from jmmda_model.networks import GeneratorConfig
 from jmmda_model.trainer import TrainConfig, Trainer

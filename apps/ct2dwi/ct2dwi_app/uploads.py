@@ -22,7 +22,8 @@ from pathlib import Path
 
 import psutil
 
-from jmmda_model.imageio import UPLOAD_SUFFIXES, InputError, image_suffix
+from jmmda_model.clinical.imageio import UPLOAD_SUFFIXES, image_suffix
+from jmmda_model.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -33,15 +33,6 @@ def register_rigid(fixed_ct: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Im
     return sitk.Euler3DTransform(out.GetNthTransform(0) if isinstance(out, sitk.CompositeTransform) else out)
 
 
-def resample_to(reference: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None = None,
-                label: bool = False) -> sitk.Image:
-    """Moving image on the reference grid (linear, or nearest neighbour for labels)."""
-    return sitk.Resample(
-        moving, reference, transform or sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
-        0.0, moving.GetPixelID(),
-    )
-
-
 def target_registration_error(t_true: sitk.Transform, t_est: sitk.Transform, points_mm: np.ndarray) -> np.ndarray:
     """Distance (mm) between where the true and the estimated transform map each point."""
     return np.array([np.linalg.norm(np.subtract(t_true.TransformPoint(tuple(p)), t_est.TransformPoint(tuple(p)))) for p in points_mm])

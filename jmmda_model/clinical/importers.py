@@ -22,9 +22,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from ..errors import InputError
 from .brainmask import ct_brain_mask
-from .imageio import InputError, check_ct, read_image, same_geometry, write_image
-from .registration import register_rigid, resample_to
+from .geometry import resample_to, same_geometry
+from .imageio import check_ct, read_image, write_image
+from .registration import register_rigid
 
 NII = r"\.nii(?:\.gz)?$"
 

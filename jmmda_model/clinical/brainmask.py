@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from .imageio import InputError
+from ..errors import InputError
 
 
 def _largest_component(mask: sitk.Image) -> sitk.Image:

@@ -19,7 +19,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from .imageio import InputError
+from ..errors import InputError
+from .geometry import orientation_code
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -287,7 +288,6 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     axis order (RAS, flipped, ...) as long as it is the CT's physical grid: it is re-oriented onto the CT series'
     order; anything else (shifted, resampled, cropped) is refused rather than silently misaligned. ``burn_in`` writes
     "SYNTHETIC - NOT FOR DIAGNOSIS" into the pixels outside the brain of every slice (BurnedInAnnotation YES)."""
-    from .preprocess import orientation_code
 
     ct_dir = Path(ct_dicom_dir)
     ref_img = read_dicom_series(ct_dir, series_uid)

@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
+from .dicom import read_dicom_series
+from .geometry import same_geometry
+
 #: refuse volumes above this many voxels (default ~ 512 x 512 x 1000); override with JMMDA_MAX_VOXELS
 MAX_VOXELS = int(os.environ.get("JMMDA_MAX_VOXELS", str(512 * 512 * 1000)))
 #: data past what a NIfTI header declares that is still tolerated (padding some writers add)
@@ -25,10 +29,6 @@ MAX_TRAILING_BYTES = 1 << 20
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 SYNTHETIC_NOTE = "SYNTHETIC DWI (JMMDA-GAN) - not for diagnosis"
 _CHUNK = 1 << 22
-
-
-class InputError(ValueError):
-    """Input data cannot be used (the message says why and what to do). Maps to HTTP 4xx."""
 
 
 def image_suffix(name: str) -> str | None:
@@ -46,9 +46,7 @@ def read_image(path: str | Path, what: str = "image", name: str | None = None, s
     if not path.exists():
         raise InputError(f"{what}: file not found: {name}")
     if path.is_dir():
-        from .dicom import read_dicom_series  # a folder means a DICOM series
-
-        img = read_dicom_series(path, series_uid)
+        img = read_dicom_series(path, series_uid)  # a folder means a DICOM series
     else:
         probe_image(path, what, name, single_file=single_file)
         try:
@@ -205,15 +203,6 @@ def check_ct(ct: sitk.Image) -> None:
     return a
 
 
-def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=tol)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=max(tol, tol * float(np.max(a.GetSpacing()))) * 10)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
-
-
 def check_mask(mask: sitk.Image, ref: sitk.Image, what: str = "brain mask", min_ml: float = 50.0) -> np.ndarray:
     """Returns the mask array (z, y, x) as uint8 {0,1} after checking geometry and content."""
     if not same_geometry(mask, ref):
@@ -233,12 +222,6 @@ def check_mask(mask: sitk.Image, ref: sitk.Image, what: str = "brain mask", min_
     if ml < min_ml:
         raise InputError(f"{what}: mask covers only {ml:.1f} mL (< {min_ml:.0f} mL); it cannot be a brain mask")
     return m
-
-
-def copy_geometry(arr_zyx: np.ndarray, ref: sitk.Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(arr_zyx)
-    img.CopyInformation(ref)
-    return img
 
 
 def label_synthetic(img: sitk.Image) -> sitk.Image:
