@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One entry point; each command first makes sure the environment is installed (idempotent).
-#   ./run.sh serve [monailabel start_server options]   MONAI Label server, shipped demo model, sample data
-#   ./run.sh test  [pytest options]                    the test suite
+#   ./run.sh serve [serve.py / start_server options]   MONAI Label server on 127.0.0.1:8000, demo model, sample data
+#   ./run.sh test  [pytest options]                    the test suite (installs Orthanc, chromium, dicom3tools as root)
 #   ./run.sh setup                                     install only
-#   ./run.sh jmmda ...                                 the jmmda CLI (train | evaluate | infer | make-sample-data)
-#   ./run.sh bench [options]                           benchmarks/compare_models.py
+#   ./run.sh jmmda COMMAND ...                         the jmmda CLI: train | evaluate | infer | make-sample-data |
+#                                                      import | export-dicom  (./run.sh jmmda COMMAND --help)
+#   ./run.sh bench [options]                           benchmarks/compare_models.py (--help lists its options)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -72,6 +73,8 @@ case "$cmd" in
     setup
     exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
     ;;
+  help|-h|--help)
+    sed -n '2,8p' "$0" ;;
   *)
-    sed -n '2,7p' "$0"; exit 2 ;;
+    echo "unknown command: $cmd" >&2; sed -n '2,8p' "$0" >&2; exit 2 ;;
 esac

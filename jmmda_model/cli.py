@@ -1,4 +1,14 @@
-"""``jmmda`` command line: train | evaluate | infer | make-sample-data."""
+"""``jmmda`` command line (``jmmda <command> --help`` for each):
+
+    train             train a generator on a datastore folder (resumable; lesion-aware recipe by default)
+    evaluate          metrics, lesion table and figure on cases with a real DWI
+    infer             synthesise a DWI for one CT (NIfTI/NRRD/MHA file or DICOM folder; --series-uid)
+    make-sample-data  write phantom cases (MNI152 anatomy) in datastore layout
+    import            import APIS or ISLES'24 into a datastore folder (--register: MR->CT once per case)
+    export-dicom      synthetic DWI -> DICOM MR series in the CT's study (burned-in SYNTHETIC; --stow to a PACS)
+
+Exit codes: 0 success, 2 refused input or arguments (the message names the file), 3 PACS/DICOMweb failure.
+"""
 from __future__ import annotations
 
 import argparse
