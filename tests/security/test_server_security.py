@@ -450,3 +450,12 @@ def test_refuses_hmac_token_algorithms(tmp_path):
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "CT2DWI_AUTH_ALGORITHMS": "RS256,HS256"}
     r = _serve(["--studies", str(tmp_path), "--port", "1", "--dryrun"], env=env, cwd=tmp_path)
     assert r.returncode == 2 and "HS256" in r.stderr
+
+
+def test_non_head_ct_is_422(srv, tmp_path):
+    from test_clinical_integrity import _abdomen_like
+
+    p = tmp_path / "abdomen.nii.gz"
+    sitk.WriteImage(_abdomen_like(), str(p))
+    r = post_infer(srv.url, {"file": ("abdomen_ct.nii.gz", p.read_bytes())})
+    assert r.status_code == 422 and "head" in r.json()["detail"] and "abdomen_ct.nii.gz" in r.json()["detail"]
