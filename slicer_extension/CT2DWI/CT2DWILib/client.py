@@ -70,16 +70,27 @@ class CT2DWIClient:
             return False, "the server has no trained checkpoint installed"
         return True, m.get("checkpoint") or ""
 
-    def infer(self, ct_path: str | Path, mask_path: str | Path | None = None, out_dir: str | Path | None = None) -> tuple[Path, dict]:
-        """Uploads CT (+ mask); returns (path of the SYNTHETIC DWI file, result parameters)."""
+    def infer(self, ct_path: str | Path, mask_path: str | Path | None = None, out_dir: str | Path | None = None,
+              cancel=None) -> tuple[Path, dict]:
+        """Uploads CT (+ mask); returns (path of the SYNTHETIC DWI file, result parameters). With a
+        ``cancel`` event the call returns (raising state.Cancelled) as soon as it is set."""
         files = {"file": (Path(ct_path).name, open(ct_path, "rb"))}
         if mask_path:
             files["label"] = (Path(mask_path).name, open(mask_path, "rb"))
-        try:
-            r = self._request("POST", f"/infer/{MODEL}?output=all", files=files, data={"params": "{}"})
-        finally:
-            for _, fh in files.values():
-                fh.close()
+
+        def call():
+            try:
+                return self._request("POST", f"/infer/{MODEL}?output=all", files=files, data={"params": "{}"})
+            finally:
+                for _, fh in files.values():
+                    fh.close()
+
+        if cancel is None:
+            r = call()
+        else:
+            from .state import cancellable
+
+            r = cancellable(call, cancel)
         params, image = self._parse_multipart(r)
         if image is None:
             raise ServerError("the server answered without an image")

@@ -77,6 +77,7 @@ def load_synthetic(scene, path: str | Path, ct_node, brain_node=None, info: dict
         raise ValueError("the synthetic DWI returned by the server is not on the CT grid; result discarded")
     node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
     node.SetAttribute("CT2DWI.SourceCT", ct_node.GetID())
+    place_like(node, ct_node)
     if info:
         node.SetAttribute("CT2DWI.Checkpoint", str(info.get("checkpoint", "")))
         node.SetAttribute("CT2DWI.MaskSource", str(info.get("mask_source", "")))
@@ -121,3 +122,204 @@ def configure_side_by_side(scene, ct_node, synthetic_node, outline_node=None) ->
         comp.SetLinkedControl(1)
         slc.SetOrientation("Axial")
         slc.SetUseLabelOutline(outline_node is not None)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+def check_transforms(ct_node, mask_node=None) -> None:
+    """The CT is sent in its own (local) frame and the result placed under the CT's parent transform, so
+    linear and non-linear parents both stay aligned. A labelmap mask must share the CT's parent transform
+    (its voxels are sent on the CT grid); segmentations are exported onto the CT grid through the transforms."""
+    if mask_node is None or mask_node.IsA("vtkMRMLSegmentationNode"):
+        return
+    if (mask_node.GetTransformNodeID() or None) != (ct_node.GetTransformNodeID() or None):
+        raise ValueError(f"the mask '{mask_node.GetName()}' and the CT '{ct_node.GetName()}' are under different transforms; "
+                         "harden them or put both under the same transform")
+
+
+def place_like(node, ct_node) -> None:
+    """Puts the result under the CT's parent transform (so side-by-side and overlay views stay aligned)."""
+    node.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
+
+
+# ---------------------------------------------------------------------------------------------- segments
+MASK_NODE_NAME = "CT2DWI brain mask (from segment)"
+
+
+def list_segments(seg_node) -> list[tuple[str, str]]:
+    """(segment id, name) of every segment, for the segment chooser."""
+    seg = seg_node.GetSegmentation()
+    return [(seg.GetNthSegmentID(i), seg.GetNthSegment(i).GetName()) for i in range(seg.GetNumberOfSegments())]
+
+
+def segment_to_labelmap(scene, seg_node, segment_id: str, ct_node, reuse=None):
+    """The chosen segment only, as a labelmap on the CT grid. One hidden labelmap node is reused across runs
+    (``reuse``, or the scene's node of that name) instead of adding a node per run."""
+    m = _mrml()
+    ids = [s for s, _ in list_segments(seg_node)]
+    if segment_id not in ids:
+        raise ValueError(f"segment {segment_id!r} is not in '{seg_node.GetName()}' (segments: {', '.join(ids) or 'none'})")
+    label = reuse or scene.GetFirstNodeByName(MASK_NODE_NAME)
+    if label is None:
+        label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", MASK_NODE_NAME)
+        label.SetHideFromEditors(True)
+        label.SetAttribute("CT2DWI.Temporary", "true")
+    import vtk
+
+    arr = vtk.vtkStringArray()
+    arr.InsertNextValue(segment_id)
+    if not m.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, arr, label, ct_node):
+        raise ValueError(f"could not export segment {segment_id!r} onto the CT grid")
+    return label
+
+
+def remove_temporary_nodes(scene) -> int:
+    """Removes the module's temporary nodes (reused mask labelmap); returns how many."""
+    gone = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())
+            if scene.GetNthNode(i).GetAttribute("CT2DWI.Temporary") == "true"]
+    for n in gone:
+        scene.RemoveNode(n)
+    return len(gone)
+
+
+# ---------------------------------------------------------------------------------------------- display
+#: CT window presets (window, level) in HU
+CT_PRESETS = {"CT brain (W80 L40)": (80.0, 40.0), "CT stroke (W40 L40)": (40.0, 40.0), "CT stroke narrow (W30 L35)": (30.0, 35.0)}
+
+
+def dwi_presets(image, brain=None) -> dict:
+    """DWI window presets from the synthetic image's in-brain percentiles: the whole brain range, and a
+    narrow one that makes a bright lesion stand out (median .. 99.9th percentile)."""
+    from .logic import window_level_from_brain
+
+    return {"DWI brain (1-99 %)": window_level_from_brain(image, brain, 1.0, 99.0),
+            "DWI lesion contrast (50-99.9 %)": window_level_from_brain(image, brain, 50.0, 99.9)}
+
+
+def apply_window(node, window: float, level: float) -> None:
+    disp = node.GetDisplayNode()
+    if disp is None:
+        node.CreateDefaultDisplayNodes()
+        disp = node.GetDisplayNode()
+    disp.AutoWindowLevelOff()
+    disp.SetWindowLevel(float(window), float(level))
+
+
+def configure_overlay(scene, ct_node, synthetic_node, opacity: float = 0.5, view: str = "Red") -> None:
+    """Fade overlay: the synthetic DWI over the CT in one view, ``opacity`` 0 (CT only) .. 1 (synthetic only)."""
+    m = _mrml()
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is not None:
+        layout.SetViewArrangement(m.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+    comp = _by_layout_name(scene, "vtkMRMLSliceCompositeNode", view)
+    if comp is None:
+        raise RuntimeError(f"slice view {view} is missing from the scene")
+    comp.SetBackgroundVolumeID(ct_node.GetID())
+    comp.SetForegroundVolumeID(synthetic_node.GetID())
+    comp.SetForegroundOpacity(min(max(float(opacity), 0.0), 1.0))
+
+
+def link_crosshair(scene) -> None:
+    """A crosshair shown in every view that moves all views to the same point (shift + mouse move)."""
+    m = _mrml()
+    ch = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+    if ch is None:
+        ch = m.vtkMRMLCrosshairNode()
+        ch.SetCrosshairName("default")
+        scene.AddNode(ch)
+    ch.SetCrosshairMode(m.vtkMRMLCrosshairNode.ShowBasic)
+    ch.SetCrosshairBehavior(m.vtkMRMLCrosshairNode.OffsetJumpSlice)
+
+
+def set_outline(scene, outline_node, views=("Red", "Yellow")) -> None:
+    """Shows (or, with None, hides) a labelmap outline in the given views; called again when the checkbox changes."""
+    for view in views:
+        comp = _by_layout_name(scene, "vtkMRMLSliceCompositeNode", view)
+        slc = _by_layout_name(scene, "vtkMRMLSliceNode", view)
+        if comp is None or slc is None:
+            continue
+        comp.SetLabelVolumeID(outline_node.GetID() if outline_node is not None else None)
+        slc.SetUseLabelOutline(outline_node is not None)
+
+
+def views_showing_synthetic(scene) -> list[str]:
+    """Layout names of the slice views that show a SYNTHETIC volume (background or foreground): each gets the
+    banner, wherever the user drags the volume."""
+    out = []
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        comp = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+        for vid in (comp.GetBackgroundVolumeID(), comp.GetForegroundVolumeID()):
+            node = scene.GetNodeByID(vid) if vid else None
+            if node is not None and node.GetAttribute(SYNTHETIC_ATTRIBUTE) == "true":
+                out.append(comp.GetLayoutName())
+                break
+    return out
+
+
+def difference_volume(scene, synthetic_node, real_node, brain_node=None):
+    """|SYNTHETIC - real| on the synthetic grid (research use): the real DWI is put on the synthetic's scale by
+    its in-brain median (the synthetic's normal brain sits at its own in-brain median)."""
+    if not same_geometry(synthetic_node, real_node):
+        raise ValueError(f"'{real_node.GetName()}' is not on the CT grid; resample it onto the CT first")
+    syn = node_array(synthetic_node).astype(np.float32)
+    real = node_array(real_node).astype(np.float32)
+    brain = node_array(brain_node) > 0 if brain_node is not None else syn > 0
+    scale = float(np.median(syn[brain])) / max(float(np.median(real[brain])), 1e-6)
+    diff = np.abs(syn - real * scale) * brain
+    out = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"DIFFERENCE |{synthetic_node.GetName()} - {real_node.GetName()}|")
+    out.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    out.SetDescription("difference between a SYNTHETIC DWI and a real DWI - research use, not for diagnosis")
+    import vtk
+    from vtk.util import numpy_support
+
+    img = vtk.vtkImageData()
+    img.SetDimensions(synthetic_node.GetImageData().GetDimensions())
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(diff.ravel(), deep=True))
+    out.SetAndObserveImageData(img)
+    mat = vtk.vtkMatrix4x4()
+    synthetic_node.GetIJKToRASMatrix(mat)
+    out.SetIJKToRASMatrix(mat)
+    place_like(out, synthetic_node)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def dicom_export_tags(ct_name: str, checkpoint: str = "") -> dict:
+    """DICOM attributes Slicer's exporter writes for the synthetic series (it joins the CT's study)."""
+    return {
+        "SeriesDescription": "SYNTHETIC DWI (JMMDA-GAN) - NOT FOR DIAGNOSIS",
+        "ImageType": "DERIVED\\SECONDARY\\SYNTHETIC",
+        "Modality": "MR",
+        "DerivationDescription": (f"Synthetic DWI computed by JMMDA-GAN{' (' + checkpoint + ')' if checkpoint else ''} "
+                                  f"from CT '{ct_name}'; research use only, not for diagnosis")[:1024],
+        "ImageComments": "SYNTHETIC image - not for diagnosis",
+        "BurnedInAnnotation": "NO",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- parameter node
+PARAMETER_NODE_NAME = "CT2DWI"
+ROLES = ("InputCT", "InputMask", "Outline", "Result", "RealDWI")
+
+
+def parameter_node(scene):
+    """The module's parameter node (selections and settings that must survive scene save/load)."""
+    m = _mrml()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
+        n = scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
+        if n.GetModuleName() == PARAMETER_NODE_NAME:
+            return n
+    n = m.vtkMRMLScriptedModuleNode()
+    n.SetModuleName(PARAMETER_NODE_NAME)
+    n.SetName(PARAMETER_NODE_NAME)
+    n.SetSingletonTag(PARAMETER_NODE_NAME)
+    scene.AddNode(n)
+    return n
+
+
+def remember(param, role: str, node=None, **values) -> None:
+    if role:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        param.SetNodeReferenceID(role, node.GetID() if node is not None else None)
+    for k, v in values.items():
+        param.SetParameter(k, str(v))
