@@ -1,10 +1,12 @@
-"""CT2DWI: send a head CT (+ brain mask) to a JMMDA-GAN MONAI Label server and show the
-SYNTHETIC DWI beside the CT. Research use only - synthetic images are not for diagnosis.
+"""CT2DWI: send a head CT (+ brain mask) to a JMMDA-GAN MONAI Label server and show the SYNTHETIC DWI beside
+(or over) the CT. Research use only - synthetic images are not for diagnosis.
 
-Slicer/Qt glue only; the HTTP client, numpy and MRML logic live in CT2DWILib (tested with pytest).
+Slicer/Qt glue only: every rule (which buttons are enabled, what the status says, cancel and cleanup paths)
+lives in CT2DWILib.state.JobRunner, the HTTP client in CT2DWILib.client and the MRML work in CT2DWILib.mrml,
+all tested with pytest (the MRML part with the Qt-free slicer-core). Every network call runs in a worker
+thread; the GUI thread only polls.
 """
 import os
-import tempfile
 
 import ctk  # noqa: F401
 import qt
@@ -18,12 +20,14 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from CT2DWILib import BANNER, BackgroundCall, CT2DWIClient, ServerError
+from CT2DWILib import BANNER, CT2DWIClient, ServerError
+from CT2DWILib import mrml
 from CT2DWILib.client import default_server_url
 from CT2DWILib.logic import training_summary, version_label
-from CT2DWILib.mrml import configure_side_by_side, load_synthetic, write_volume
+from CT2DWILib.state import JobRunner, TempFolder
 
-SETTINGS_KEY = "CT2DWI/ServerURL"
+SETTINGS_URL = "CT2DWI/ServerURL"
+SETTINGS_TOKEN = "CT2DWI/Token"  # only when the user ticks "Remember token"
 
 
 class CT2DWI(ScriptedLoadableModule):
@@ -47,14 +51,16 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._job = None
-        self._job_done = None
+        self.runner = JobRunner()  # synthesis
+        self.train_runner = JobRunner()  # training status / stop / versions (never blocks the GUI)
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.connect("timeout()", self._poll)
         self._train_timer = qt.QTimer()
         self._train_timer.setInterval(3000)
         self._train_timer.connect("timeout()", self.onTrainStatus)
+        self._inputs = None
+        self._result = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -64,117 +70,262 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = CT2DWILogic()
 
-        self.ui.serverUrlLineEdit.text = qt.QSettings().value(SETTINGS_KEY, default_server_url())
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = settings.value(SETTINGS_URL, default_server_url())
+        if settings.contains(SETTINGS_TOKEN):
+            self.ui.tokenLineEdit.text = settings.value(SETTINGS_TOKEN)
+            self.ui.rememberTokenCheckBox.checked = True
         self.ui.ctSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
         self.ui.maskSelector.nodeTypes = ["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"]
         self.ui.maskSelector.noneDisplay = "(server computes a brain mask)"
         self.ui.bannerLabel.text = BANNER
+        for name in mrml.CT_PRESETS:
+            self.ui.ctPresetComboBox.addItem(name)
 
         self.ui.connectButton.connect("clicked(bool)", self.onConnect)
         self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.trainStartButton.connect("clicked(bool)", self.onTrainStart)
         self.ui.trainStatusButton.connect("clicked(bool)", self.onTrainStatus)
         self.ui.trainStopButton.connect("clicked(bool)", self.onTrainStop)
         self.ui.versionsRefreshButton.connect("clicked(bool)", self.onVersionsRefresh)
         self.ui.versionsPromoteButton.connect("clicked(bool)", self.onVersionPromote)
-        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._updateButtons)
-        self.ui.showOutlineCheckBox.connect("toggled(bool)", self._updateButtons)
-        self._updateButtons()
+        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onInputsChanged)
+        self.ui.maskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._onInputsChanged)
+        self.ui.segmentComboBox.connect("currentIndexChanged(int)", self._onInputsChanged)
+        self.ui.showOutlineCheckBox.connect("toggled(bool)", self.onOutlineToggled)
+        self.ui.sideBySideRadio.connect("toggled(bool)", self.onLayoutChanged)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onLayoutChanged)
+        self.ui.ctPresetComboBox.connect("currentIndexChanged(int)", self.onCtPreset)
+        self.ui.dwiPresetComboBox.connect("currentIndexChanged(int)", self.onDwiPreset)
+        self.ui.crosshairCheckBox.connect("toggled(bool)", self.onCrosshair)
+        self.ui.differenceButton.connect("clicked(bool)", self.onDifference)
+        self.ui.saveDicomButton.connect("clicked(bool)", self.onSaveDicom)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
+        self._restoreParameters()
+        self._apply(self.runner.view(self.ui.ctSelector.currentNode() is not None))
 
     def cleanup(self):
+        """Module left or Slicer closing: abandon running jobs, remove temporary files and nodes."""
+        self.runner.reset("Module closed")
+        self.train_runner.reset()
         self._timer.stop()
         self._train_timer.stop()
         self.removeObservers()
+        if self.logic is not None:
+            self.logic.cleanup()
 
-    # ------------------------------------------------------------------ helpers
-    def _client(self):
-        url = self.ui.serverUrlLineEdit.text.strip()
-        qt.QSettings().setValue(SETTINGS_KEY, url)
-        return CT2DWIClient(url, token=self.ui.tokenLineEdit.text.strip() or None)
+    def onSceneStartClose(self, caller, event):
+        self.runner.reset("Scene closed: synthesis abandoned")
+        self._inputs = self._result = None
+        self._apply(self.runner.view(False))
+
+    def onSceneImported(self, caller, event):
+        self._restoreParameters()
+
+    # ------------------------------------------------------------------ parameter node (survives save/load)
+    def _parameters(self):
+        return mrml.parameter_node(slicer.mrmlScene)
+
+    def _restoreParameters(self):
+        p = self._parameters()
+        for role, selector in (("InputCT", self.ui.ctSelector), ("InputMask", self.ui.maskSelector),
+                               ("Outline", self.ui.outlineSelector), ("RealDWI", self.ui.realDwiSelector)):
+            node = p.GetNodeReference(role)
+            if node is not None:
+                selector.setCurrentNode(node)
+        if p.GetParameter("OverlayOpacity"):
+            self.ui.opacitySlider.value = float(p.GetParameter("OverlayOpacity"))
+        self._result = p.GetNodeReference("Result")
+
+    def _saveParameters(self):
+        p = self._parameters()
+        mrml.remember(p, "InputCT", self.ui.ctSelector.currentNode())
+        mrml.remember(p, "InputMask", self.ui.maskSelector.currentNode())
+        mrml.remember(p, "Outline", self.ui.outlineSelector.currentNode())
+        mrml.remember(p, "RealDWI", self.ui.realDwiSelector.currentNode())
+        mrml.remember(p, "Result", self._result, Segment=self.ui.segmentComboBox.currentData or "",
+                      OverlayOpacity=self.ui.opacitySlider.value)
+
+    # ------------------------------------------------------------------ state -> widgets
+    def _apply(self, view):
+        self.ui.runButton.enabled = view.run_enabled
+        self.ui.cancelButton.enabled = view.cancel_enabled
+        self.ui.connectButton.enabled = view.connect_enabled
+        self.ui.progressBar.visible = view.busy
+        if view.busy:
+            self.ui.progressBar.setRange(0, 0)
+        self.ui.statusLabel.text = view.status
+        self.ui.statusLabel.setStyleSheet("color: #c0392b; font-weight: bold;" if view.error else "")
+        has_result = self._result is not None and slicer.mrmlScene.IsNodePresent(self._result)
+        for w in (self.ui.saveDicomButton, self.ui.differenceButton, self.ui.dwiPresetComboBox):
+            w.enabled = has_result
+
+    def _poll(self):
+        self.runner.poll()
+        view = self.runner.view(self.ui.ctSelector.currentNode() is not None)
+        self._apply(view)
+        tview = self.train_runner.poll()
+        if tview.error:
+            self.ui.trainStatusLabel.text = tview.status
+        if not view.busy and not tview.busy:
+            self._timer.stop()
+
+    def _startJob(self, runner, what, fn, on_done, files=None):
+        try:
+            runner.start(what, fn, on_done, files)
+        except RuntimeError as exc:
+            self._status(str(exc), error=True)
+            return
+        self._timer.start()
+        self._apply(self.runner.view(self.ui.ctSelector.currentNode() is not None))
 
     def _status(self, text, error=False):
         self.ui.statusLabel.text = text
         self.ui.statusLabel.setStyleSheet("color: #c0392b; font-weight: bold;" if error else "")
-        if error:
-            slicer.util.errorDisplay(text, windowTitle="CT to DWI")
 
-    def _updateButtons(self, *_):
-        busy = self._job is not None
-        self.ui.runButton.enabled = self.ui.ctSelector.currentNode() is not None and not busy
-        self.ui.connectButton.enabled = not busy
+    def _client(self):
+        url = self.ui.serverUrlLineEdit.text.strip()
+        token = self.ui.tokenLineEdit.text.strip() or None
+        settings = qt.QSettings()
+        settings.setValue(SETTINGS_URL, url)
+        if self.ui.rememberTokenCheckBox.checked and token:
+            settings.setValue(SETTINGS_TOKEN, token)
+        else:
+            settings.remove(SETTINGS_TOKEN)
+        return CT2DWIClient(url, token=token)
 
-    def _start(self, what, fn, on_done, *args):
-        """Runs fn(*args) in a worker thread; on_done(result) is called in the GUI thread."""
-        self._job = BackgroundCall(fn, *args)
-        self._job_done = on_done
-        self._job_what = what
-        self.ui.progressBar.setRange(0, 0)  # busy indicator
-        self.ui.progressBar.visible = True
-        self._status(f"{what}...")
-        self._updateButtons()
-        self._timer.start()
+    def _onInputsChanged(self, *_):
+        mask = self.ui.maskSelector.currentNode()
+        is_seg = mask is not None and mask.IsA("vtkMRMLSegmentationNode")
+        if is_seg and self.ui.segmentComboBox.count == 0:
+            for sid, name in mrml.list_segments(mask):
+                self.ui.segmentComboBox.addItem(name, sid)
+        elif not is_seg:
+            self.ui.segmentComboBox.clear()
+        self.ui.segmentComboBox.enabled = is_seg
+        self._apply(self.runner.view(self.ui.ctSelector.currentNode() is not None))
 
-    def _poll(self):
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        if not job.done:
-            self.ui.statusLabel.text = f"{self._job_what}... {job.elapsed:.0f} s"
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.progressBar.visible = False
-        self._updateButtons()
-        try:
-            result = job.result()
-        except ServerError as exc:
-            self._status(str(exc), error=True)
-            return
-        except Exception as exc:  # noqa: BLE001 - any failure is reported, never swallowed
-            self._status(f"{self._job_what} failed: {exc}", error=True)
-            return
-        self._job_done(result)
-
-    # ------------------------------------------------------------------ actions
+    # ------------------------------------------------------------------ synthesis
     def onConnect(self):
         try:
             client = self._client()
         except ServerError as exc:
-            self._status(str(exc), error=True)
+            self.runner.fail(str(exc))
+            self._apply(self.runner.view())
             return
-        self._start("Contacting server", client.model_ready, self._onConnected)
 
-    def _onConnected(self, result):
-        ready, detail = result
-        if ready:
-            self._status(f"Connected - model ready ({detail})")
-        else:
-            self._status(f"Connected, but {detail}", error=True)
+        def done(result):
+            ready, detail = result
+            if not ready:
+                raise ServerError(f"connected, but {detail}")
+            return f"Connected - model ready ({detail})"
+
+        self._startJob(self.runner, "Contacting server", lambda cancel: client.model_ready(), done)
 
     def onRun(self):
         ct = self.ui.ctSelector.currentNode()
         mask = self.ui.maskSelector.currentNode()
+        files = TempFolder()
         try:
             client = self._client()
-            ct_path, mask_path, mask_label = self.logic.exportInputs(ct, mask)
+            mrml.check_transforms(ct, mask)
+            ct_path, mask_path, mask_label = self.logic.exportInputs(ct, mask, self.ui.segmentComboBox.currentData, files.path)
         except (ServerError, IOError, ValueError) as exc:
-            self._status(str(exc), error=True)
+            files.cleanup()
+            self.runner.fail(str(exc))
+            self._apply(self.runner.view())
             return
         self._inputs = (ct, mask_label, self.ui.outlineSelector.currentNode() or mask_label)
-        self._start("Synthesizing DWI", client.infer, self._onSynthesized, ct_path, mask_path)
+        self._saveParameters()
+        self._startJob(self.runner, "Synthesizing DWI",
+                       lambda cancel: client.infer(ct_path, mask_path, out_dir=files.path, cancel=cancel),
+                       self._onSynthesized, files)
+
+    def onCancel(self):
+        self.runner.cancel()
+        self._apply(self.runner.view())
 
     def _onSynthesized(self, result):
+        """GUI thread; an exception here ends in the error state (never a stuck status)."""
         path, info = result
         ct, mask_label, outline = self._inputs
+        node = self.logic.showResult(path, ct, mask_label, info, outline if self.ui.showOutlineCheckBox.checked else None,
+                                     overlay=self.ui.overlayRadio.checked, opacity=self.ui.opacitySlider.value)
+        self._result = node
+        self._saveParameters()
+        self.ui.dwiPresetComboBox.clear()
+        for name in self.logic.dwiPresets(node, mask_label):
+            self.ui.dwiPresetComboBox.addItem(name)
+        self.logic.updateBanners(BANNER)
+        if self.ui.crosshairCheckBox.checked:
+            mrml.link_crosshair(slicer.mrmlScene)
+        return f"Done: '{node.GetName()}' ({info.get('mask_source', '')} mask, model {info.get('checkpoint', '')}, {info.get('device', '')})"
+
+    # ------------------------------------------------------------------ view and save
+    def onOutlineToggled(self, checked):
+        if self._inputs is not None:
+            mrml.set_outline(slicer.mrmlScene, self._inputs[2] if checked else None)
+
+    def onLayoutChanged(self, *_):
+        if self._result is None or self._inputs is None:
+            return
+        ct = self._inputs[0]
+        if self.ui.overlayRadio.checked:
+            mrml.configure_overlay(slicer.mrmlScene, ct, self._result, self.ui.opacitySlider.value)
+        else:
+            mrml.configure_side_by_side(slicer.mrmlScene, ct, self._result, self._inputs[2] if self.ui.showOutlineCheckBox.checked else None)
+        self.logic.updateBanners(BANNER)
+        self._saveParameters()
+
+    def onCtPreset(self, index):
+        ct = self.ui.ctSelector.currentNode()
+        name = self.ui.ctPresetComboBox.itemText(index)
+        if ct is not None and name in mrml.CT_PRESETS:
+            mrml.apply_window(ct, *mrml.CT_PRESETS[name])
+
+    def onDwiPreset(self, index):
+        if self._result is None:
+            return
+        presets = self.logic.dwiPresets(self._result, self._inputs[1] if self._inputs else None)
+        name = self.ui.dwiPresetComboBox.itemText(index)
+        if name in presets:
+            mrml.apply_window(self._result, *presets[name])
+
+    def onCrosshair(self, checked):
+        if checked:
+            mrml.link_crosshair(slicer.mrmlScene)
+        else:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+            if node is not None:
+                node.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.NoCrosshair)
+
+    def onDifference(self):
+        real = self.ui.realDwiSelector.currentNode()
+        if real is None or self._result is None:
+            self._status("Select a real DWI (on the CT grid) first", error=True)
+            return
         try:
-            node = self.logic.showResult(path, ct, mask_label, info, outline if self.ui.showOutlineCheckBox.checked else None)
-        except (IOError, ValueError) as exc:
+            diff = mrml.difference_volume(slicer.mrmlScene, self._result, real, self._inputs[1] if self._inputs else None)
+        except ValueError as exc:
             self._status(str(exc), error=True)
             return
-        self.logic.addBanner(BANNER)
-        self._status(f"Done: '{node.GetName()}' ({info.get('mask_source', '')} mask, {info.get('device', '')})")
+        slicer.util.setSliceViewerLayers(foreground=diff, foregroundOpacity=0.6)
+        self.logic.updateBanners(BANNER)
+        self._status(f"Difference view '{diff.GetName()}' (research use)")
 
+    def onSaveDicom(self):
+        if self._result is None or self._inputs is None:
+            return
+        try:
+            n = self.logic.exportDicom(self._result, self._inputs[0])
+        except Exception as exc:  # noqa: BLE001 - Slicer's DICOM exporter raises many kinds
+            self._status(f"DICOM export failed: {exc}", error=True)
+            return
+        self._status(f"Saved {n} SYNTHETIC DWI DICOM file(s) into the CT's study in the DICOM database")
+
+    # ------------------------------------------------------------------ training (every call off the GUI thread)
     def onTrainStart(self):
         params = {"epochs": int(self.ui.epochsSpinBox.value)}
         try:
@@ -182,32 +333,45 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ServerError as exc:
             self._status(str(exc), error=True)
             return
-        self._start("Starting training", lambda: client.train_start(**params), self._onTrainStarted)
 
-    def _onTrainStarted(self, result):
-        self._status(f"Training {result.get('status', 'submitted').lower()} on the server")
-        self._train_timer.start()
+        def done(result):
+            self._train_timer.start()
+            return f"Training {result.get('status', 'submitted').lower()} on the server"
+
+        self._startJob(self.train_runner, "Starting training", lambda cancel: client.train_start(**params), done)
 
     def onTrainStatus(self):
+        if self.train_runner.view().busy:
+            return  # the previous poll is still waiting for the server
         try:
-            status = self._client().train_status()
+            client = self._client()
         except ServerError as exc:
             self._train_timer.stop()
             self._status(str(exc), error=True)
             return
-        self.ui.trainStatusLabel.text = training_summary(status)
-        if status.get("status") not in ("RUNNING", "SUBMITTED"):
-            self._train_timer.stop()
+
+        def done(status):
+            self.ui.trainStatusLabel.text = training_summary(status)
+            if status.get("status") not in ("RUNNING", "SUBMITTED"):
+                self._train_timer.stop()
+            return "Training status updated"
+
+        self._startJob(self.train_runner, "Reading training status", lambda cancel: client.train_status(), done)
 
     def onTrainStop(self):
         try:
-            res = self._client().train_stop()
+            client = self._client()
         except ServerError as exc:
             self._status(str(exc), error=True)
             return
-        self._train_timer.stop()
-        self.ui.trainStatusLabel.text = training_summary(res)
 
+        def done(res):
+            self._train_timer.stop()
+            self.ui.trainStatusLabel.text = training_summary(res)
+            return "Training stopped; the served model is unchanged"
+
+        self.train_runner.reset()
+        self._startJob(self.train_runner, "Stopping training", lambda cancel: client.train_stop(), done)
 
     def onVersionsRefresh(self):
         try:
@@ -215,7 +379,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ServerError as exc:
             self._status(str(exc), error=True)
             return
-        self._start("Reading model versions", client.versions, self._onVersions)
+        self._startJob(self.train_runner, "Reading model versions", lambda cancel: client.versions(), self._onVersions)
 
     def _onVersions(self, versions):
         self.ui.versionsComboBox.clear()
@@ -223,7 +387,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.versionsComboBox.addItem(version_label(v), v["id"])
             if v.get("served"):
                 self.ui.versionsComboBox.setCurrentIndex(self.ui.versionsComboBox.count - 1)
-        self._status(f"{len(versions)} model version(s) on the server")
+        return f"{len(versions)} model version(s) on the server"
 
     def onVersionPromote(self):
         vid = self.ui.versionsComboBox.currentData
@@ -235,75 +399,143 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ServerError as exc:
             self._status(str(exc), error=True)
             return
-        self._start(f"Serving model version {vid}", lambda: client.promote(vid), lambda _r: self.onVersionsRefresh())
+        self._startJob(self.train_runner, f"Serving model version {vid}",
+                       lambda cancel: (client.promote(vid), client.versions())[1], self._onVersions)
 
 
 class CT2DWILogic(ScriptedLoadableModuleLogic):
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self.tmpdir = tempfile.mkdtemp(prefix="CT2DWI_")
-
-    def exportInputs(self, ct, mask):
-        """Writes the CT and the mask (labelmap, or segmentation exported to a labelmap on the CT
-        grid) to files for upload. Returns (ct_path, mask_path or None, labelmap node or None)."""
+    def exportInputs(self, ct, mask, segment_id, folder):
+        """Writes the CT (its own frame; the result goes back under its parent transform) and the mask
+        (labelmap, or the chosen segment exported onto the CT grid) into the job's temporary folder.
+        Returns (ct_path, mask_path or None, labelmap node or None)."""
         if ct is None:
             raise ValueError("select a CT volume")
-        ct_path = write_volume(slicer.mrmlScene, ct, os.path.join(self.tmpdir, "ct.nrrd"))
+        ct_path = mrml.write_volume(slicer.mrmlScene, ct, os.path.join(folder, "ct.nrrd"))
         if mask is None:
             return str(ct_path), None, None
         label = mask
         if mask.IsA("vtkMRMLSegmentationNode"):
-            label = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", mask.GetName() + " brain mask")
-            ok = slicer.modules.segmentations.logic().ExportVisibleSegmentsToLabelmapNode(mask, label, ct)
-            if not ok:
-                slicer.mrmlScene.RemoveNode(label)
-                raise ValueError(f"could not convert segmentation '{mask.GetName()}' to a labelmap on the CT grid")
-        mask_path = write_volume(slicer.mrmlScene, label, os.path.join(self.tmpdir, "mask.nrrd"))
+            if not segment_id:
+                raise ValueError(f"choose the brain segment of '{mask.GetName()}'")
+            label = mrml.segment_to_labelmap(slicer.mrmlScene, mask, segment_id, ct)
+        mask_path = mrml.write_volume(slicer.mrmlScene, label, os.path.join(folder, "mask.nrrd"))
         return str(ct_path), str(mask_path), label
 
-    def showResult(self, path, ct, mask_label, info, outline=None):
-        """Loads the result (W/L from brain percentiles) and shows CT | synthetic DWI, with
-        ``outline`` (brain or lesion labelmap) drawn as an outline on both views when given."""
-        node = load_synthetic(slicer.mrmlScene, path, ct, mask_label, info)
-        configure_side_by_side(slicer.mrmlScene, ct, node, outline)
+    def showResult(self, path, ct, mask_label, info, outline=None, overlay=False, opacity=0.5):
+        node = mrml.load_synthetic(slicer.mrmlScene, path, ct, mask_label, info)
+        if overlay:
+            mrml.configure_overlay(slicer.mrmlScene, ct, node, opacity)
+        else:
+            mrml.configure_side_by_side(slicer.mrmlScene, ct, node, outline)
         slicer.util.resetSliceViews()
         return node
 
-    def addBanner(self, text):
-        """On-screen banner in the synthetic (Yellow) view and a note in the CT view."""
+    def dwiPresets(self, node, mask_label):
+        brain = mrml.node_array(mask_label) if mask_label is not None else None
+        return mrml.dwi_presets(mrml.node_array(node), brain)
+
+    def updateBanners(self, text):
+        """The banner goes with the synthetic volume: every view that shows one gets it, the others lose it."""
         lm = slicer.app.layoutManager()
-        for view, msg in (("Yellow", text), ("Red", "CT (source)")):
-            widget = lm.sliceWidget(view)
-            if widget is None:
-                continue
+        showing = set(mrml.views_showing_synthetic(slicer.mrmlScene))
+        for name in lm.sliceViewNames():
+            widget = lm.sliceWidget(name)
             ca = widget.sliceView().cornerAnnotation()
-            ca.SetText(vtk.vtkCornerAnnotation.UpperEdge, msg)
-            if view == "Yellow":
-                ca.GetTextProperty().SetColor(1.0, 0.25, 0.2)
+            ca.SetText(vtk.vtkCornerAnnotation.UpperEdge, text if name in showing else "")
+            ca.GetTextProperty().SetColor(1.0, 0.25, 0.2)
             widget.sliceView().forceRender()
+
+    def exportDicom(self, node, ct):
+        """Exports the synthetic volume into the CT's study in Slicer's DICOM database with the SYNTHETIC tags."""
+        import DICOMScalarVolumePlugin
+
+        tags = mrml.dicom_export_tags(ct.GetName(), node.GetAttribute("CT2DWI.Checkpoint") or "")
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        item = sh.GetItemByDataNode(node)
+        sh.SetItemParent(item, sh.GetItemParent(sh.GetItemByDataNode(ct)))
+        exporter = DICOMScalarVolumePlugin.DICOMScalarVolumePluginClass()
+        exportables = exporter.examineForExport(item)
+        for exp in exportables:
+            for k, v in tags.items():
+                exp.setTag(k, v)
+            exp.directory = slicer.dicomDatabase.databaseDirectory + "/CT2DWI_export"
+            os.makedirs(exp.directory, exist_ok=True)
+        exporter.export(exportables)
+        return len(exportables)
+
+    def cleanup(self):
+        mrml.remove_temporary_nodes(slicer.mrmlScene)
 
 
 class CT2DWITest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (ctest) against a server at CT2DWI_SERVER with a sample CT file at
-    CT2DWI_TEST_CT (e.g. sample_data/studies/phantom_007.nii.gz)."""
+    """Runs inside Slicer (ctest). Without a server it still tests the module's own work on a volume it makes:
+    loading a result onto the CT grid under the CT's transform, the layouts and the banner; with a server at
+    CT2DWI_SERVER (default http://127.0.0.1:8000) it also runs a real synthesis, or says clearly that it skipped it."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
         self.setUp()
+        self.test_local_result_handling()
+        self.setUp()
         self.test_round_trip()
 
+    def _make_ct(self):
+        import numpy as np
+
+        a = np.full((12, 64, 64), -1000, np.int16)
+        a[:, 12:52, 12:52] = 30
+        ct = slicer.util.addVolumeFromArray(a, name="CT test")
+        ct.SetSpacing(2.0, 2.0, 5.0)
+        return ct
+
+    def test_local_result_handling(self):
+        import numpy as np
+
+        ct = self._make_ct()
+        tf = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        ct.SetAndObserveTransformNodeID(tf.GetID())
+        folder = TempFolder()
+        try:
+            path = mrml.write_volume(slicer.mrmlScene, ct, os.path.join(folder.path, "SYNTHETIC_DWI.nii.gz"))
+            node = CT2DWILogic().showResult(path, ct, None, {"checkpoint": "test"})
+            self.assertIn("SYNTHETIC", node.GetName())
+            self.assertEqual(node.GetTransformNodeID(), tf.GetID())
+            CT2DWILogic().updateBanners(BANNER)
+            self.assertEqual(mrml.views_showing_synthetic(slicer.mrmlScene), ["Yellow"])
+            self.assertTrue(np.isfinite(slicer.util.arrayFromVolume(node)).all())
+        finally:
+            folder.cleanup()
+        self.assertFalse(folder.exists)
+        self.delayDisplay("CT2DWI local result handling passed")
+
     def test_round_trip(self):
-        ct_file = os.environ.get("CT2DWI_TEST_CT")
-        if not ct_file:
-            self.delayDisplay("CT2DWI_TEST_CT not set; skipping server round trip")
+        url = default_server_url()
+        client = CT2DWIClient(url)
+        try:
+            ready, detail = client.model_ready()
+        except ServerError as exc:
+            self.delayDisplay(f"SKIPPED the server round trip: {exc}")
             return
-        ct = slicer.util.loadVolume(ct_file)
-        logic = CT2DWILogic()
-        ct_path, _, _ = logic.exportInputs(ct, None)
-        path, info = CT2DWIClient(default_server_url()).infer(ct_path)
-        node = logic.showResult(path, ct, None, info)
-        self.assertIn("SYNTHETIC", node.GetName())
-        self.assertEqual(node.GetAttribute("CT2DWI.Synthetic"), "true")
+        if not ready:
+            self.delayDisplay(f"SKIPPED the server round trip: {detail}")
+            return
+        ct_file = os.environ.get("CT2DWI_TEST_CT")
+        ct = slicer.util.loadVolume(ct_file) if ct_file else self._make_ct()
+        folder = TempFolder()
+        try:
+            ct_path, _, _ = CT2DWILogic().exportInputs(ct, None, None, str(folder.path))
+            try:
+                path, info = client.infer(ct_path, out_dir=folder.path)
+            except ServerError as exc:
+                if ct_file or exc.status != 422:
+                    raise
+                self.delayDisplay(f"server refused the made-up CT as expected: {exc}")
+                return
+            node = CT2DWILogic().showResult(path, ct, None, info)
+            self.assertIn("SYNTHETIC", node.GetName())
+            self.assertEqual(node.GetAttribute("CT2DWI.Synthetic"), "true")
+        finally:
+            folder.cleanup()
         self.delayDisplay("CT2DWI round trip passed")
