@@ -56,3 +56,19 @@ def make_image(a, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=Non
     if direction is not None:
         img.SetDirection(direction)
     return img
+
+
+def slicer_scene():
+    """An MRML scene (slicer-core) with a layout node and the Red/Yellow/Green slice and composite nodes."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    scene.AddNode(slicer.vtkMRMLLayoutNode())
+    for name in ("Red", "Yellow", "Green"):
+        sn = slicer.vtkMRMLSliceNode()
+        sn.SetLayoutName(name)
+        scene.AddNode(sn)
+        cn = slicer.vtkMRMLSliceCompositeNode()
+        cn.SetLayoutName(name)
+        scene.AddNode(cn)
+    return scene

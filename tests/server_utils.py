@@ -119,3 +119,52 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+class KeycloakRealm:
+    """A Keycloak-like realm on loopback that publishes an RSA public key (rotate with ``set_key``, take it
+    down with ``up = False``); ``uri`` is what MONAI_LABEL_AUTH_REALM_URI points at."""
+
+    def __init__(self):
+        import base64
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        realm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if not realm.up:
+                    self.send_response(502)
+                    self.end_headers()
+                    return
+                body = json.dumps({"realm": "monailabel", "public_key": realm.key_b64}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self._b64 = base64.b64encode
+        self.up = True
+        self.key = self.set_key()
+        self._srv = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._srv.serve_forever, daemon=True).start()
+        self.uri = f"http://127.0.0.1:{self._srv.server_port}/realms/monailabel"
+
+    def set_key(self, key=None):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.key_b64 = self._b64(der).decode()
+        self.key = key
+        return key
+
+    def stop(self):
+        self._srv.shutdown()

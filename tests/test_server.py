@@ -1,11 +1,8 @@
 """The real MONAI Label server on loopback, called with monailabel's client and plain HTTP."""
-import base64
 import hashlib
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
 from conftest import SAMPLE, arr
-from server_utils import Server, copy_app, copy_studies, self_signed_cert
+from server_utils import KeycloakRealm, Server, copy_app, copy_studies, self_signed_cert
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -273,40 +270,18 @@ def test_cors_origins_configured_without_crash(bare_server):
 
 
 # ------------------------------------------------------------------ third server: Keycloak-style auth
-class _Realm(BaseHTTPRequestHandler):
-    public_key_b64 = ""
-
-    def do_GET(self):  # noqa: N802
-        body = json.dumps({"realm": "monailabel", "public_key": self.public_key_b64}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    _Realm.public_key_b64 = base64.b64encode(der).decode()
-    realm = HTTPServer(("127.0.0.1", 0), _Realm)
-    threading.Thread(target=realm.serve_forever, daemon=True).start()
+    realm = KeycloakRealm()
     base = tmp_path_factory.mktemp("auth")
     app = copy_app(base / "app")
     studies = copy_studies(base / "studies", n=1)
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/realms/monailabel"}
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
     s = Server(app, studies, env=env).wait(path="/info/", ok=(200, 401))
-    s.key = key
+    s.key = realm.key
     yield s
     s.stop()
-    realm.shutdown()
+    realm.stop()
 
 
 def _token(key, roles, exp=3600, alg="RS256"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, slicer_scene
 from server_utils import Server, copy_app, copy_studies, free_port
 
 MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
@@ -100,16 +100,7 @@ def server(tmp_path_factory):
 
 
 def _scene_with_views():
-    scene = slicer.vtkMRMLScene()
-    scene.AddNode(slicer.vtkMRMLLayoutNode())
-    for name in ("Red", "Yellow", "Green"):
-        sn = slicer.vtkMRMLSliceNode()
-        sn.SetLayoutName(name)
-        scene.AddNode(sn)
-        cn = slicer.vtkMRMLSliceCompositeNode()
-        cn.SetLayoutName(name)
-        scene.AddNode(cn)
-    return scene
+    return slicer_scene()
 
 
 def test_mrml_round_trip_through_server(server, tmp_path):

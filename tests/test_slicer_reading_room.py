@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, slicer_scene
 
 MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
 sys.path.insert(0, str(MODULE_DIR))
@@ -145,16 +145,7 @@ from CT2DWILib import mrml  # noqa: E402
 
 
 def _scene():
-    scene = slicer.vtkMRMLScene()
-    scene.AddNode(slicer.vtkMRMLLayoutNode())
-    for name in ("Red", "Yellow", "Green"):
-        sn = slicer.vtkMRMLSliceNode()
-        sn.SetLayoutName(name)
-        scene.AddNode(sn)
-        cn = slicer.vtkMRMLSliceCompositeNode()
-        cn.SetLayoutName(name)
-        scene.AddNode(cn)
-    return scene
+    return slicer_scene()
 
 
 def _result_file(tmp_path, ct_node, scene):

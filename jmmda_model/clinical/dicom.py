@@ -28,9 +28,9 @@ SYNTHETIC_SERIES_DESCRIPTION = "SYNTHETIC DWI (JMMDA-GAN) - NOT FOR DIAGNOSIS"
 DWI_SCALE = 1000.0  # stored value = normalised DWI x 1000
 
 
-def list_series(folder: str | Path) -> list[dict]:
-    """Every image series in a folder: UID, description, number of images, orientation, modality."""
-    series: dict[str, dict] = {}
+def _image_headers(folder: Path):
+    """(header, path) of every DICOM image in a folder that has a position and an orientation, by file name;
+    files that are not DICOM are skipped."""
     for p in sorted(Path(folder).iterdir()):
         if not p.is_file():
             continue
@@ -38,14 +38,21 @@ def list_series(folder: str | Path) -> list[dict]:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
         except Exception:  # noqa: BLE001, S112 - non-DICOM files in the folder are ignored
             continue
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            yield ds, p
+
+
+def list_series(folder: str | Path) -> list[dict]:
+    """Every image series in a folder: UID, description, number of images, orientation, modality."""
+    series: dict[str, dict] = {}
+    for ds, _ in _image_headers(Path(folder)):
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        if not uid or "ImagePositionPatient" not in ds:
+        if not uid:
             continue
         s = series.setdefault(uid, {"uid": uid, "description": str(getattr(ds, "SeriesDescription", "") or ""),
                                     "modality": str(getattr(ds, "Modality", "") or ""), "images": 0, "orientations": set()})
         s["images"] += 1
-        if "ImageOrientationPatient" in ds:
-            s["orientations"].add(_orientation_label(ds.ImageOrientationPatient))
+        s["orientations"].add(_orientation_label(ds.ImageOrientationPatient))
     out = []
     for s in series.values():
         s["orientation"] = "/".join(sorted(s.pop("orientations"))) or "?"
@@ -97,16 +104,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
 
 def _series_slices(folder: Path, series_uid: str):
     """Headers and files of the series' image slices, sorted along the normal, after the checks above."""
-    items = []
-    for p in sorted(folder.iterdir()):
-        if not p.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001, S112 - non-DICOM files in the folder are ignored
-            continue
-        if str(getattr(ds, "SeriesInstanceUID", "")) == series_uid and "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            items.append((ds, p))
+    items = [(ds, p) for ds, p in _image_headers(folder) if str(getattr(ds, "SeriesInstanceUID", "")) == series_uid]
     notes = []
     loc = [it for it in items if "LOCALIZER" in [str(x).upper() for x in getattr(it[0], "ImageType", [])]]
     if loc:
@@ -172,24 +170,6 @@ def _apply_geometry(img: sitk.Image, dss, notes) -> sitk.Image:
     if notes:
         img.SetMetaData("jmmda_dicom_notes", "; ".join(notes))
     return img
-
-
-def _slices_sorted(folder: Path) -> list[Dataset]:
-    dss = []
-    for p in sorted(folder.iterdir()):
-        if not p.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - non-DICOM files in the folder are ignored
-            continue
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            dss.append(ds)
-    if not dss:
-        raise InputError(f"no DICOM images found in {folder}")
-    iop = np.array(dss[0].ImageOrientationPatient, float)
-    normal = np.cross(iop[:3], iop[3:])
-    return sorted(dss, key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
 
 
 def _geometry(img: sitk.Image):

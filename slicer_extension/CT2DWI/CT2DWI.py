@@ -196,6 +196,14 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             settings.remove(SETTINGS_TOKEN)
         return CT2DWIClient(url, token=token)
 
+    def _clientOrReport(self):
+        """The client for the server URL, or None after showing why the URL cannot be used."""
+        try:
+            return self._client()
+        except ServerError as exc:
+            self._status(str(exc), error=True)
+            return None
+
     def _onInputsChanged(self, *_):
         mask = self.ui.maskSelector.currentNode()
         is_seg = mask is not None and mask.IsA("vtkMRMLSegmentationNode")
@@ -328,10 +336,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ training (every call off the GUI thread)
     def onTrainStart(self):
         params = {"epochs": int(self.ui.epochsSpinBox.value)}
-        try:
-            client = self._client()
-        except ServerError as exc:
-            self._status(str(exc), error=True)
+        client = self._clientOrReport()
+        if client is None:
             return
 
         def done(result):
@@ -359,10 +365,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startJob(self.train_runner, "Reading training status", lambda cancel: client.train_status(), done)
 
     def onTrainStop(self):
-        try:
-            client = self._client()
-        except ServerError as exc:
-            self._status(str(exc), error=True)
+        client = self._clientOrReport()
+        if client is None:
             return
 
         def done(res):
@@ -374,10 +378,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startJob(self.train_runner, "Stopping training", lambda cancel: client.train_stop(), done)
 
     def onVersionsRefresh(self):
-        try:
-            client = self._client()
-        except ServerError as exc:
-            self._status(str(exc), error=True)
+        client = self._clientOrReport()
+        if client is None:
             return
         self._startJob(self.train_runner, "Reading model versions", lambda cancel: client.versions(), self._onVersions)
 
@@ -394,10 +396,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if vid is None:
             self._status("Refresh the version list first", error=True)
             return
-        try:
-            client = self._client()
-        except ServerError as exc:
-            self._status(str(exc), error=True)
+        client = self._clientOrReport()
+        if client is None:
             return
         self._startJob(self.train_runner, f"Serving model version {vid}",
                        lambda cancel: (client.promote(vid), client.versions())[1], self._onVersions)

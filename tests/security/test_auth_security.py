@@ -3,65 +3,36 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import SAMPLE
-from server_utils import Server, copy_app, copy_studies
+from server_utils import KeycloakRealm, Server, copy_app, copy_studies
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
 
-def _pub_b64(key) -> str:
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(der).decode()
-
-
-class Realm(BaseHTTPRequestHandler):
-    key_b64 = ""
-    up = True
-    hits = 0
-
-    def do_GET(self):  # noqa: N802
-        Realm.hits += 1
-        if not Realm.up:
-            self.send_response(502)
-            self.end_headers()
-            return
-        body = json.dumps({"realm": "monailabel", "public_key": Realm.key_b64}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+@pytest.fixture(scope="module")
+def realm():
+    r = KeycloakRealm()
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="module")
-def realm_server(tmp_path_factory):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    Realm.key_b64, Realm.up = _pub_b64(key), True
-    realm = HTTPServer(("127.0.0.1", 0), Realm)
-    threading.Thread(target=realm.serve_forever, daemon=True).start()
+def realm_server(tmp_path_factory, realm):
     base = tmp_path_factory.mktemp("authsec")
     app = copy_app(base / "app")
     studies = copy_studies(base / "studies", n=1)
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": f"http://127.0.0.1:{realm.server_port}/realms/x",
-           "MONAI_LABEL_AUTH_TIMEOUT": "3"}
+    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3"}
     s = Server(app, studies, env=env).wait(path="/auth/")
-    s.key = key
+    s.key = realm.key
     yield s
     s.stop()
-    realm.shutdown()
 
 
 def token(key, roles, exp: int | None = 3600, alg="RS256"):
@@ -92,8 +63,8 @@ def test_admin_implies_user(realm_server):
     assert r.status_code == 403
 
 
-def test_hs256_token_signed_with_the_public_key_is_refused(realm_server):
-    pem = f"-----BEGIN PUBLIC KEY-----\n{Realm.key_b64}\n-----END PUBLIC KEY-----".encode()
+def test_hs256_token_signed_with_the_public_key_is_refused(realm_server, realm):
+    pem = f"-----BEGIN PUBLIC KEY-----\n{realm.key_b64}\n-----END PUBLIC KEY-----".encode()
     import hashlib
     import hmac
 
@@ -104,19 +75,18 @@ def test_hs256_token_signed_with_the_public_key_is_refused(realm_server):
     assert get_info(realm_server.url, (header + b"." + body + b"." + sig).decode()).status_code == 401
 
 
-def test_key_rotation_is_picked_up_without_restart(realm_server):
+def test_key_rotation_is_picked_up_without_restart(realm_server, realm):
     old = realm_server.key
     assert get_info(realm_server.url, token(old, ["monailabel-user"])).status_code == 200
-    new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    Realm.key_b64 = _pub_b64(new)
+    new = realm.set_key()
     time.sleep(11)  # the server re-fetches a key after a failed signature at most every 10 s
     assert get_info(realm_server.url, token(new, ["monailabel-user"])).status_code == 200
     assert get_info(realm_server.url, token(old, ["monailabel-user"])).status_code == 401
     realm_server.key = new
 
 
-def test_unreachable_realm_is_503_not_500(realm_server):
-    Realm.up = False
+def test_unreachable_realm_is_503_not_500(realm_server, realm):
+    realm.up = False
     try:
         time.sleep(11)
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -124,4 +94,4 @@ def test_unreachable_realm_is_503_not_500(realm_server):
         assert r.status_code == 503 and "cannot be reached" in r.json()["detail"]
         assert get_info(realm_server.url, None).status_code == 401
     finally:
-        Realm.up = True
+        realm.up = True
