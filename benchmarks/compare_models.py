@@ -221,7 +221,11 @@ def summarise(arm: dict) -> dict:
     from jmmda_model.metrics import stratified_sensitivity
 
     keys = HEADLINE + SECONDARY + ["lesions_shown", "lesions_total", "lesions_darker", "lesion_voxels_clipped"]
-    per_seed = {k: [float(np.nanmean([c[k] for c in r["cases"].values()])) for r in arm["runs"]] for k in keys}
+    def case_mean(r, k):
+        vals = np.array([c[k] for c in r["cases"].values()], float)
+        return float(vals[np.isfinite(vals)].mean()) if np.isfinite(vals).any() else float("nan")
+
+    per_seed = {k: [case_mean(r, k) for r in arm["runs"]] for k in keys}
     out = {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0} for k, v in per_seed.items()}
     lesions = [x for r in arm["runs"] for x in r["lesions"]]
     out["sensitivity"] = stratified_sensitivity(lesions)

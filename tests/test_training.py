@@ -38,7 +38,7 @@ def test_dataset_slices_and_normalisation(small_store):
 
 def test_max_steps_runs_exactly_that_many_steps(small_store, tmp_path, tiny_gcfg):
     cases = find_cases(small_store)
-    out = Trainer(_cfg(tiny_gcfg, epochs=100, max_steps_per_epoch=None, max_steps=7, batch_size=8), tmp_path / "s").fit(cases[:1], [])
+    out = Trainer(_cfg(tiny_gcfg, epochs=100, max_steps_per_epoch=None, max_steps=7, batch_size=2), tmp_path / "s").fit(cases[:1], [])
     assert out["global_step"] == 7
 
 
