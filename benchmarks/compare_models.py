@@ -79,19 +79,23 @@ def gflops_per_slice(gcfg: dict, h: int, w: int) -> float:
 def arm_config(name: str, base: int, depth: int, in_ch: int, h: int, w: int) -> tuple[dict, dict, dict]:
     """(generator config, preprocess overrides, train overrides) of a network arm."""
     from jmmda_model.networks import GeneratorConfig
+    from jmmda_model.preprocess import PreprocessConfig
 
     spec = dict(NETWORK_ARMS[name])
     pre = spec.pop("pre", {})
     train = spec.pop("train", {})
     match = spec.pop("match_flops", False)
-    from jmmda_model.preprocess import PreprocessConfig
-
     ch = PreprocessConfig(**pre).input_channels if pre else in_ch
     g = GeneratorConfig(base_channels=base, depth=depth, ct_channels=ch, **spec).to_dict()
-    if match:
+    if match:  # FLOPs grow with the width: walk up to the first width past the target, keep the closer one
         target = gflops_per_slice(GeneratorConfig(base_channels=base, depth=depth, ct_channels=ch).to_dict(), h, w)
-        best = min(range(base, 8 * base + 1, 2),
-                   key=lambda b: abs(gflops_per_slice({**g, "base_channels": b}, h, w) - target))
+        best, best_err = base, float("inf")
+        for b in range(base, 8 * base + 1, 2):
+            f = gflops_per_slice({**g, "base_channels": b}, h, w)
+            if abs(f - target) < best_err:
+                best, best_err = b, abs(f - target)
+            if f > target:
+                break
         g["base_channels"] = best
     return g, pre, train
 

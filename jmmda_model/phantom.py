@@ -104,7 +104,7 @@ def _territory(kind: str, mm: np.ndarray, side: float) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _infarct(rng, kind: str, mm: np.ndarray, tissue: np.ndarray, spacing) -> np.ndarray:
+def _infarct(rng, kind: str, mm: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     side = float(rng.choice([-1.0, 1.0]))
     terr = _territory(kind, mm, side) & (tissue > 0.5)
     cand = np.argwhere(terr)
@@ -176,7 +176,7 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     n_acute = int(rng.integers(0, cfg.max_lesions + 1))
     for _ in range(n_acute):
         kind = str(rng.choice(["MCA", "MCA", "ACA", "PCA", "lacunar", "lacunar"]))
-        region = _infarct(rng, kind, mm, tissue, cfg.spacing)
+        region = _infarct(rng, kind, mm, tissue)
         if not region.any():
             continue
         shine = bool(rng.random() < 0.2)
@@ -187,7 +187,7 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
                             "ct_hypodensity_hu": round(contrast, 2), "dwi_ratio": round(ratio, 2)})
     old = np.zeros(shape, bool)
     if rng.random() < cfg.old_infarct_prob:
-        old = _infarct(rng, str(rng.choice(["MCA", "PCA", "lacunar"])), mm, tissue, cfg.spacing)
+        old = _infarct(rng, str(rng.choice(["MCA", "PCA", "lacunar"])), mm, tissue)
     lesion = np.zeros(shape, bool)
     for region, _, _ in lesions:
         lesion |= region

@@ -136,6 +136,7 @@ class Trainer:
         self.global_step = 0
         self.best = -math.inf
         self.history: list[dict] = []
+        self._t_start: float | None = None  # progress / ETA bookkeeping (see _progress)
         self.ckpt_dir = self.out / "checkpoints"
 
     # ------------------------------------------------------------------ state
@@ -315,7 +316,7 @@ class Trainer:
     def _progress(self, status_path: Path, step_in_epoch: int, per_epoch: int, every: float = 2.0) -> None:
         """Writes progress and an ETA to status.json at most every ``every`` seconds."""
         now = time.monotonic()
-        if not hasattr(self, "_t_start"):
+        if self._t_start is None:  # first step of this fit(): the rate counts from here (resumed runs too)
             self._t_start, self._step_start, self._t_last = now, self.global_step - 1, 0.0
         if now - self._t_last < every:
             return

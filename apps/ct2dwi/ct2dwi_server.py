@@ -47,7 +47,6 @@ from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, Up
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from requests_toolbelt import MultipartEncoder
-from starlette.background import BackgroundTask
 
 from monailabel.config import settings
 from monailabel.interfaces.utils.app import app_instance
@@ -207,12 +206,11 @@ def infer(
 
 
 def _infer_response(out: Path, result: dict, output: str, folder: Path) -> Response:
-    cleanup = BackgroundTask(ScratchSpace.remove, folder)
     if output == "json":
         ScratchSpace.remove(folder)
         return JSONResponse(result)
     if output == "image":
-        return _CleanupFileResponse(out, media_type="application/gzip", filename=out.name, background=cleanup)
+        return _CleanupFileResponse(out, folder, media_type="application/gzip", filename=out.name)
     enc = MultipartEncoder(fields={"params": (None, json.dumps(result), "application/json"),
                                    "image": (out.name, out.read_bytes(), "application/gzip")})
     body = enc.to_string()
@@ -221,14 +219,18 @@ def _infer_response(out: Path, result: dict, output: str, folder: Path) -> Respo
 
 
 class _CleanupFileResponse(FileResponse):
-    """Removes the request folder whether or not the client stays to the end."""
+    """Removes the request folder whether or not the client stays to the end (a background task would not run
+    when sending fails)."""
+
+    def __init__(self, path: Path, folder: Path, **kw):
+        super().__init__(path, **kw)
+        self.folder = folder
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self.background is not None:
-                await self.background()
+            ScratchSpace.remove(self.folder)
 
 
 def _http_error(exc: BaseException) -> BaseException:
@@ -275,8 +277,7 @@ def _public_task(t):
 
 @app.post("/train/{model}", summary="Start retraining (admin)")
 def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
-    if model != MODEL:
-        raise HTTPException(status_code=404, detail=f"unknown trainer {model!r}; this server offers {MODEL!r}")
+    _trainer(model)
     try:
         opts = validate_options(params or {})
     except InputError as exc:
@@ -344,13 +345,13 @@ def versions_list(model: str, user=USER):
 
 @app.post("/train/{model}/versions/{vid}/promote", summary="Serve this model version (admin); atomic, no restart")
 def versions_promote(model: str, vid: int, user=ADMIN):
-    from ct2dwi_app.versions import VersionError
+    from ct2dwi_app.versions import UnknownVersion, VersionError
 
     versions = _trainer(model).versions
     try:
         record = versions.promote(vid)
     except VersionError as exc:
-        raise HTTPException(status_code=404 if "does not exist" in str(exc) else 409, detail=str(exc)) from exc
+        raise HTTPException(status_code=404 if isinstance(exc, UnknownVersion) else 409, detail=str(exc)) from exc
     log.info("user %s promoted model version %s (was %s)", user.username, vid, record.get("previous"))
     return record
 

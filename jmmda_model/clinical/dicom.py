@@ -44,8 +44,12 @@ def _image_headers(folder: Path):
 
 def list_series(folder: str | Path) -> list[dict]:
     """Every image series in a folder: UID, description, number of images, orientation, modality."""
+    return _summarise(list(_image_headers(Path(folder))))
+
+
+def _summarise(headers) -> list[dict]:
     series: dict[str, dict] = {}
-    for ds, _ in _image_headers(Path(folder)):
+    for ds, _ in headers:
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if not uid:
             continue
@@ -79,10 +83,15 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
       are refused with the positions named (ITK would silently stretch the spacing);
     * a gantry tilt (slice positions sheared along the slice normal) is corrected by shifting every slice in
       plane onto an orthogonal grid, as dcm2niix does, and reported in the image's metadata."""
-    folder = Path(folder)
+    return _read_series(Path(folder), series_uid)[0]
+
+
+def _read_series(folder: Path, series_uid: str | None):
+    """(volume, its sorted slice headers); the folder's headers are read once."""
     if not folder.is_dir():
         raise InputError(f"DICOM folder not found: {folder}")
-    series = list_series(folder)
+    headers = list(_image_headers(folder))
+    series = _summarise(headers)
     if not series:
         raise InputError(f"no DICOM series found in {folder}")
     if series_uid is None:
@@ -91,20 +100,19 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
         series_uid = series[0]["uid"]
     elif series_uid not in {s["uid"] for s in series}:
         raise InputError(f"series {series_uid} not found in {folder}; it holds: {_series_table(series)}")
-    dss, paths, notes = _series_slices(folder, series_uid)
+    dss, paths, notes = _series_slices(headers, series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in paths])
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series {series_uid}: {exc}") from exc
-    img = _apply_geometry(img, dss, notes)
-    return img
+    return _apply_geometry(img, dss, notes), dss
 
 
-def _series_slices(folder: Path, series_uid: str):
+def _series_slices(headers, series_uid: str):
     """Headers and files of the series' image slices, sorted along the normal, after the checks above."""
-    items = [(ds, p) for ds, p in _image_headers(folder) if str(getattr(ds, "SeriesInstanceUID", "")) == series_uid]
+    items = [(ds, p) for ds, p in headers if str(getattr(ds, "SeriesInstanceUID", "")) == series_uid]
     notes = []
     loc = [it for it in items if "LOCALIZER" in [str(x).upper() for x in getattr(it[0], "ImageType", [])]]
     if loc:
@@ -270,8 +278,7 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     "SYNTHETIC - NOT FOR DIAGNOSIS" into the pixels outside the brain of every slice (BurnedInAnnotation YES)."""
 
     ct_dir = Path(ct_dicom_dir)
-    ref_img = read_dicom_series(ct_dir, series_uid)
-    src, _, _ = _series_slices(ct_dir, series_uid or list_series(ct_dir)[0]["uid"])
+    ref_img, src = _read_series(ct_dir, series_uid)
     synthetic = sitk.DICOMOrient(synthetic, orientation_code(ref_img))  # any axis order / flip of the same grid
     if not (synthetic.GetSize() == ref_img.GetSize()
             and np.allclose(synthetic.GetOrigin(), ref_img.GetOrigin(), atol=1e-2)

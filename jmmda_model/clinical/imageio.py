@@ -100,9 +100,7 @@ def _refuse_detached(path: Path, what: str, name: str) -> None:
     for line in head.split(b"\n")[:200]:
         key, _, value = line.partition(b"=" if b"=" in line.split(b":")[0] else b":")
         key = key.strip().lower().replace(b" ", b"")
-        if key == b"elementdatafile" and value.strip().upper() != b"LOCAL":
-            raise InputError(f"{what}: {name}: the header points at a separate data file; send a single-file volume")
-        if key in (b"datafile", b"data_file"):
+        if (key == b"elementdatafile" and value.strip().upper() != b"LOCAL") or key in (b"datafile", b"data_file"):
             raise InputError(f"{what}: {name}: the header points at a separate data file; send a single-file volume")
         if not line.strip():  # NRRD: a blank line ends the header
             break

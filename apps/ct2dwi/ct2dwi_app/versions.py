@@ -31,7 +31,11 @@ _VDIR = re.compile(r"v(\d{1,6})")
 
 
 class VersionError(LookupError):
-    """Unknown or unusable version (HTTP 404 / 409)."""
+    """A version that cannot be served (HTTP 409)."""
+
+
+class UnknownVersion(VersionError):
+    """No such version (HTTP 404)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -160,7 +164,7 @@ class ModelVersions:
     def _promote_locked(self, vid: int) -> dict:
         path = self.path(vid)
         if path is None:
-            raise VersionError(f"model version {vid} does not exist")
+            raise UnknownVersion(f"model version {vid} does not exist")
         try:
             load(path)
         except CheckpointError as exc:
