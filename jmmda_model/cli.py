@@ -1,13 +1,15 @@
 """``jmmda`` command line (``jmmda <command> --help`` for each):
 
-    train             train a generator on a datastore folder (resumable; lesion-aware recipe by default)
+    train             train a generator on a datastore folder (resumable; lesion-aware recipe by default;
+                      --nproc-per-node N: DistributedDataParallel under torchrun)
     evaluate          metrics, lesion table and figure on cases with a real DWI
     infer             synthesise a DWI for one CT (NIfTI/NRRD/MHA file or DICOM folder; --series-uid)
     make-sample-data  write phantom cases (MNI152 anatomy) in datastore layout
     import            import APIS or ISLES'24 into a datastore folder (--register: MR->CT once per case)
     export-dicom      synthetic DWI -> DICOM MR series in the CT's study (burned-in SYNTHETIC; --stow to a PACS)
 
-Exit codes: 0 success, 2 refused input or arguments (the message names the file), 3 PACS/DICOMweb failure.
+Exit codes: 0 success, 1 a distributed training worker failed (the last checkpoint stays valid; rerun to resume),
+2 refused input or arguments (the message names the file), 3 PACS/DICOMweb failure.
 """
 from __future__ import annotations
 
@@ -53,7 +55,20 @@ def cmd_train(a):
                       lr_g=a.lr, lr_d=a.lr, seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
                       select_metric=a.select, progress=not a.no_progress)
-    summary = Trainer(cfg, a.out).fit(train, val, resume=not a.no_resume)
+    if a.nproc_per_node > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
+        from dataclasses import asdict
+
+        from .distributed import DistributedError, launch
+
+        if a.batch_size % a.nproc_per_node:
+            raise InputError(f"--batch-size {a.batch_size} (global) must be a multiple of --nproc-per-node {a.nproc_per_node}")
+        try:
+            summary = launch(asdict(cfg), train, val, a.out, a.nproc_per_node, resume=not a.no_resume)
+        except DistributedError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    else:
+        summary = Trainer(cfg, a.out).fit(train, val, resume=not a.no_resume)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
 
@@ -160,6 +175,9 @@ def build_parser():
     t.add_argument("--fusion-scale", type=int, default=2, choices=[1, 2, 4], help="adaptive fusion weights at 1/N resolution")
     t.add_argument("--select", choices=["psnr_brain", "lesion"], default="lesion",
                    help="model.pt = best validation epoch by in-brain PSNR, or by lesion sensitivity then PSNR")
+    t.add_argument("--nproc-per-node", type=int, default=1,
+                   help="train in N DistributedDataParallel processes under torchrun (NCCL, one GPU each; gloo on CPU); "
+                        "--batch-size is the global batch; pick GPUs with CUDA_VISIBLE_DEVICES")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

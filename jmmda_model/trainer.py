@@ -7,7 +7,10 @@
   the best generator by validation in-brain PSNR exported as ``model.pt`` (inference-only);
 * resumable: epoch order and augmentation derive from (seed, epoch), so an interrupted and resumed
   run reproduces the uninterrupted one on the same device;
-* stoppable: a ``threading.Event``; a stop mid-epoch keeps the last completed epoch's state.
+* stoppable: a ``threading.Event``; a stop mid-epoch keeps the last completed epoch's state;
+* distributed: under torchrun (``jmmda train --nproc-per-node N``, see ``distributed.py``) generator and
+  discriminator are wrapped in DistributedDataParallel, a DistributedSampler deals out the global epoch order,
+  and rank 0 alone writes; the result equals one process with the same global batch.
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint as ckpt_io
+from .distributed import global_mean, global_sum, rank_and_world
 from .data import Case, SliceDataset, load_case, model_input
 from .inference import pick_device, predict_slices
 from .metrics import evaluate_volume
@@ -79,8 +84,11 @@ class TrainConfig:
 
 
 def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float):
+    """Brain/lesion-weighted mean absolute error over the global batch: in a DDP run the weight sum is
+    summed over ranks (and the local term scaled by the world size, which DDP's gradient mean undoes)."""
     w = background_weight + (1.0 - background_weight) * brain + lesion_weight * lesion
-    return (w * (pred - target).abs()).sum() / w.sum()
+    world = rank_and_world()[1]
+    return (w * (pred - target).abs()).sum() * world / global_sum(w.sum())
 
 
 def lesion_contrast_loss(pred, target, brain, lesion):
@@ -90,11 +98,12 @@ def lesion_contrast_loss(pred, target, brain, lesion):
     dims = (1, 2, 3)
     n_les, n_norm = lesion.sum(dims), normal.sum(dims)
     has = (n_les > 0) & (n_norm > 0)
-    if not bool(has.any()):
+    n_has = global_sum(has.sum().float())  # slices with lesion in the global batch (all ranks)
+    if float(n_has) == 0:
         return pred.sum() * 0.0
     def delta(img):
         return (img * lesion).sum(dims) / n_les.clamp(min=1) - (img * normal).sum(dims) / n_norm.clamp(min=1)
-    return (delta(pred) - delta(target)).abs()[has].mean()
+    return (delta(pred) - delta(target)).abs()[has].sum() * rank_and_world()[1] / n_has
 
 
 def _gan_loss(logits, real: bool, mode: str):
@@ -121,7 +130,10 @@ class Trainer:
         self.out = Path(out_dir)
         self.stop_event = stop_event or threading.Event()
         self.on_epoch = on_epoch
+        self.rank, self.world = rank_and_world()
         self.device = pick_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per process (torchrun sets it)
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.amp = cfg.amp and self.device.type == "cuda"
         self.pre = PreprocessConfig.from_dict(cfg.preprocess)
         # the generator's CT channels follow from the preprocessing (windows x 2.5-D slices)
@@ -129,6 +141,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.G = build_generator(self.gcfg).to(self.device)
         self.D = PatchDiscriminator(self.gcfg.ct_channels + 2, cfg.disc_channels, cfg.disc_layers).to(self.device)
+        # the modules trained: DDP wrappers in a distributed run (checkpoints keep the plain modules' weights)
+        self.G_train, self.D_train = self.G, self.D
+        if self.world > 1:
+            if cfg.batch_size % self.world:
+                raise ValueError(f"global batch size {cfg.batch_size} is not a multiple of the {self.world} processes")
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids)
+            self.D_train = DistributedDataParallel(self.D, device_ids=ids)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -228,7 +248,7 @@ class Trainer:
         val_loaded = [load_case(c, self.pre) for c in (val or [])]
         ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment)
         writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tensorboard"))
@@ -240,15 +260,12 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs and not done():
                 ds.epoch_seed = cfg.seed * 7919 + self.epoch
-                order = torch.Generator().manual_seed(cfg.seed * 104729 + self.epoch)
-                idx = list(range(len(ds))) + [i for i in ds.lesion_items for _ in range(max(cfg.lesion_oversample, 1) - 1)]
-                idx = [idx[j] for j in torch.randperm(len(idx), generator=order).tolist()]
-                loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=idx, drop_last=len(idx) > cfg.batch_size)
+                loader = self._loader(ds)
                 torch.manual_seed(cfg.seed * 15485863 + self.epoch)
                 sums = {"loss_g": 0.0, "loss_d": 0.0, "loss_l1": 0.0, "loss_contrast": 0.0}
                 n = 0
                 it = loader
-                if cfg.progress:
+                if cfg.progress and self.rank == 0:
                     from tqdm.auto import tqdm
 
                     it = tqdm(loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
@@ -263,11 +280,15 @@ class Trainer:
                         sums[k] += losses[k]
                     n += 1
                     self.global_step += 1
-                    self._progress(status_path, step + 1, per_epoch)
-                    if cfg.progress:
+                    if self.rank == 0:
+                        self._progress(status_path, step + 1, per_epoch)
+                    if cfg.progress and self.rank == 0:
                         it.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
                 self.epoch += 1
                 record = {"epoch": self.epoch, "step": self.global_step, **{k: v / max(n, 1) for k, v in sums.items()}}
+                if self.rank != 0:  # rank 0 alone validates and writes; the others go on with the next epoch
+                    self.history.append(record)
+                    continue
                 if val_loaded and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
                     vm = self._validate(val_loaded)
                     record["val"] = vm
@@ -310,8 +331,21 @@ class Trainer:
             "history": self.history,
             "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
         }
-        _atomic_json({k: v for k, v in summary.items() if k != "model"}, status_path)
+        if self.rank == 0:
+            _atomic_json({k: v for k, v in summary.items() if k != "model"}, status_path)
         return summary
+
+    def _loader(self, ds) -> DataLoader:
+        """This epoch's batches: every slice once, lesion slices ``lesion_oversample`` times, shuffled by
+        (seed, epoch). A DistributedSampler deals the order out to the ranks (interleaved), so at each step the
+        ranks' batches of ``batch_size / world`` together are the single-process batch of ``batch_size``."""
+        cfg = self.cfg
+        idx = list(range(len(ds))) + [i for i in ds.lesion_items for _ in range(max(cfg.lesion_oversample, 1) - 1)]
+        sampler = DistributedSampler(Subset(ds, idx), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=cfg.seed * 104729, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        local = cfg.batch_size // self.world
+        return DataLoader(Subset(ds, idx), batch_size=local, sampler=sampler, drop_last=len(idx) > cfg.batch_size)
 
     def _progress(self, status_path: Path, step_in_epoch: int, per_epoch: int, every: float = 2.0) -> None:
         """Writes progress and an ETA to status.json at most every ``every`` seconds."""
@@ -337,20 +371,21 @@ class Trainer:
         lesion = batch["lesion"].to(self.device)
         ac = torch.autocast("cuda", dtype=torch.float16) if self.amp else torch.autocast("cpu", enabled=False)
         with ac:
-            fake, lesion_logits = self.G(x, return_aux=True)
+            fake, lesion_logits = self.G_train(x, return_aux=True)
             if self.pre.mask_output:
                 fake_d = fake * brain
                 y_d = y * brain
             else:
                 fake_d, y_d = fake, y
-            # discriminator
-            loss_d = 0.5 * (
-                _gan_loss(self.D(x, y_d), True, cfg.gan_mode) + _gan_loss(self.D(x, fake_d.detach()), False, cfg.gan_mode)
-            )
+            # discriminator: real and fake pairs in one forward (one DDP call per backward; per-sample norms)
+            logits = self.D_train(torch.cat([x, x]), torch.cat([y_d, fake_d.detach()]))
+            real_logits, fake_logits = logits.chunk(2)
+            loss_d = 0.5 * (_gan_loss(real_logits, True, cfg.gan_mode) + _gan_loss(fake_logits, False, cfg.gan_mode))
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
         with ac:
+            # the plain D: its gradients here are discarded (zeroed before the next D step), those of G are synced
             adv = _gan_loss(self.D(x, fake_d), True, cfg.gan_mode)
             l1 = weighted_l1(fake.float(), y, brain, lesion, cfg.lesion_weight, cfg.background_weight)
             loss_g = cfg.lambda_adv * adv + cfg.lambda_l1 * l1
@@ -365,8 +400,9 @@ class Trainer:
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         self.scaler.update()
-        return {"loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "loss_l1": float(l1.detach()),
-                "loss_contrast": float(contrast.detach())}
+        vals = global_mean([float(loss_g.detach()), float(loss_d.detach()), float(l1.detach()), float(contrast.detach())],
+                           self.device)
+        return dict(zip(("loss_g", "loss_d", "loss_l1", "loss_contrast"), vals))
 
     def model_card(self, train: list[Case]) -> dict:
         return {

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from monailabel.interfaces.datastore import Datastore
@@ -21,6 +23,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from jmmda_model.checkpoint import load
 from jmmda_model.data import Case
+from jmmda_model.distributed import launch
 from jmmda_model.errors import InputError
 from jmmda_model.inference import DeviceError, pick_device
 from jmmda_model.networks import GeneratorConfig
@@ -37,10 +40,15 @@ DEFAULTS = {
     "fine_tune": True,
     "resume": False,
     "device": "auto",
+    # DistributedDataParallel under torchrun, as MONAI Label's own apps name it: multi_gpu + gpus ("all" or "0,1");
+    # nproc_per_node > 0 sets the process count instead (gloo on CPU); batch_size is the global batch
+    "multi_gpu": False,
+    "gpus": "all",
+    "nproc_per_node": 0,
 }
 #: keys MONAI Label itself adds to a training request; ignored by validation
-_RUNNER_KEYS = {"model", "gpus", "local_rank", "bundle_path", "client_id"}
-_INT_RANGES = {"epochs": (1, 10000), "batch_size": (1, 256), "max_steps_per_epoch": (0, 10**7)}
+_RUNNER_KEYS = {"model", "local_rank", "bundle_path", "client_id"}
+_INT_RANGES = {"epochs": (1, 10000), "batch_size": (1, 256), "max_steps_per_epoch": (0, 10**7), "nproc_per_node": (0, 64)}
 _FLOAT_RANGES = {"lr": (0.0, 1.0), "val_fraction": (0.0, 0.9)}
 
 
@@ -67,7 +75,12 @@ def validate_options(request: dict) -> dict:
                 errors.append(f"{key} must be a number above {lo} and at most {hi}, got {value!r}")
                 continue
             value = float(value)
-        elif key in ("fine_tune", "resume"):
+        elif key == "gpus":
+            if not isinstance(value, str) or not re.fullmatch(r"all|\d{1,3}(,\d{1,3}){0,63}", value) or (
+                    value != "all" and len(set(value.split(","))) != len(value.split(","))):
+                errors.append(f"gpus must be \"all\" or distinct GPU indices like \"0,1\", got {value!r}")
+                continue
+        elif key in ("fine_tune", "resume", "multi_gpu"):
             if not isinstance(value, bool):
                 errors.append(f"{key} must be true or false, got {value!r}")
                 continue
@@ -78,9 +91,29 @@ def validate_options(request: dict) -> dict:
                 errors.append(str(exc))
                 continue
         opts[key] = value
+    if not errors and opts["multi_gpu"]:
+        n = opts["nproc_per_node"] or (len(opts["gpus"].split(",")) if opts["gpus"] != "all" else 0)
+        if n and opts["batch_size"] % n:
+            errors.append(f"batch_size {opts['batch_size']} (the global batch) must be a multiple of the {n} processes")
     if errors:
         raise InputError("invalid training options: " + "; ".join(errors))
     return opts
+
+
+def process_count(opts: dict) -> tuple[int, list[int] | None]:
+    """(processes, GPU indices or None) of a validated request; 1 process unless multi_gpu finds 2 or more."""
+    if not opts["multi_gpu"]:
+        return 1, None
+    gpus = None if opts["gpus"] == "all" else [int(g) for g in opts["gpus"].split(",")]
+    if opts["nproc_per_node"]:
+        return int(opts["nproc_per_node"]), gpus
+    import torch
+
+    n = (torch.cuda.device_count() if gpus is None else len(gpus)) if opts["device"] != "cpu" and torch.cuda.is_available() else 0
+    if n < 2:
+        log.info("multi_gpu requested but %d GPU(s) usable: training in one process", n)
+        return 1, None
+    return n, gpus
 
 
 def datastore_cases(datastore: Datastore) -> list[Case]:
@@ -150,8 +183,16 @@ class CT2DWITrain(TrainTask):
         resume = bool(opts["resume"]) and (self.run_dir / "checkpoints" / "last.pt").exists()
         if not resume and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
-        trainer = Trainer(cfg, self.run_dir, on_epoch=lambda r: print(f"epoch {r['epoch']}/{cfg.epochs} {json.dumps(r, default=float)}", flush=True))
-        summary = trainer.fit(train, val, resume=resume, init_from=base if (opts["fine_tune"] and not resume) else None)
+        init_from = base if (opts["fine_tune"] and not resume) else None
+        nproc, gpus = process_count(opts)
+        if nproc > 1:  # the same torchrun path as `jmmda train --nproc-per-node N`
+            if cfg.batch_size % nproc:
+                raise InputError(f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the {nproc} processes")
+            log.info("training in %d DDP processes (torchrun)", nproc)
+            summary = launch(asdict(cfg), train, val, self.run_dir, nproc, resume=resume, init_from=init_from, gpus=gpus)
+        else:
+            trainer = Trainer(cfg, self.run_dir, on_epoch=lambda r: print(f"epoch {r['epoch']}/{cfg.epochs} {json.dumps(r, default=float)}", flush=True))
+            summary = trainer.fit(train, val, resume=resume, init_from=init_from)
         published = None
         if summary["state"] == "finished" and summary["model"]:
             best = next((r for r in reversed(summary["history"]) if r.get("best")), summary["history"][-1] if summary["history"] else {})
@@ -175,4 +216,5 @@ class CT2DWITrain(TrainTask):
             "train_cases": [c.id for c in train],
             "val_cases": [c.id for c in val],
             "published_version": published,
+            "processes": nproc,
         }
