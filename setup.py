@@ -17,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["jmmda_model", "jmmda_model.*"]),
+    package_data={"jmmda_model": ["resources/*.json"]},
     install_requires=runtime,
     extras_require={"test": (here / "requirements" / "test.txt").read_text().split()},
     entry_points={"console_scripts": ["jmmda=jmmda_model.cli:main"]},

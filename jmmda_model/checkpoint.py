@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -49,6 +50,13 @@ def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as z:  # torch.load would hand a TorchScript archive to torch.jit.load
+            scripted = any("/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        scripted = False
+    if scripted:
+        raise CheckpointError(f"{path.name} is a TorchScript file that is not a JMMDA-GAN export (jmmda export-torchscript)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated / corrupt / not a torch file

@@ -7,6 +7,8 @@
     make-sample-data  write phantom cases (MNI152 anatomy) in datastore layout
     import            import APIS or ISLES'24 into a datastore folder (--register: MR->CT once per case)
     export-dicom      synthetic DWI -> DICOM MR series in the CT's study (burned-in SYNTHETIC; --stow to a PACS)
+    export-torchscript  checkpoint -> TorchScript file (checked against the model; jmmda infer / the server run it)
+    export-bundle     checkpoint -> MONAI Bundle folder (configs, models/model.pt + model.ts, docs, LICENSE)
 
 Exit codes: 0 success, 1 a distributed training worker failed (the last checkpoint stays valid; rerun to resume),
 2 refused input or arguments (the message names the file), 3 PACS/DICOMweb failure.
@@ -143,6 +145,26 @@ def cmd_export_dicom(a):
     return 0
 
 
+def cmd_export_torchscript(a):
+    from .export import export_torchscript
+
+    dst = Path(a.out)
+    if not dst.parent.is_dir():
+        raise InputError(f"output folder does not exist: {dst.parent}")
+    meta = export_torchscript(a.model, dst)
+    print(f"wrote {dst} (traced generator; max |TorchScript - model| {meta['agreement_max_abs_diff']:.2g} on test slices)")
+    return 0
+
+
+def cmd_export_bundle(a):
+    from .bundle import export_bundle
+
+    out = export_bundle(a.model, a.out, overwrite=a.overwrite)
+    print(f"wrote MONAI Bundle {out}; run it with:\n  python -m monai.bundle run --config_file {out}/configs/inference.json "
+          f"--meta_file {out}/configs/metadata.json --bundle_root {out} --image CT --mask MASK --output_dir OUT")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="jmmda", description="JMMDA-GAN CT-to-DWI synthesis (research use; output is SYNTHETIC)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -227,6 +249,17 @@ def build_parser():
     ex.add_argument("--user", default=None)
     ex.add_argument("--password", default=None, help="prefer the JMMDA_DICOMWEB_PASSWORD environment variable or ~/.netrc")
     ex.set_defaults(func=cmd_export_dicom)
+
+    ts = sub.add_parser("export-torchscript", help="checkpoint -> TorchScript file, checked against the model")
+    ts.add_argument("--model", required=True, help="JMMDA-GAN checkpoint (model.pt)")
+    ts.add_argument("--out", required=True, help="output file, e.g. jmmda.ts")
+    ts.set_defaults(func=cmd_export_torchscript)
+
+    eb = sub.add_parser("export-bundle", help="checkpoint -> MONAI Bundle folder")
+    eb.add_argument("--model", required=True, help="JMMDA-GAN checkpoint (model.pt)")
+    eb.add_argument("--out", required=True, help="bundle folder to create")
+    eb.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    eb.set_defaults(func=cmd_export_bundle)
     return p
 
 

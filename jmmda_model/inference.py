@@ -9,7 +9,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import checkpoint as ckpt_io
 from .clinical.brainmask import check_head_ct, ct_brain_mask
 from .clinical.geometry import (
     copy_geometry,
@@ -20,7 +19,7 @@ from .clinical.geometry import (
 )
 from .clinical.imageio import check_ct, check_mask, label_synthetic
 from .data import model_input
-from .networks import build_generator
+from .export import is_torchscript, load_generator, load_torchscript
 from .preprocess import PreprocessConfig, pad_to_multiple
 
 
@@ -66,17 +65,21 @@ def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = 
 class Synthesizer:
     """Loads a trained generator once; thread-safe ``__call__`` per volume."""
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None, batch_size: int = 8, amp: bool = True):
-        self.path = Path(checkpoint)
-        ck = ckpt_io.load(self.path)
-        self.ckpt_meta = {k: v for k, v in ck.items() if k not in ("generator", "discriminator", "opt_g", "opt_d")}
-        self.pre = PreprocessConfig.from_dict(ck["preprocess"])
+    def __init__(self, checkpoint: str | Path | None, device: str | None = None, batch_size: int = 8, amp: bool = True,
+                 network: torch.nn.Module | None = None, meta: dict | None = None):
+        """``checkpoint``: a JMMDA-GAN checkpoint or TorchScript export; or ``network`` (weights loaded) with
+        ``meta`` holding at least its ``preprocess`` settings (the MONAI Bundle path)."""
+        self.path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(device)
-        self.net = build_generator(ck["generator_config"])
-        try:
-            self.net.load_state_dict(ck["generator"])
-        except RuntimeError as exc:
-            raise ckpt_io.CheckpointError(f"{self.path.name}: weights do not match the stored architecture: {exc}") from exc
+        if network is not None:
+            self.net, self.ckpt_meta = network, dict(meta or {})
+        elif is_torchscript(self.path):  # an exported file (jmmda export-torchscript)
+            self.net, meta = load_torchscript(self.path, self.device)
+            self.ckpt_meta = {**meta, "exported": "torchscript"}
+        else:
+            self.net, ck = load_generator(self.path)
+            self.ckpt_meta = {k: v for k, v in ck.items() if k not in ("generator", "discriminator", "opt_g", "opt_d")}
+        self.pre = PreprocessConfig.from_dict(self.ckpt_meta["preprocess"])
         self.net.to(self.device).eval()
         self.batch_size = batch_size
         self.amp = amp and self.device.type == "cuda"
@@ -122,6 +125,7 @@ class Synthesizer:
                 "note": "SYNTHETIC DWI - not for diagnosis",
                 "intensity": "normalised DWI units, 0..1 (in-brain percentile scale of the training data)",
                 "device": str(self.device),
+                "model_format": "torchscript" if "exported" in self.ckpt_meta else "checkpoint",
                 "mixed_precision": self.amp,
                 "resampled_inplane_mm": list(self.pre.inplane_spacing) if resampled else None,
                 "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),

@@ -38,6 +38,8 @@ class CT2DWIApp(MONAILabelApp):
         for stale in self.model_dir.glob(f".{PUBLISHED}.*.tmp"):  # left by a publish of an older version
             stale.unlink(missing_ok=True)
         self.device = conf.get("device", "auto")
+        #: --conf model_format torchscript: serve the TorchScript export of the served version
+        self.model_format = str(conf.get("model_format", "checkpoint")).lower()
         use_demo = str(conf.get("demo_model", "true")).lower() in ("1", "true", "yes")
         self.versions = ModelVersions(self.model_dir, self.model_dir / DEMO if use_demo else None)
         self.versions.sweep()
@@ -62,7 +64,7 @@ class CT2DWIApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {"ct2dwi": CT2DWIInfer(self.versions, device=self.device)}
+        return {"ct2dwi": CT2DWIInfer(self.versions, device=self.device, model_format=self.model_format)}
 
     def init_trainers(self):
         return {"ct2dwi": CT2DWITrain(self.model_dir, self.versions)}

@@ -22,14 +22,19 @@ class NoModelError(RuntimeError):
 
 
 class CT2DWIInfer(InferTask):
-    def __init__(self, versions, device: str = "auto", description: str | None = None):
+    def __init__(self, versions, device: str = "auto", description: str | None = None, model_format: str = "checkpoint"):
+        """``model_format``: "checkpoint" serves the version's checkpoint with the Python model; "torchscript"
+        exports it once to ``model/exported/`` (checked against the model, atomic) and serves that file."""
+        if model_format not in ("checkpoint", "torchscript"):
+            raise ValueError(f"model_format must be 'checkpoint' or 'torchscript', got {model_format!r}")
         super().__init__(
             type=InferType.OTHERS,
             labels=None,
             dimension=3,
             description=description or f"JMMDA-GAN CT-to-DWI synthesis. Output is a {SYNTHETIC_LABEL}.",
-            config={"device": device},
+            config={"device": device, "model_format": model_format},
         )
+        self.model_format = model_format
         self.versions = versions
         self.device = device
         self._syn: Synthesizer | None = None
@@ -69,10 +74,20 @@ class CT2DWIInfer(InferTask):
         with self._lock:
             if self._syn is None or self._loaded_key != key:
                 log.info("loading checkpoint %s", ck)
-                self._syn = Synthesizer(ck, device=self.device)
+                self._syn = Synthesizer(self._exported(ck, vid) if self.model_format == "torchscript" else ck, device=self.device)
                 self._loaded_key = key
                 self._vid = vid
             return self._syn, self._vid
+
+    def _exported(self, ck: Path, vid: int) -> Path:
+        """The TorchScript export of checkpoint ``ck`` (made once, keyed by the checkpoint's SHA-256)."""
+        from jmmda_model.export import export_torchscript, sha256
+
+        dst = self.versions.model_dir / "exported" / f"v{vid}-{sha256(ck)[:16]}.ts"
+        if not dst.exists():
+            log.info("exporting %s to TorchScript %s", ck.name, dst)
+            export_torchscript(ck, dst)
+        return dst
 
     def run(self, ct_path: Path, mask_path: Path | None, out_dir: Path, ct_name: str | None = None,
             mask_name: str | None = None, single_file: bool = True) -> tuple[Path, dict]:
@@ -93,6 +108,7 @@ class CT2DWIInfer(InferTask):
         info["checkpoint"] = "jmmda_demo.pt" if vid == 0 else f"v{vid}"
         info["version"] = vid
         info["model_card"] = syn.model_card
+        info["served_file"] = syn.path.name
         return path, info
 
     def __call__(self, request):

@@ -1,0 +1,140 @@
+"""Deployable model files: a JMMDA-GAN checkpoint -> TorchScript (``.ts``).
+
+The TorchScript file holds the traced generator (no Python model code needed to run it) and, as the extra file
+``jmmda.json``, what inference needs besides the weights: preprocessing, generator configuration, size divisor,
+model card and the SHA-256 of the source checkpoint. ``Synthesizer`` (``jmmda infer --model x.ts``, the server
+with ``--conf model_format torchscript``) loads either kind of file.
+
+The generator is traced on CPU in eval mode; every shape test in its forward pass depends only on the input
+being a multiple of the size divisor (which inference guarantees by padding), so one trace serves any slice size.
+The export is refused unless the traced module reproduces the eager generator on two other slice sizes.
+ONNX is not produced: inference here runs in PyTorch (CPU or CUDA), not in ONNX Runtime.
+Note: PyTorch 2.13 marks TorchScript deprecated in favour of ``torch.export``; TorchScript is kept because the
+MONAI Bundle / MONAI Deploy tooling consumes it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt_io
+from .networks import build_generator
+
+META_NAME = "jmmda.json"
+TORCHSCRIPT_FORMAT = "jmmda-gan-torchscript"
+#: |traced - eager| allowed at export (outputs are in [0, 1])
+AGREEMENT_TOL = 1e-5
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive written by ``export_torchscript`` (it carries extra/jmmda.json)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(f"/extra/{META_NAME}") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_generator(checkpoint: str | Path):
+    """(eval-mode generator on CPU, checkpoint dict) from a JMMDA-GAN checkpoint."""
+    ck = ckpt_io.load(checkpoint)
+    net = build_generator(ck["generator_config"])
+    try:
+        net.load_state_dict(ck["generator"])
+    except RuntimeError as exc:
+        raise ckpt_io.CheckpointError(f"{Path(checkpoint).name}: weights do not match the stored architecture: {exc}") from exc
+    return net.eval(), ck
+
+
+def _example(net, channels: int, hw: tuple[int, int], seed: int) -> torch.Tensor:
+    d = net.size_divisor
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, channels, -(-hw[0] // d) * d, -(-hw[1] // d) * d, generator=g)
+
+
+def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
+    """Traces the generator of ``checkpoint`` into ``out`` (atomic write); returns the stored metadata with the
+    measured agreement. Raises ``CheckpointError`` if the traced module disagrees with the eager one."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    net, ck = load_generator(checkpoint)
+    channels = int(ck["generator_config"]["ct_channels"]) + 1
+    meta = {
+        "format": TORCHSCRIPT_FORMAT,
+        "generator_config": ck["generator_config"],
+        "preprocess": ck["preprocess"],
+        "size_divisor": int(net.size_divisor),
+        "input_channels": channels,
+        "model_card": ck.get("model_card", {}),
+        "source_checkpoint": checkpoint.name,
+        "source_sha256": sha256(checkpoint),
+        "output": "SYNTHETIC DWI - not for diagnosis",
+        "torch_version": torch.__version__,
+    }
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for padded input
+        traced = torch.jit.trace(net, _example(net, channels, (128, 128), 0), check_trace=False)
+        worst = 0.0
+        for i, hw in enumerate([(96, 160), (208, 176)]):  # sizes other than the traced one
+            x = _example(net, channels, hw, i + 1)
+            worst = max(worst, float((traced(x) - net(x)).abs().max()))
+    if worst > AGREEMENT_TOL:
+        raise ckpt_io.CheckpointError(f"TorchScript export of {checkpoint.name} disagrees with the model (max |diff| {worst:.3g})")
+    meta["agreement_max_abs_diff"] = worst
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(meta, default=str)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return meta
+
+
+class ExportedGenerator(torch.nn.Module):
+    """A loaded TorchScript generator with the ``size_divisor`` inference pads to."""
+
+    def __init__(self, module, size_divisor: int):
+        super().__init__()
+        self.module = module
+        self.size_divisor = size_divisor
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def load_torchscript(path: str | Path, device="cpu") -> tuple[ExportedGenerator, dict]:
+    path = Path(path)
+    extra = {META_NAME: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        meta = json.loads(extra[META_NAME])
+    except Exception as exc:
+        raise ckpt_io.CheckpointError(f"{path.name} is corrupt or not a JMMDA-GAN TorchScript file: {exc}") from exc
+    if meta.get("format") != TORCHSCRIPT_FORMAT:
+        raise ckpt_io.CheckpointError(f"{path.name} is not a JMMDA-GAN TorchScript file (format tag missing)")
+    return ExportedGenerator(module.eval(), int(meta["size_divisor"])), meta

@@ -1,0 +1,161 @@
+"""Deployable model files: TorchScript export and the MONAI Bundle (verify_metadata, verify_net_in_out, run)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import DEMO_MODEL, ROOT, SAMPLE
+from jmmda_model.checkpoint import CheckpointError
+from jmmda_model.export import export_torchscript, is_torchscript, load_torchscript
+from jmmda_model.inference import Synthesizer
+
+CASE = "phantom_007"
+CT = SAMPLE / f"{CASE}.nii.gz"
+MASK = SAMPLE / "labels" / "brainmask" / f"{CASE}.nii.gz"
+SHIPPED_BUNDLE = ROOT / "apps" / "ct2dwi" / "model" / "bundle"
+SCHEMA = ROOT / "jmmda_model" / "resources" / "bundle_metadata_schema.json"
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+
+def _py(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """`jmmda infer` with the demo checkpoint on the sample case."""
+    out = tmp_path_factory.mktemp("ref") / "SYNTHETIC_ref.nii.gz"
+    r = _py("-m", "jmmda_model.cli", "infer", "--model", str(DEMO_MODEL), "--ct", str(CT), "--mask", str(MASK),
+            "--out", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return sitk.ReadImage(str(out))
+
+
+def _same(a: sitk.Image, b: sitk.Image, tol: float):
+    assert a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+    assert a.GetDirection() == b.GetDirection()
+    diff = np.abs(sitk.GetArrayFromImage(a) - sitk.GetArrayFromImage(b)).max()
+    assert diff <= tol, f"max |difference| {diff:.3g}"
+    assert "SYNTHETIC" in b.GetMetaData("descrip")
+
+
+def test_torchscript_export_agrees_with_the_checkpoint_and_jmmda_infer_runs_it(tmp_path, reference):
+    ts = tmp_path / "jmmda.ts"
+    r = _py("-m", "jmmda_model.cli", "export-torchscript", "--model", str(DEMO_MODEL), "--out", str(ts))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert is_torchscript(ts) and not is_torchscript(DEMO_MODEL)
+    net, meta = load_torchscript(ts)
+    assert meta["output"].startswith("SYNTHETIC") and meta["agreement_max_abs_diff"] <= 1e-5
+    # slice level: another slice size than the traced one, on real model input
+    eager = Synthesizer(DEMO_MODEL, device="cpu")
+    from jmmda_model.data import model_input
+
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(CT))).astype(np.float32)[:, :100, :90]
+    brain = (sitk.GetArrayFromImage(sitk.ReadImage(str(MASK)))[:, :100, :90] > 0).astype(np.uint8)
+    x = model_input(ct, brain, eager.pre)[10:14]
+    ys = Synthesizer(ts, device="cpu").predict_slices(x)
+    assert np.abs(ys - eager.predict_slices(x)).max() < 1e-5
+    # volume level: jmmda infer with the .ts file = jmmda infer with the checkpoint
+    out = tmp_path / "SYNTHETIC_ts.nii.gz"
+    r = _py("-m", "jmmda_model.cli", "infer", "--model", str(ts), "--ct", str(CT), "--mask", str(MASK), "--out", str(out),
+            "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["model_format"] == "torchscript"
+    _same(reference, sitk.ReadImage(str(out)), 1e-5)
+
+
+def test_corrupt_or_foreign_exports_are_refused(tmp_path):
+    ts = tmp_path / "jmmda.ts"
+    export_torchscript(DEMO_MODEL, ts)
+    data = ts.read_bytes()
+    (tmp_path / "cut.ts").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.ts"):
+        Synthesizer(tmp_path / "cut.ts", device="cpu")
+    plain = torch.jit.trace(torch.nn.Conv2d(4, 1, 3), torch.rand(1, 4, 8, 8))
+    torch.jit.save(plain, str(tmp_path / "other.ts"))
+    with pytest.raises(CheckpointError, match="other.ts"):
+        Synthesizer(tmp_path / "other.ts", device="cpu")
+    r = _py("-m", "jmmda_model.cli", "infer", "--model", str(tmp_path / "cut.ts"), "--ct", str(CT), "--out",
+            str(tmp_path / "SYNTHETIC_x.nii.gz"))
+    assert r.returncode == 2 and "cut.ts" in r.stderr
+
+
+def _bundle_checks(bundle: Path, tmp_path: Path, reference):
+    cfg, meta = bundle / "configs" / "inference.json", bundle / "configs" / "metadata.json"
+    r = _py("-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "metadata is verified with no error" in r.stdout + r.stderr
+    r = _py("-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", str(meta), "--config_file", str(cfg),
+            "--n", "12", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "data shape of network is verified with no error" in r.stdout + r.stderr
+    out = tmp_path / "bundle_out"
+    r = _py("-m", "monai.bundle", "run", "--config_file", str(cfg), "--meta_file", str(meta), "--bundle_root", str(bundle),
+            "--image", str(CT), "--mask", str(MASK), "--output_dir", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _same(reference, sitk.ReadImage(str(out / f"SYNTHETIC_DWI_{CASE}.nii.gz")), 1e-6)
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "SYNTHETIC" in readme and "not for diagnosis" in readme and "phantom" in readme
+    assert "Apache" in (bundle / "LICENSE").read_text()
+
+
+def test_export_bundle_verifies_and_its_inference_matches_jmmda_infer(tmp_path, reference):
+    bundle = tmp_path / "jmmda_bundle"
+    r = _py("-m", "jmmda_model.cli", "export-bundle", "--model", str(DEMO_MODEL), "--out", str(bundle))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} == {
+        "configs/metadata.json", "configs/inference.json", "models/model.pt", "models/model.ts", "docs/README.md", "LICENSE"}
+    _bundle_checks(bundle, tmp_path, reference)
+    # exporting over a bundle needs --overwrite; a metadata that drops the SYNTHETIC declaration fails verification
+    r = _py("-m", "jmmda_model.cli", "export-bundle", "--model", str(DEMO_MODEL), "--out", str(bundle))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta.pop("synthetic_output")
+    bad = tmp_path / "bad_metadata.json"
+    bad.write_text(json.dumps(meta))
+    r = _py("-m", "monai.bundle", "verify_metadata", "--meta_file", str(bad), "--filepath", str(SCHEMA))
+    assert r.returncode != 0 and "synthetic_output" in r.stderr
+
+
+def test_shipped_demo_bundle_is_the_demo_model(tmp_path, reference):
+    """apps/ct2dwi/model/bundle is the demo checkpoint in MONAI Bundle form (regenerate with jmmda export-bundle)."""
+    from jmmda_model.checkpoint import load
+
+    state = torch.load(SHIPPED_BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    demo = load(DEMO_MODEL)["generator"]
+    assert state.keys() == demo.keys() and all(torch.equal(state[k], demo[k]) for k in demo)
+    meta = json.loads((SHIPPED_BUNDLE / "configs" / "metadata.json").read_text())
+    from jmmda_model.export import sha256
+
+    assert sha256(DEMO_MODEL)[:16] in meta["changelog"]["1.0.0"]
+    copy = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_BUNDLE, copy)  # run from a copy: the bundle run writes nothing into the repository
+    _bundle_checks(copy, tmp_path, reference)
+
+
+def test_the_server_infer_task_serves_the_torchscript_export(tmp_path, reference):
+    """--conf model_format torchscript: the served version is exported once (checked) and that file runs."""
+    sys.path.insert(0, str(ROOT / "apps" / "ct2dwi"))
+    from ct2dwi_app.infer import CT2DWIInfer
+    from ct2dwi_app.versions import ModelVersions
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(DEMO_MODEL, model_dir / "jmmda_demo.pt")
+    task = CT2DWIInfer(ModelVersions(model_dir, model_dir / "jmmda_demo.pt"), device="cpu", model_format="torchscript")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    path, info = task.run(CT, MASK, out_dir, ct_name=CT.name, mask_name=MASK.name)
+    assert info["model_format"] == "torchscript" and info["served_file"].endswith(".ts")
+    exported = list((model_dir / "exported").glob("v0-*.ts"))
+    assert len(exported) == 1 and is_torchscript(exported[0])
+    _same(reference, sitk.ReadImage(str(path)), 1e-5)
+    with pytest.raises(ValueError, match="model_format"):
+        CT2DWIInfer(ModelVersions(model_dir), model_format="onnx")
