@@ -4,7 +4,8 @@
 #   ./run.sh test  [pytest options]                    the test suite (installs Orthanc, chromium, dicom3tools as root)
 #   ./run.sh setup                                     install only
 #   ./run.sh jmmda COMMAND ...                         the jmmda CLI: train | evaluate | infer | make-sample-data |
-#                                                      import | export-dicom  (./run.sh jmmda COMMAND --help)
+#                                                      import | export-dicom | export-torchscript |
+#                                                      export-bundle  (./run.sh jmmda COMMAND --help)
 #   ./run.sh bench [options]                           benchmarks/compare_models.py (--help lists its options)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -74,7 +75,7 @@ case "$cmd" in
     exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,8p' "$0" ;;
+    sed -n '2,9p' "$0" ;;
   *)
-    echo "unknown command: $cmd" >&2; sed -n '2,8p' "$0" >&2; exit 2 ;;
+    echo "unknown command: $cmd" >&2; sed -n '2,9p' "$0" >&2; exit 2 ;;
 esac

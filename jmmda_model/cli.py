@@ -57,15 +57,17 @@ def cmd_train(a):
                       lr_g=a.lr, lr_d=a.lr, seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
                       select_metric=a.select, progress=not a.no_progress)
-    if a.nproc_per_node > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
+    if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
         from .distributed import DistributedError, launch
 
-        if a.batch_size % a.nproc_per_node:
-            raise InputError(f"--batch-size {a.batch_size} (global) must be a multiple of --nproc-per-node {a.nproc_per_node}")
+        if a.batch_size % (a.nproc_per_node * a.nnodes):
+            raise InputError(f"--batch-size {a.batch_size} (global) must be a multiple of --nproc-per-node {a.nproc_per_node}"
+                             + (f" x --nnodes {a.nnodes}" if a.nnodes > 1 else ""))
         try:
-            summary = launch(asdict(cfg), train, val, a.out, a.nproc_per_node, resume=not a.no_resume)
+            summary = launch(asdict(cfg), train, val, a.out, a.nproc_per_node, resume=not a.no_resume, nnodes=a.nnodes,
+                             node_rank=a.node_rank, master_addr=a.master_addr, master_port=a.master_port)
         except DistributedError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -200,6 +202,11 @@ def build_parser():
     t.add_argument("--nproc-per-node", type=int, default=1,
                    help="train in N DistributedDataParallel processes under torchrun (NCCL, one GPU each; gloo on CPU); "
                         "--batch-size is the global batch; pick GPUs with CUDA_VISIBLE_DEVICES")
+    t.add_argument("--nnodes", type=int, default=1, help="machines taking part (run the same command on each; "
+                   "--out on shared storage)")
+    t.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    t.add_argument("--master-addr", default=None, help="address of node 0 (with --nnodes > 1)")
+    t.add_argument("--master-port", type=int, default=29500, help="rendezvous port on node 0")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)

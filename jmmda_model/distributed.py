@@ -71,18 +71,23 @@ def _case_to_dict(c) -> dict:
 
 
 def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, nproc: int, resume: bool = True,
-           init_from: str | Path | None = None, gpus: list[int] | None = None, timeout: float | None = None) -> dict:
+           init_from: str | Path | None = None, gpus: list[int] | None = None, timeout: float | None = None,
+           nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None, master_port: int = 29500) -> dict:
     """Runs ``Trainer.fit`` in ``nproc`` DDP processes under torchrun; returns rank 0's summary.
 
-    ``gpus``: the CUDA devices to use (CUDA_VISIBLE_DEVICES), None = all visible. Raises ``DistributedError``
-    when a worker fails; the run folder then holds the last completed epoch's checkpoint."""
+    ``gpus``: the CUDA devices to use (CUDA_VISIBLE_DEVICES), None = all visible. Several machines: the same call
+    on each with ``nnodes``, its ``node_rank`` and node 0's ``master_addr``/``master_port`` (the run folder on
+    shared storage: every rank resumes from rank 0's checkpoint). Raises ``DistributedError`` when a worker
+    fails; the run folder then holds the last completed epoch's checkpoint."""
     from .errors import InputError
 
-    if nproc < 1:
-        raise InputError(f"--nproc-per-node must be at least 1, got {nproc}")
+    if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise InputError(f"invalid process layout: --nproc-per-node {nproc}, --nnodes {nnodes}, --node-rank {node_rank}")
+    if nnodes > 1 and not master_addr:
+        raise InputError("--master-addr (node 0's address) is needed with --nnodes > 1")
     bs = int(train_config.get("batch_size", 8))
-    if bs % nproc:
-        raise InputError(f"the global batch size {bs} must be a multiple of the number of processes {nproc}")
+    if bs % (nproc * nnodes):
+        raise InputError(f"the global batch size {bs} must be a multiple of the number of processes {nproc * nnodes}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -100,10 +105,15 @@ def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, npro
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    layout = ["--standalone"] if nnodes == 1 else [
+        f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *layout, f"--nproc-per-node={nproc}",
            "-m", "jmmda_model.distributed", str(run_dir / SPEC_NAME)]
     rc = subprocess.run(cmd, env=env, timeout=timeout).returncode
+    if rc == 0 and node_rank > 0:  # rank 0 (on node 0) writes the summary
+        return {"state": "finished", "node_rank": node_rank, "world_size": nproc * nnodes}
     if rc != 0 or not summary.exists():
+        _mark_failed(run_dir / "status.json", rc)
         raise DistributedError(
             f"distributed training failed (torchrun exit code {rc}); the last completed epoch is kept in "
             f"{run_dir / 'checkpoints' / 'last.pt'} and the same command resumes from it"
@@ -113,6 +123,17 @@ def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, npro
 
 class DistributedError(RuntimeError):
     pass
+
+
+def _mark_failed(status: Path, rc: int) -> None:
+    """A run whose workers were killed leaves status.json saying "running": say that it failed."""
+    try:
+        st = json.loads(status.read_text()) if status.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        st = {}
+    st.update({"state": "failed", "error": f"a training process failed (torchrun exit code {rc}); the last completed "
+                                           "epoch's checkpoint is kept and a resumed run continues from it"})
+    _atomic_json(st, status)
 
 
 def worker(spec_path: str | Path) -> int:
@@ -127,6 +148,9 @@ def worker(spec_path: str | Path) -> int:
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s rank {dist.get_rank()} %(name)s: %(message)s")
     try:
         def cases(key):
             return [Case(**{k: (None if v is None else (v if k == "id" else Path(v))) for k, v in d.items()}) for d in spec[key]]

@@ -26,24 +26,51 @@ def _jmmda(*args, timeout=300):
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(small_store, tmp_path):
-    common = ["train", "--data", str(small_store), "--n-val", "0", "--epochs", "2", "--max-steps", "5",
-              "--batch-size", "4", "--no-progress", "--no-resume", *TINY]
-    one = _jmmda(*common, "--out", str(tmp_path / "one"))
+    """1 process vs 2 gloo processes (stopped after epoch 1 and resumed) vs 2 "nodes" of 1 process on loopback."""
+    common = ["train", "--data", str(small_store), "--n-val", "0", "--max-steps-per-epoch", "3", "--batch-size", "4",
+              "--no-progress", *TINY]
+    one = _jmmda(*common, "--epochs", "2", "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _jmmda(*common, "--out", str(tmp_path / "two"), "--nproc-per-node", "2")
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert '"world_size": 2' in two.stdout
+    for epochs in ("1", "2"):  # the DDP run is interrupted after epoch 1 and resumed
+        two = _jmmda(*common, "--epochs", epochs, "--out", str(tmp_path / "two"), "--nproc-per-node", "2")
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert '"world_size": 2' in two.stdout
+    assert "resumed from" in two.stderr
+    port = str(_free_port())
+    nodes = [subprocess.Popen([sys.executable, "-m", "jmmda_model.cli", *common, "--epochs", "2", "--out",
+                               str(tmp_path / "nodes"), "--nnodes", "2", "--node-rank", str(r), "--master-addr",
+                               "127.0.0.1", "--master-port", port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in (0, 1)]
+    for p in nodes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
     a = ckpt_io.load(tmp_path / "one" / "checkpoints" / "last.pt")
-    b = ckpt_io.load(tmp_path / "two" / "checkpoints" / "last.pt")
-    assert a["global_step"] == b["global_step"] == 5 and a["epoch"] == b["epoch"]
+    init = _initial(a, tmp_path)
+    g0, d0, _, _ = _nets({**a, "generator": init["generator"], "discriminator": init["discriminator"]}, small_store)
+    for arm in ("two", "nodes"):
+        b = ckpt_io.load(tmp_path / arm / "checkpoints" / "last.pt")
+        assert a["global_step"] == b["global_step"] == 6 and a["epoch"] == b["epoch"] == 2
+        _compare(a, b, g0, d0, small_store)
+    # rank 0 alone wrote: one model.pt, one status, no stray temp files
+    assert (tmp_path / "two" / "model.pt").exists()
+    assert not [p for p in (tmp_path / "two").rglob("*.tmp")]
+
+
+def _compare(a, b, g0, d0, small_store):
     # Compared by what the networks compute: conv biases right before a per-channel norm (and the score bias
     # before the softmax) get a zero gradient in exact arithmetic, rounding noise in practice, which Adam turns
     # into +-lr steps; those weights differ between any two summation orders but cannot change an output.
     g1, d1, x, y = _nets(a, small_store)
     g2, d2, _, _ = _nets(b, small_store)
-    init = _initial(a, tmp_path)
-    g0, d0, _, _ = _nets({**a, "generator": init["generator"], "discriminator": init["discriminator"]}, small_store)
     with torch.no_grad():
         out1, out2, out0 = g1(x), g2(x), g0(x)
         assert float((out1 - out2).abs().max()) < 1e-4
@@ -55,9 +82,6 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(small_s
     for ra, rb in zip(a["history"], b["history"]):
         assert ra["loss_l1"] == pytest.approx(rb["loss_l1"], rel=1e-3)
         assert ra["loss_contrast"] == pytest.approx(rb["loss_contrast"], rel=1e-3, abs=1e-6)
-    # rank 0 alone wrote: one model.pt, one status, no stray temp files
-    assert (tmp_path / "two" / "model.pt").exists()
-    assert not [p for p in (tmp_path / "two").rglob("*.tmp")]
 
 
 def _initial(ck, tmp_path):
@@ -130,6 +154,9 @@ def test_a_killed_rank_ends_the_run_and_leaves_the_last_checkpoint_valid(small_s
     t.join(120)
     assert not t.is_alive(), "torchrun did not end the run after a rank died"
     assert "error" in result and "last.pt" in str(result["error"])
+    import json
+
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
     assert not _worker_pids("0"), "rank 0 outlived the run"
     ck = ckpt_io.load(last)  # a complete, loadable checkpoint of a finished epoch
     assert ck["epoch"] >= 2 and ck["global_step"] == ck["epoch"]
