@@ -312,3 +312,17 @@ def test_keycloak_tokens_are_accepted_and_checked(auth_server):
     assert _post_infer(auth_server.url, ct).status_code == 401
     r = _post_infer(auth_server.url, ct, headers={"Authorization": f"Bearer {good}"})
     assert r.status_code == 200
+
+
+def test_label_for_a_stored_ct_that_became_unreadable_is_a_clear_409(server):
+    ct, mask, _ = _case(0)
+    r = requests.put(f"{server.url}/datastore/", params={"image": "damaged_ct"},
+                     files={"file": ("damaged_ct.nii.gz", ct.read_bytes())}, timeout=60)
+    assert r.status_code == 200, r.text
+    stored = next(server.studies.glob("damaged_ct.*"))
+    stored.write_bytes(stored.read_bytes()[:2000])  # the disk copy is damaged after it was accepted
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "damaged_ct", "tag": "brainmask"},
+                     files={"label": ("m.nii.gz", mask.read_bytes())}, timeout=60)
+    assert r.status_code == 409, r.text
+    assert "damaged_ct" in r.json()["detail"] and "replace the image" in r.json()["detail"]
+    assert not (server.studies / "labels" / "brainmask" / "damaged_ct.nii.gz").exists()

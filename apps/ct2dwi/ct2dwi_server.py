@@ -410,7 +410,11 @@ def datastore_add_image(image: str, file: UploadFile = File(...), user=ADMIN):
 @app.put("/datastore/label", summary="Add a label for a datastore image (admin)")
 def datastore_add_label(image: str, tag: str, label: UploadFile = File(...), user=ADMIN):
     _check_name(tag, "label tag")
-    ref = read_image(_datastore_image(image), "CT")
+    try:
+        ref = read_image(_datastore_image(image), "CT")
+    except InputError as exc:  # the CT already stored is unreadable: a state of the datastore, not of this upload
+        raise HTTPException(status_code=409, detail=f"the stored CT of image {image!r} cannot be read ({exc}); "
+                                                    "replace the image before adding labels") from exc
 
     def on_ct_grid(img, name):
         if not same_geometry(img, ref):

@@ -146,6 +146,7 @@ function startOptions() {
   return {
     epochs: num("epochs"), batch_size: num("batch_size"), lr: num("lr"), max_steps_per_epoch: num("max_steps_per_epoch"),
     val_fraction: num("val_fraction"), device: $("device").value.trim(), fine_tune: $("fine_tune").checked, resume: $("resume").checked,
+    multi_gpu: $("multi_gpu").checked, gpus: $("gpus").value.trim(), nproc_per_node: num("nproc_per_node"),
   };
 }
 
