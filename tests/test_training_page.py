@@ -180,6 +180,16 @@ def test_training_page_in_chromium(vserver, tmp_path):
         lr.send_keys("abc")
         drv.find_element(By.ID, "start").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "lr must be a number"))
+        # the DDP options travel with the request and are checked by the server too
+        drv.find_element(By.ID, "multi_gpu").click()
+        gpus = drv.find_element(By.ID, "gpus")
+        gpus.clear()
+        gpus.send_keys("0,0")
+        drv.find_element(By.ID, "start").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "gpus must be"))
+        drv.find_element(By.ID, "multi_gpu").click()
+        gpus.clear()
+        gpus.send_keys("all")
         # a tiny run: curve and sample appear
         for field, value in (("lr", "0.0002"), ("epochs", "2"), ("batch_size", "2"), ("max_steps_per_epoch", "2"), ("val_fraction", "0.34")):
             el = drv.find_element(By.ID, field)
