@@ -11,7 +11,6 @@ count and versions it ran with, and the maximum |TorchScript - eager| over the v
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -20,16 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from infer_wall import case_parser  # benchmarks/ (puts the repository root on sys.path)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--ct", required=True)
-    ap.add_argument("--mask", required=True)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = case_parser(__doc__, mask_required=True, repeats=5)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     import numpy as np

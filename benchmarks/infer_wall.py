@@ -18,13 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def case_parser(doc: str, mask_required: bool = False, repeats: int = 3) -> argparse.ArgumentParser:
+    """--model, --ct, --mask, --repeats: the options of the timing scripts that run one case."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--ct", required=True)
-    ap.add_argument("--mask", default=None)
-    ap.add_argument("--repeats", type=int, default=3)
-    a = ap.parse_args(argv)
+    ap.add_argument("--mask", required=mask_required, default=None)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    return ap
+
+
+def main(argv=None):
+    a = case_parser(__doc__).parse_args(argv)
     import torch
 
     from jmmda_model.cli import main as jmmda

@@ -17,19 +17,19 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def atomic_save(obj, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over the target.
-    A crash at any point leaves either the old file or the new one, never a torn file."""
+def atomic_write_bytes(data, path: str | Path, mode: int | None = None) -> Path:
+    """Writes ``data`` to a temp file in the same folder, fsyncs it, then renames it over ``path`` (``mode``: its
+    permissions; default the temp file's 0600). A crash at any point leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,6 +44,13 @@ def atomic_save(obj, path: str | Path) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """torch.save, written atomically (see ``atomic_write_bytes``): never a torn checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(buf.getbuffer(), path)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -98,18 +96,7 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
     meta["agreement_max_abs_diff"] = worst
     buf = io.BytesIO()
     torch.jit.save(traced, buf, _extra_files={META_NAME: json.dumps(meta, default=str)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    ckpt_io.atomic_write_bytes(buf.getbuffer(), out, mode=0o644)
     return meta
 
 

@@ -146,6 +146,14 @@ def test_served_version_survives_a_restart(tmp_path):
 
 
 # ---------------------------------------------------------------- the page in a real browser
+def _type(drv, element_id: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    el = drv.find_element(By.ID, element_id)
+    el.clear()
+    el.send_keys(text)
+
+
 def _driver():
     chromedriver = shutil.which("chromedriver")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -175,26 +183,19 @@ def test_training_page_in_chromium(vserver, tmp_path):
         wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
         assert "SYNTHETIC" in drv.find_element(By.CLASS_NAME, "banner").text
         # a refused option shows the server's 422 inline
-        lr = drv.find_element(By.ID, "lr")
-        lr.clear()
-        lr.send_keys("abc")
+        _type(drv, "lr", "abc")
         drv.find_element(By.ID, "start").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "lr must be a number"))
         # the DDP options travel with the request and are checked by the server too
         drv.find_element(By.ID, "multi_gpu").click()
-        gpus = drv.find_element(By.ID, "gpus")
-        gpus.clear()
-        gpus.send_keys("0,0")
+        _type(drv, "gpus", "0,0")
         drv.find_element(By.ID, "start").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "gpus must be"))
         drv.find_element(By.ID, "multi_gpu").click()
-        gpus.clear()
-        gpus.send_keys("all")
+        _type(drv, "gpus", "all")
         # a tiny run: curve and sample appear
         for field, value in (("lr", "0.0002"), ("epochs", "2"), ("batch_size", "2"), ("max_steps_per_epoch", "2"), ("val_fraction", "0.34")):
-            el = drv.find_element(By.ID, field)
-            el.clear()
-            el.send_keys(value)
+            _type(drv, field, value)
         drv.find_element(By.ID, "start").click()
         wait.until(lambda d: d.find_element(By.ID, "start-error").text == "")
         wait.until(lambda d: int(d.find_element(By.ID, "val-chart").get_attribute("data-points") or 0) >= 1)
@@ -204,9 +205,7 @@ def test_training_page_in_chromium(vserver, tmp_path):
         wait.until(EC.presence_of_element_located((By.ID, "version-2")))  # published as a new version...
         assert "served" in drv.find_element(By.ID, "version-2").get_attribute("class")  # ...and served
         # a long run, stopped from the page; the served version stays
-        el = drv.find_element(By.ID, "epochs")
-        el.clear()
-        el.send_keys("500")
+        _type(drv, "epochs", "500")
         drv.find_element(By.ID, "start").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: RUNNING"))
         drv.find_element(By.ID, "start").click()  # a second run while one runs: 409 shown clearly
