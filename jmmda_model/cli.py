@@ -41,6 +41,9 @@ def cmd_train(a):
     from .networks import GeneratorConfig
     from .trainer import TrainConfig, Trainer
 
+    if a.nproc_per_node < 1 or a.nnodes < 1 or not 0 <= a.node_rank < a.nnodes:
+        raise InputError(f"invalid process layout: --nproc-per-node {a.nproc_per_node} and --nnodes {a.nnodes} must be "
+                         f"at least 1, --node-rank {a.node_rank} from 0 to nnodes-1")
     cases = find_cases(a.data)
     if not cases:
         raise InputError(f"no complete cases (CT + labels/dwi + labels/brainmask) in {a.data}")

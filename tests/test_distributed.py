@@ -112,6 +112,13 @@ def test_batch_not_divisible_by_processes_is_refused(small_store, tmp_path):
     r = _jmmda("train", "--data", str(small_store), "--out", str(tmp_path / "x"), "--batch-size", "3",
                "--nproc-per-node", "2", *TINY, timeout=60)
     assert r.returncode == 2 and "multiple of --nproc-per-node 2" in r.stderr
+    for layout in (["--nproc-per-node", "0"], ["--nnodes", "2", "--node-rank", "2"]):
+        r = _jmmda("train", "--data", str(small_store), "--out", str(tmp_path / "x"), *layout, *TINY, timeout=60)
+        assert r.returncode == 2 and "invalid process layout" in r.stderr
+    r = _jmmda("train", "--data", str(small_store), "--out", str(tmp_path / "x"), "--nnodes", "2", "--batch-size", "4", *TINY,
+               timeout=60)
+    assert r.returncode == 2 and "--master-addr" in r.stderr
+    assert not (tmp_path / "x").exists()  # nothing started, nothing written
 
 
 def _worker_pids(local_rank: str) -> list[int]:
