@@ -82,7 +82,8 @@ class Synthesizer:
         self.pre = PreprocessConfig.from_dict(self.ckpt_meta["preprocess"])
         self.net.to(self.device).eval()
         self.batch_size = batch_size
-        self.amp = amp and self.device.type == "cuda"
+        # mixed precision for the Python model on a GPU; an export runs in float32, as traced and checked
+        self.amp = amp and self.device.type == "cuda" and "exported" not in self.ckpt_meta
         self._lock = threading.Lock()
 
     @property
