@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import SYNTHETIC_LABEL, __version__
+from .data import strip_image_ext
 from .errors import InputError
 from .export import export_torchscript, load_generator, sha256
 
@@ -164,7 +165,7 @@ def inference_config(gcfg: dict, pre: dict, card: dict) -> dict:
     }
 
 
-def _readme(ck: dict, meta: dict) -> str:
+def _readme(ck: dict, meta: dict, size_divisor: int) -> str:
     card = ck.get("model_card", {})
     lines = [
         "# JMMDA-GAN CT-to-DWI synthesis — MONAI Bundle",
@@ -187,8 +188,7 @@ def _readme(ck: dict, meta: dict) -> str:
         "",
         "## Input and output",
         "",
-        f"- input: {meta['image_classes']}; spatial size a multiple of "
-        f"{meta['network_data_format']['inputs']['image']['spatial_shape'][0].split('*')[0]}",
+        f"- input: {meta['image_classes']}; spatial size a multiple of {size_divisor}",
         f"- output: {meta['pred_classes']}",
         "",
         "## Model card",
@@ -220,7 +220,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, overwrite: bool = Fal
             json.dumps(inference_config(ck["generator_config"], ck["preprocess"], ck.get("model_card", {})), indent=2))
         torch.save(net.state_dict(), tmp / "models" / "model.pt")
         export_torchscript(checkpoint, tmp / "models" / "model.ts")
-        (tmp / "docs" / "README.md").write_text(_readme(ck, meta))
+        (tmp / "docs" / "README.md").write_text(_readme(ck, meta, int(net.size_divisor)))
         (tmp / "LICENSE").write_text(_license_text())
         os.chmod(tmp, 0o755)
         if out.exists():
@@ -255,9 +255,8 @@ class BundleInferer:
         ct = read_image(image, "CT")
         m = read_image(mask, "brain mask") if mask else None
         out, _, info = self.synthesizer(ct, m)
-        stem = Path(image).name
-        for ext in (".nii.gz", ".nii", ".nrrd", ".mha"):
-            stem = stem[: -len(ext)] if stem.endswith(ext) else stem
+        name = Path(image).name
+        stem = strip_image_ext(name) or name  # a DICOM folder keeps its name
         dst = write_image(out, Path(output_dir) / f"SYNTHETIC_DWI_{stem or 'case'}.nii.gz")
         info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         (dst.parent / f"{dst.name[: -len('.nii.gz')]}.json").write_text(json.dumps(info, indent=1, default=str))

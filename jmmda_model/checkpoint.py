@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import zipfile
@@ -46,6 +47,24 @@ def atomic_write_bytes(data, path: str | Path, mode: int | None = None) -> Path:
     return path
 
 
+def write_json_atomic(obj, path: str | Path) -> None:
+    """JSON written under a temporary name (``.<name>.<pid>.tmp``) and renamed over ``path``: readers of a status
+    file never see half of it (numpy scalars are written as floats)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def zip_members(path: str | Path) -> list[str]:
+    """Member names of a zip archive (torch checkpoints and TorchScript files are zips); [] for anything else."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return []
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """torch.save, written atomically (see ``atomic_write_bytes``): never a torn checkpoint."""
     buf = io.BytesIO()
@@ -57,12 +76,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with zipfile.ZipFile(path) as z:  # torch.load would hand a TorchScript archive to torch.jit.load
-            scripted = any("/code/" in n for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        scripted = False
-    if scripted:
+    if any("/code/" in n for n in zip_members(path)):  # torch.load would hand a TorchScript archive to torch.jit.load
         raise CheckpointError(f"{path.name} is a TorchScript file that is not a JMMDA-GAN export (jmmda export-torchscript)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)

@@ -41,9 +41,9 @@ def cmd_train(a):
     from .networks import GeneratorConfig
     from .trainer import TrainConfig, Trainer
 
-    if a.nproc_per_node < 1 or a.nnodes < 1 or not 0 <= a.node_rank < a.nnodes:
-        raise InputError(f"invalid process layout: --nproc-per-node {a.nproc_per_node} and --nnodes {a.nnodes} must be "
-                         f"at least 1, --node-rank {a.node_rank} from 0 to nnodes-1")
+    from .distributed import DistributedError, check_layout, launch
+
+    check_layout(a.batch_size, a.nproc_per_node, a.nnodes, a.node_rank, a.master_addr)  # before anything starts
     cases = find_cases(a.data)
     if not cases:
         raise InputError(f"no complete cases (CT + labels/dwi + labels/brainmask) in {a.data}")
@@ -63,11 +63,6 @@ def cmd_train(a):
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
-        from .distributed import DistributedError, launch
-
-        if a.batch_size % (a.nproc_per_node * a.nnodes):
-            raise InputError(f"--batch-size {a.batch_size} (global) must be a multiple of --nproc-per-node {a.nproc_per_node}"
-                             + (f" x --nnodes {a.nnodes}" if a.nnodes > 1 else ""))
         try:
             summary = launch(asdict(cfg), train, val, a.out, a.nproc_per_node, resume=not a.no_resume, nnodes=a.nnodes,
                              node_rank=a.node_rank, master_addr=a.master_addr, master_port=a.master_port)
@@ -128,10 +123,9 @@ def cmd_make_sample_data(a):
 
 
 def cmd_import(a):
-    from .clinical.importers import import_apis, import_isles24
+    from .clinical.importers import import_dataset
 
-    fn = {"apis": import_apis, "isles24": import_isles24}[a.format]
-    rep = fn(a.src, a.studies, register=a.register, overwrite=a.overwrite)
+    rep = import_dataset(a.format, a.src, a.studies, register=a.register, overwrite=a.overwrite)
     print(rep.summary())
     return 0 if rep.imported else 2
 

@@ -31,7 +31,7 @@ class Case:
     lesion: Path | None = None
 
 
-def _strip_ext(name: str) -> str | None:
+def strip_image_ext(name: str) -> str | None:
     for e in IMAGE_EXTS:
         if name.endswith(e):
             return name[: -len(e)]
@@ -44,7 +44,7 @@ def find_cases(root: str | Path, require=("dwi", "brainmask")) -> list[Case]:
         raise InputError(f"data folder not found: {root}")
     cases = []
     for p in sorted(root.iterdir()):
-        cid = _strip_ext(p.name)
+        cid = strip_image_ext(p.name)
         if cid is None or not p.is_file() or p.name.startswith("."):
             continue
         found = {}

@@ -32,6 +32,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .checkpoint import write_json_atomic
+from .errors import InputError
+
 SPEC_NAME = "launch.json"
 SUMMARY_NAME = "summary.json"
 
@@ -60,14 +63,20 @@ def global_mean(values: list[float], device) -> list[float]:
     return (t / dist.get_world_size()).tolist()
 
 
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 def _case_to_dict(c) -> dict:
     return {k: (None if v is None else str(v)) for k, v in vars(c).items()}
+
+
+def check_layout(batch_size: int, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None) -> None:
+    """InputError unless the process layout is possible and the global batch divides over its processes."""
+    if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise InputError(f"invalid process layout: --nproc-per-node {nproc} and --nnodes {nnodes} must be at least 1, "
+                         f"--node-rank {node_rank} from 0 to nnodes-1")
+    if nnodes > 1 and not master_addr:
+        raise InputError("--master-addr (node 0's address) is needed with --nnodes > 1")
+    if batch_size % (nproc * nnodes):
+        raise InputError(f"the global batch size {batch_size} (--batch-size) must be a multiple of --nproc-per-node {nproc}"
+                         + (f" x --nnodes {nnodes}" if nnodes > 1 else ""))
 
 
 def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, nproc: int, resume: bool = True,
@@ -79,15 +88,7 @@ def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, npro
     on each with ``nnodes``, its ``node_rank`` and node 0's ``master_addr``/``master_port`` (the run folder on
     shared storage: every rank resumes from rank 0's checkpoint). Raises ``DistributedError`` when a worker
     fails; the run folder then holds the last completed epoch's checkpoint."""
-    from .errors import InputError
-
-    if nproc < 1 or nnodes < 1 or not 0 <= node_rank < nnodes:
-        raise InputError(f"invalid process layout: --nproc-per-node {nproc}, --nnodes {nnodes}, --node-rank {node_rank}")
-    if nnodes > 1 and not master_addr:
-        raise InputError("--master-addr (node 0's address) is needed with --nnodes > 1")
-    bs = int(train_config.get("batch_size", 8))
-    if bs % (nproc * nnodes):
-        raise InputError(f"the global batch size {bs} must be a multiple of the number of processes {nproc * nnodes}")
+    check_layout(int(train_config["batch_size"]), nproc, nnodes, node_rank, master_addr)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -98,7 +99,7 @@ def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, npro
         "init_from": None if init_from is None else str(init_from),
         "nproc": nproc,
     }
-    _atomic_json(spec, run_dir / SPEC_NAME)
+    write_json_atomic(spec, run_dir / SPEC_NAME)
     summary = run_dir / SUMMARY_NAME
     summary.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -133,7 +134,7 @@ def _mark_failed(status: Path, rc: int) -> None:
         st = {}
     st.update({"state": "failed", "error": f"a training process failed (torchrun exit code {rc}); the last completed "
                                            "epoch's checkpoint is kept and a resumed run continues from it"})
-    _atomic_json(st, status)
+    write_json_atomic(st, status)
 
 
 def worker(spec_path: str | Path) -> int:
@@ -159,7 +160,7 @@ def worker(spec_path: str | Path) -> int:
                                                      init_from=spec["init_from"])
         if dist.get_rank() == 0:
             summary["world_size"] = dist.get_world_size()
-            _atomic_json(summary, spec_path.parent / SUMMARY_NAME)
+            write_json_atomic(summary, spec_path.parent / SUMMARY_NAME)
         dist.barrier()
     finally:
         dist.destroy_process_group()

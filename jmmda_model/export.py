@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import warnings
-import zipfile
 from pathlib import Path
 
 import torch
@@ -42,11 +41,7 @@ def sha256(path: str | Path) -> str:
 
 def is_torchscript(path: str | Path) -> bool:
     """True for a TorchScript archive written by ``export_torchscript`` (it carries extra/jmmda.json)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith(f"/extra/{META_NAME}") for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    return any(n.endswith(f"/extra/{META_NAME}") for n in ckpt_io.zip_members(path))
 
 
 def load_generator(checkpoint: str | Path):

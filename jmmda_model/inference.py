@@ -71,11 +71,12 @@ class Synthesizer:
         ``meta`` holding at least its ``preprocess`` settings (the MONAI Bundle path)."""
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(device)
+        self.model_format = "checkpoint"
         if network is not None:
             self.net, self.ckpt_meta = network, dict(meta or {})
         elif is_torchscript(self.path):  # an exported file (jmmda export-torchscript)
-            self.net, meta = load_torchscript(self.path, self.device)
-            self.ckpt_meta = {**meta, "exported": "torchscript"}
+            self.net, self.ckpt_meta = load_torchscript(self.path, self.device)
+            self.model_format = "torchscript"
         else:
             self.net, ck = load_generator(self.path)
             self.ckpt_meta = {k: v for k, v in ck.items() if k not in ("generator", "discriminator", "opt_g", "opt_d")}
@@ -83,7 +84,7 @@ class Synthesizer:
         self.net.to(self.device).eval()
         self.batch_size = batch_size
         # mixed precision for the Python model on a GPU; an export runs in float32, as traced and checked
-        self.amp = amp and self.device.type == "cuda" and "exported" not in self.ckpt_meta
+        self.amp = amp and self.device.type == "cuda" and self.model_format == "checkpoint"
         self._lock = threading.Lock()
 
     @property
@@ -126,7 +127,7 @@ class Synthesizer:
                 "note": "SYNTHETIC DWI - not for diagnosis",
                 "intensity": "normalised DWI units, 0..1 (in-brain percentile scale of the training data)",
                 "device": str(self.device),
-                "model_format": "torchscript" if "exported" in self.ckpt_meta else "checkpoint",
+                "model_format": self.model_format,
                 "mixed_precision": self.amp,
                 "resampled_inplane_mm": list(self.pre.inplane_spacing) if resampled else None,
                 "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),

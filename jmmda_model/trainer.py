@@ -113,12 +113,6 @@ def _gan_loss(logits, real: bool, mode: str):
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def _atomic_json(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
 class StopTraining(Exception):
     pass
 
@@ -311,7 +305,7 @@ class Trainer:
                     for k, v in record.get("val", {}).items():
                         writer.add_scalar(f"val/{k}", v, self.epoch)
                     writer.flush()
-                _atomic_json({"state": "running", "epochs": cfg.epochs, **record, "history": self.history}, status_path)
+                ckpt_io.write_json_atomic({"state": "running", "epochs": cfg.epochs, **record, "history": self.history}, status_path)
                 log.info("epoch %d: %s", self.epoch, json.dumps(record, default=float))
                 if self.on_epoch:
                     self.on_epoch(record)
@@ -332,7 +326,7 @@ class Trainer:
             "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
         }
         if self.rank == 0:
-            _atomic_json({k: v for k, v in summary.items() if k != "model"}, status_path)
+            ckpt_io.write_json_atomic({k: v for k, v in summary.items() if k != "model"}, status_path)
         return summary
 
     def _loader(self, ds) -> DataLoader:
@@ -358,7 +352,7 @@ class Trainer:
         cfg = self.cfg
         total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * per_epoch)
         rate = (now - self._t_start) / max(self.global_step - self._step_start, 1)
-        _atomic_json({"state": "running", "epoch": self.epoch + 1, "epochs": cfg.epochs, "step_in_epoch": step_in_epoch,
+        ckpt_io.write_json_atomic({"state": "running", "epoch": self.epoch + 1, "epochs": cfg.epochs, "step_in_epoch": step_in_epoch,
                       "steps_per_epoch": per_epoch, "global_step": self.global_step, "total_steps": total,
                       "seconds_per_step": round(rate, 3), "eta_seconds": round(max(total - self.global_step, 0) * rate, 1),
                       "history": self.history}, status_path)

@@ -71,6 +71,7 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
 class Server:
     def __init__(self, app_dir: Path, studies: Path, env: dict | None = None, conf: dict | None = None, extra_args=(),
                  tls: tuple[Path, Path] | None = None):
+        self.app_dir, self.studies, self.base = Path(app_dir), studies, Path(app_dir).parent
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.verify = str(tls[0]) if tls else True
@@ -119,6 +120,12 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+def sample_server(base: Path, n: int, with_demo: bool = True, **kw) -> Server:
+    """A server (not yet waited for) on copies of the app (``base/app``) and of ``n`` sample studies
+    (``base/studies``); ``kw`` go to ``Server``."""
+    return Server(copy_app(base / "app", with_demo=with_demo), copy_studies(base / "studies", n=n), **kw)
 
 
 class KeycloakRealm:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from jmmda_model import checkpoint as ckpt_io
+from server_utils import free_port
 from jmmda_model.data import find_cases
 from jmmda_model.distributed import DistributedError, launch
 from jmmda_model.trainer import TrainConfig, Trainer
@@ -26,14 +27,6 @@ def _jmmda(*args, timeout=300):
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(small_store, tmp_path):
     """1 process vs 2 gloo processes (stopped after epoch 1 and resumed) vs 2 "nodes" of 1 process on loopback."""
     common = ["train", "--data", str(small_store), "--n-val", "0", "--max-steps-per-epoch", "3", "--batch-size", "4",
@@ -45,7 +38,7 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(small_s
         assert two.returncode == 0, two.stderr[-3000:]
         assert '"world_size": 2' in two.stdout
     assert "resumed from" in two.stderr
-    port = str(_free_port())
+    port = str(free_port())
     nodes = [subprocess.Popen([sys.executable, "-m", "jmmda_model.cli", *common, "--epochs", "2", "--out",
                                str(tmp_path / "nodes"), "--nnodes", "2", "--node-rank", str(r), "--master-addr",
                                "127.0.0.1", "--master-port", port], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -11,18 +11,14 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
 from conftest import SAMPLE, arr
-from server_utils import KeycloakRealm, Server, copy_app, copy_studies, self_signed_cert
+from server_utils import KeycloakRealm, self_signed_cert, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("srv")
-    app = copy_app(base / "app")
-    studies = copy_studies(base / "studies", n=4)
-    s = Server(app, studies).wait()
-    s.app_dir, s.studies = app, studies
+    s = sample_server(tmp_path_factory.mktemp("srv"), n=4).wait()
     yield s
     s.stop()
 
@@ -228,11 +224,9 @@ def test_stopped_training_leaves_previous_model_valid(server):
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("bare")
-    app = copy_app(base / "app", with_demo=False)
-    studies = copy_studies(base / "studies", n=1)
     env = {"MONAI_LABEL_CORS_ORIGINS": '["https://viewer.example.org"]', "CT2DWI_CORS_ORIGINS": "http://slicer.local:8080",
            "CT2DWI_MAX_UPLOAD_MB": "1"}
-    s = Server(app, studies, env=env, conf={"demo_model": "false"}, tls=self_signed_cert(base)).wait()
+    s = sample_server(base, n=1, with_demo=False, env=env, conf={"demo_model": "false"}, tls=self_signed_cert(base)).wait()
     yield s
     s.stop()
 
@@ -273,11 +267,8 @@ def test_cors_origins_configured_without_crash(bare_server):
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     realm = KeycloakRealm()
-    base = tmp_path_factory.mktemp("auth")
-    app = copy_app(base / "app")
-    studies = copy_studies(base / "studies", n=1)
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
-    s = Server(app, studies, env=env).wait(path="/info/", ok=(200, 401))
+    s = sample_server(tmp_path_factory.mktemp("auth"), n=1, env=env).wait(path="/info/", ok=(200, 401))
     s.key = realm.key
     yield s
     s.stop()

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ROOT, SAMPLE, slicer_scene
-from server_utils import Server, copy_app, copy_studies, free_port
+from server_utils import free_port, sample_server
 
 MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
 sys.path.insert(0, str(MODULE_DIR))
@@ -93,8 +93,7 @@ def test_module_glue_matches_ui_and_cmake():
 # ------------------------------------------------------------------ against the real server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("slicer_srv")
-    s = Server(copy_app(base / "app"), copy_studies(base / "studies", n=3)).wait()
+    s = sample_server(tmp_path_factory.mktemp("slicer_srv"), n=3).wait()
     yield s
     s.stop()
 

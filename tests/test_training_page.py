@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from conftest import DEMO_MODEL
-from server_utils import APP, Server, copy_app, copy_studies
+from server_utils import APP, Server, copy_app, copy_studies, sample_server
 
 sys.path.insert(0, str(APP))
 from ct2dwi_app.versions import ModelVersions, VersionError  # noqa: E402
@@ -94,11 +94,7 @@ def test_kill_during_promote_leaves_exactly_one_valid_served_model(tmp_path):
 # ---------------------------------------------------------------- versions on the real server
 @pytest.fixture(scope="module")
 def vserver(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ver")
-    app = copy_app(base / "app")
-    studies = copy_studies(base / "studies", n=3)
-    s = Server(app, studies).wait()
-    s.app_dir, s.studies, s.base = app, studies, base
+    s = sample_server(tmp_path_factory.mktemp("ver"), n=3).wait()
     yield s
     s.stop()
 

@@ -187,17 +187,26 @@ def import_cases(cases: dict[str, dict[str, Path]], studies: str | Path, prefix:
     return report
 
 
-def import_apis(root, studies, **kw) -> ImportReport:
+#: format -> (discovery, datastore id prefix, what its cases look like)
+FORMATS = {
+    "apis": (discover_apis, "apis_", "APIS cases (<split>_<NNN>_ncct.nii.gz)"),
+    "isles24": (discover_isles24, "isles24_", "ISLES'24 cases (sub-*_ses-01_ncct.nii.gz)"),
+}
+
+
+def import_dataset(fmt: str, root, studies, **kw) -> ImportReport:
+    """Discovers the cases of data set ``fmt`` under ``root`` and imports them (``import_cases`` options)."""
+    discover, prefix, what = FORMATS[fmt]
     report = ImportReport()
-    cases = discover_apis(root, report.skipped)
+    cases = discover(root, report.skipped)
     if not cases:
-        raise InputError(f"no APIS cases (<split>_<NNN>_ncct.nii.gz) found under {root}")
-    return import_cases(cases, studies, prefix="apis_", report=report, **kw)
+        raise InputError(f"no {what} found under {root}")
+    return import_cases(cases, studies, prefix=prefix, report=report, **kw)
+
+
+def import_apis(root, studies, **kw) -> ImportReport:
+    return import_dataset("apis", root, studies, **kw)
 
 
 def import_isles24(root, studies, **kw) -> ImportReport:
-    report = ImportReport()
-    cases = discover_isles24(root, report.skipped)
-    if not cases:
-        raise InputError(f"no ISLES'24 cases (sub-*_ses-01_ncct.nii.gz) found under {root}")
-    return import_cases(cases, studies, prefix="isles24_", report=report, **kw)
+    return import_dataset("isles24", root, studies, **kw)

@@ -11,7 +11,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import SAMPLE
-from server_utils import KeycloakRealm, Server, copy_app, copy_studies
+from server_utils import KeycloakRealm, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -25,11 +25,8 @@ def realm():
 
 @pytest.fixture(scope="module")
 def realm_server(tmp_path_factory, realm):
-    base = tmp_path_factory.mktemp("authsec")
-    app = copy_app(base / "app")
-    studies = copy_studies(base / "studies", n=1)
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3"}
-    s = Server(app, studies, env=env).wait(path="/auth/")
+    s = sample_server(tmp_path_factory.mktemp("authsec"), n=1, env=env).wait(path="/auth/")
     s.key = realm.key
     yield s
     s.stop()

@@ -24,7 +24,7 @@ import requests
 import SimpleITK as sitk
 
 from conftest import SAMPLE
-from server_utils import APP, Server, copy_app, copy_studies
+from server_utils import APP, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -45,10 +45,8 @@ def srv(tmp_path_factory):
     import os
 
     os.utime(old, (time.time() - 3600, time.time() - 3600))
-    app = copy_app(base / "app")
-    studies = copy_studies(base / "studies", n=2)
-    s = Server(app, studies, env={"TMPDIR": str(tmp), "CT2DWI_MAX_UPLOAD_MB": "64"}).wait()
-    s.app_dir, s.studies, s.tmp, s.base = app, studies, tmp, base
+    s = sample_server(base, n=2, env={"TMPDIR": str(tmp), "CT2DWI_MAX_UPLOAD_MB": "64"}).wait()
+    s.tmp = tmp
     yield s
     s.stop()
 

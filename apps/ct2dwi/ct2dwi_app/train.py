@@ -185,9 +185,7 @@ class CT2DWITrain(TrainTask):
             shutil.rmtree(self.run_dir)
         init_from = base if (opts["fine_tune"] and not resume) else None
         nproc, gpus = process_count(opts)
-        if nproc > 1:  # the same torchrun path as `jmmda train --nproc-per-node N`
-            if cfg.batch_size % nproc:
-                raise InputError(f"batch_size {cfg.batch_size} (the global batch) must be a multiple of the {nproc} processes")
+        if nproc > 1:  # the same torchrun path as `jmmda train --nproc-per-node N` (it checks the batch divides)
             log.info("training in %d DDP processes (torchrun)", nproc)
             summary = launch(asdict(cfg), train, val, self.run_dir, nproc, resume=resume, init_from=init_from, gpus=gpus)
         else:
