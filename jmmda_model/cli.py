@@ -150,6 +150,8 @@ def cmd_export_torchscript(a):
     dst = Path(a.out)
     if not dst.parent.is_dir():
         raise InputError(f"output folder does not exist: {dst.parent}")
+    if dst.is_dir():
+        raise InputError(f"--out {dst} is a folder; name the file to write, e.g. {dst / 'jmmda.ts'}")
     meta = export_torchscript(a.model, dst)
     print(f"wrote {dst} (traced generator; max |TorchScript - model| {meta['agreement_max_abs_diff']:.2g} on test slices)")
     return 0

@@ -82,6 +82,10 @@ def test_corrupt_or_foreign_exports_are_refused(tmp_path):
     torch.jit.save(plain, str(tmp_path / "other.ts"))
     with pytest.raises(CheckpointError, match="other.ts"):
         Synthesizer(tmp_path / "other.ts", device="cpu")
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    r = _py("-m", "jmmda_model.cli", "export-torchscript", "--model", str(DEMO_MODEL), "--out", str(folder))
+    assert r.returncode == 2 and "is a folder" in r.stderr and not list(folder.iterdir())
     r = _py("-m", "jmmda_model.cli", "infer", "--model", str(tmp_path / "cut.ts"), "--ct", str(CT), "--out",
             str(tmp_path / "SYNTHETIC_x.nii.gz"))
     assert r.returncode == 2 and "cut.ts" in r.stderr

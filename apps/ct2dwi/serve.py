@@ -2,7 +2,8 @@
 """Starts the CT-to-DWI MONAI Label server with the hardened ASGI app (ct2dwi_server.py).
 
     python apps/ct2dwi/serve.py --studies <folder or DICOMweb URL> [--host 127.0.0.1] [--port 8000]
-        [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [--insecure]
+        [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [--conf model_format torchscript]
+        [--insecure]
         [any other monailabel start_server option]
 
 Secure by default: the host defaults to 127.0.0.1, and a non-loopback host (e.g. 0.0.0.0) is refused while
@@ -58,6 +59,11 @@ def main(argv=None):
         check_config()
     except AuthConfigError as exc:
         print(f"serve.py: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    confs = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv[:-2]) if a == "--conf"}
+    if confs.get("model_format", "checkpoint").lower() not in ("checkpoint", "torchscript"):
+        print(f"serve.py: refusing to start: --conf model_format must be checkpoint or torchscript, got "
+              f"{confs['model_format']!r}", file=sys.stderr)
         return 2
     if not settings.MONAI_LABEL_AUTH_ENABLE and not is_loopback(host) and not insecure:
         print(

@@ -450,6 +450,13 @@ def test_refuses_hmac_token_algorithms(tmp_path):
     assert r.returncode == 2 and "HS256" in r.stderr
 
 
+def test_refuses_an_unknown_model_format(tmp_path):
+    r = _serve(["--studies", str(tmp_path), "--port", "1", "--conf", "model_format", "onnx", "--dryrun"], cwd=tmp_path)
+    assert r.returncode == 2 and "model_format must be checkpoint or torchscript" in r.stderr and "'onnx'" in r.stderr
+    r = _serve(["--studies", str(tmp_path), "--port", "1", "--conf", "model_format", "torchscript", "--dryrun"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_non_head_ct_is_422(srv, tmp_path):
     from test_clinical_integrity import _abdomen_like
 
