@@ -153,6 +153,15 @@ class Trainer:
         self._t_start: float | None = None  # progress / ETA bookkeeping (see _progress)
         self.ckpt_dir = self.out / "checkpoints"
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the generator's input: CT channels, then the brain mask."""
+        return self.gcfg.ct_channels + 1
+
+    @property
+    def mask_channel(self) -> int:
+        return self.gcfg.ct_channels
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         return {
