@@ -71,7 +71,14 @@ def _channel_names(pre: dict) -> dict:
         where = "slice z" if d == 0 else f"slice z{d:+d}"
         for level, width in pre["ct_windows"]:
             names.append(f"CT {where}, window level {level:g} / width {width:g} HU scaled to [0, 1]")
+    if pre.get("mirror_channels"):
+        for d in range(-k, k + 1):
+            where = "slice z" if d == 0 else f"slice z{d:+d}"
+            names += [f"(CT - CT mirrored across the mid-sagittal plane) {where}, window {level:g}/{width:g} HU, "
+                      f"x {pre.get('mirror_gain', 4.0):g}, clipped to [-1, 1]" for level, width in pre["ct_windows"]]
     names.append("brain mask of slice z (0/1)")
+    if pre.get("tissue_prior"):
+        names.append("tissue prior of slice z (lookup table: smoothed HU x distance to the brain edge -> DWI)")
     return {str(i): n for i, n in enumerate(names)}
 
 
@@ -110,7 +117,8 @@ def metadata(ck: dict, size_divisor: int, source: Path) -> dict:
         "phantom_trained": bool(card.get("phantom_trained", False)),
         "generator_config": gcfg,
         "preprocess": pre,
-        "image_classes": f"{len(_channel_names(pre))} channels: CT windows of adjacent axial slices and the brain mask",
+        "image_classes": f"{len(_channel_names(pre))} channels: CT windows of adjacent axial slices (and their mirror "
+                         "differences), the brain mask (and the tissue prior)",
         "pred_classes": "1 channel: SYNTHETIC DWI, normalised (in-brain median of normal tissue ~0.25), in [0, 1]",
         "network_data_format": {
             "inputs": {

@@ -95,7 +95,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
 def export_inference(ckpt: dict, path: str | Path, model_card: dict | None = None) -> Path:
     """Writes the generator-only checkpoint used for inference (no optimiser/discriminator state)."""
     slim = {k: ckpt[k] for k in ("format", "version", "generator", "generator_config", "preprocess")}
-    for k in ("epoch", "global_step", "val_metrics", "train_cases", "created"):
+    for k in ("epoch", "global_step", "val_metrics", "train_cases", "created", "lesion_calibration"):
         if k in ckpt:
             slim[k] = ckpt[k]
     slim["model_card"] = model_card or ckpt.get("model_card", {})

@@ -38,10 +38,9 @@ def _split(cases, val_ids, n_val):
 
 def cmd_train(a):
     from .data import find_cases
+    from .distributed import DistributedError, check_layout, launch
     from .networks import GeneratorConfig
     from .trainer import TrainConfig, Trainer
-
-    from .distributed import DistributedError, check_layout, launch
 
     check_layout(a.batch_size, a.nproc_per_node, a.nnodes, a.node_rank, a.master_addr)  # before anything starts
     cases = find_cases(a.data)
@@ -50,16 +49,18 @@ def cmd_train(a):
     train, val = _split(cases, a.val_ids, a.n_val)
     from .preprocess import PreprocessConfig
 
+    new = a.recipe == "lesion"
     g = GeneratorConfig(
         arch=a.arch, base_channels=a.base_channels, depth=a.depth, heads=a.heads, wavelet=a.wavelet,
         use_mask=not a.no_mask, use_dwt=not a.no_dwt, use_adaptive_fusion=not a.no_adaptive_fusion,
-        fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion,
+        fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion, residual_prior=new,
     )
-    pre = PreprocessConfig(context_slices=a.context_slices)
+    pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new)
+    patch = (a.patch_size or None) if new else None
     cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
                       lr_g=a.lr, lr_d=a.lr, seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
-                      select_metric=a.select, progress=not a.no_progress)
+                      select_metric=a.select, progress=not a.no_progress, patch_size=patch)
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
@@ -101,13 +102,20 @@ def cmd_infer(a):
         raise InputError("output file name must contain 'synthetic' (every synthetic image is labelled as such)")
     if not dst.parent.is_dir():
         raise InputError(f"output folder does not exist: {dst.parent}")
+    if a.save_probability and not Path(a.save_probability).parent.is_dir():
+        raise InputError(f"--save-probability: output folder does not exist: {Path(a.save_probability).parent}")
     syn = Synthesizer(a.model, device=a.device)
     ct = read_image(a.ct, "CT", series_uid=a.series_uid)
     mask = read_image(a.mask, "brain mask") if a.mask else None
-    out, m, info = syn(ct, mask)
+    if a.save_probability and not syn.has_probability:
+        raise InputError(f"--save-probability: the model {Path(a.model).name} has no lesion-probability head "
+                         "(trained with --recipe legacy, or a TorchScript export)")
+    out, m, info, prob = syn(ct, mask, return_probability=True)
     write_image(out, dst)
     if a.save_mask:
         write_image(m, a.save_mask)
+    if a.save_probability:
+        write_image(prob, a.save_probability)
     print(json.dumps(info, indent=1))
     return 0
 
@@ -175,6 +183,10 @@ def build_parser():
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True, help="run folder: checkpoints/last.pt (resume), model.pt (best), tensorboard/")
     t.add_argument("--arch", choices=["jmmda", "pix2pix"], default="jmmda")
+    t.add_argument("--recipe", choices=["lesion", "legacy"], default="lesion",
+                   help="lesion (default): mirror-difference channels, tissue prior + residual, lesion-probability "
+                        "head (BCE + Dice, calibrated), lesion-centred patches; legacy: the earlier whole-slice GAN")
+    t.add_argument("--patch-size", type=int, default=80, help="training crop size in pixels (lesion recipe; 0 = whole slices)")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)
@@ -224,6 +236,8 @@ def build_parser():
     i.add_argument("--mask", default=None, help="brain mask on the CT grid; computed from the CT when omitted")
     i.add_argument("--out", required=True, help="output file, name must contain 'synthetic'")
     i.add_argument("--save-mask", default=None)
+    i.add_argument("--save-probability", default=None,
+                   help="also write the calibrated infarct-probability map (NIfTI, 0..1, SYNTHETIC) to this file")
     i.add_argument("--series-uid", default=None, help="the CT series to use when the DICOM folder holds several")
     i.add_argument("--device", default="auto")
     i.set_defaults(func=cmd_infer)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from .clinical.geometry import resample_inplane, same_geometry, to_axial
 from .clinical.imageio import check_ct, check_mask, read_image
+from .clinical.midplane import MidPlane, estimate_midplane, mirror_or_self
 from .errors import InputError
 from .preprocess import PreprocessConfig, normalize_dwi, pad_to_multiple, window_ct
 
@@ -67,6 +68,21 @@ class LoadedCase:
     spacing_zyx: tuple
     image: sitk.Image  # the axial-oriented CT (geometry reference)
     dwi_unclipped: np.ndarray | None = None  # normalised like ``dwi`` but not clipped (lesion MAE)
+    mirror_hu: np.ndarray | None = None  # the CT mirrored across its mid-sagittal plane (or the CT: plane untrusted)
+    midplane: MidPlane | None = None
+
+
+def with_mirror(lc: LoadedCase, pre: PreprocessConfig) -> LoadedCase:
+    """Adds the mid-sagittal plane and the mirrored CT when the preprocessing uses the mirror channels."""
+    if pre.mirror_channels and lc.mirror_hu is None:
+        lc.midplane = estimate_midplane(lc.ct_hu, lc.spacing_zyx)
+        lc.mirror_hu = mirror_or_self(lc.ct_hu, lc.midplane, lc.spacing_zyx)
+    return lc
+
+
+def case_input(lc: LoadedCase, pre: PreprocessConfig) -> np.ndarray:
+    """The model input of a loaded case (see :func:`model_input`)."""
+    return model_input(lc.ct_hu, lc.brain, pre, lc.spacing_zyx, lc.mirror_hu)
 
 
 def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
@@ -90,7 +106,7 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     lesion = (sitk.GetArrayFromImage(vols["lesion"]) > 0).astype(np.uint8) if "lesion" in vols else np.zeros_like(brain)
     ct_hu = sitk.GetArrayFromImage(ct_ax).astype(np.float32)
     norm = (lambda clip: normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value, clip=clip)) if dwi is not None else None
-    return LoadedCase(
+    lc = LoadedCase(
         case.id,
         ct_hu,
         norm(True) if norm else None,
@@ -100,28 +116,49 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
         ct_ax,
         norm(False) if norm else None,
     )
+    return with_mirror(lc, pre)
 
 
-def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
-    """(z, y, x) -> (z, C+1, y, x): CT window channels of slices z-k..z+k (k = ``pre.context_slices``, edge
-    slices repeated), then the brain mask of slice z."""
-    w = window_ct(ct_hu, pre.ct_windows)  # (W, z, y, x)
+def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spacing_zyx=None,
+                mirror_hu: np.ndarray | None = None) -> np.ndarray:
+    """(z, y, x) -> (z, C, y, x). Channels: CT windows of slices z-k..z+k (k = ``pre.context_slices``, edge
+    slices repeated); with ``pre.mirror_channels`` the same of (CT - mirrored CT) x ``mirror_gain`` clipped to
+    +-1; then the brain mask of slice z; with ``pre.tissue_prior`` the prior DWI of slice z last."""
     k = int(pre.context_slices)
     n = ct_hu.shape[0]
-    chans = [w[:, np.clip(np.arange(n) + d, 0, n - 1)] for d in range(-k, k + 1)] if k else [w]
-    x = np.concatenate(chans + [brain[None].astype(np.float32)], 0)
+    near = [np.clip(np.arange(n) + d, 0, n - 1) for d in range(-k, k + 1)]
+    w = window_ct(ct_hu, pre.ct_windows)  # (W, z, y, x)
+    chans = [w[:, i] for i in near]
+    if pre.mirror_channels:
+        if mirror_hu is None:
+            raise ValueError("this model needs the mirrored CT (mid-sagittal plane) as input")
+        diff = np.clip((w - window_ct(mirror_hu, pre.ct_windows)) * pre.mirror_gain, -1.0, 1.0)
+        chans += [diff[:, i] for i in near]
+    chans.append(brain[None].astype(np.float32))
+    if pre.tissue_prior is not None:
+        if spacing_zyx is None:
+            raise ValueError("the tissue prior needs the voxel spacing")
+        from .prior import TissuePrior
+
+        chans.append(TissuePrior.from_dict(pre.tissue_prior).predict(ct_hu, brain, spacing_zyx)[None])
+    x = np.concatenate(chans, 0).astype(np.float32, copy=False)
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
 class SliceDataset(Dataset):
     """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
 
-    def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False):
+    def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False,
+                 patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3):
+        """``patch_size``: train on square crops of this size instead of whole slices: a ``lesion_patch_fraction``
+        of them centred (with jitter) on a lesion voxel of a lesion slice, the rest on a brain voxel of the drawn
+        slice. Deterministic per (epoch_seed, item) like the flip."""
         self.pre, self.divisor, self.augment = pre, divisor, augment
+        self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
         for c in cases:
-            x = model_input(c.ct_hu, c.brain, pre)
+            x = case_input(c, pre)
             frac = c.brain.reshape(c.brain.shape[0], -1).mean(1)
             for k in np.nonzero(frac >= pre.min_brain_fraction)[0]:
                 if c.lesion[k].any():
@@ -134,11 +171,36 @@ class SliceDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
+    def _patch(self, i: int, g: torch.Generator) -> list[np.ndarray]:
+        p = int(self.patch_size)
+        r = lambda: torch.rand(1, generator=g).item()
+        if self.lesion_items and r() < self.lesion_patch_fraction:
+            i = self.lesion_items[int(r() * len(self.lesion_items))]
+            where = np.argwhere(self.items[i][3][0] > 0)
+        else:
+            where = np.argwhere(self.items[i][2][0] > 0)
+        arrays = self.items[i]
+        h, w = arrays[0].shape[-2:]
+        cy, cx = (where[int(r() * len(where))] if len(where) else (h // 2, w // 2))
+        cy, cx = int(cy + (r() - 0.5) * p / 2), int(cx + (r() - 0.5) * p / 2)  # jitter: not always in the middle
+        y0 = min(max(cy - p // 2, 0), max(h - p, 0))
+        x0 = min(max(cx - p // 2, 0), max(w - p, 0))
+        out = []
+        for a in arrays:
+            c = a[..., y0 : y0 + p, x0 : x0 + p]
+            if c.shape[-2:] != (p, p):  # slice smaller than the patch: zero-pad
+                c = np.pad(c, [(0, 0)] * (c.ndim - 2) + [(0, p - c.shape[-2]), (0, p - c.shape[-1])])
+            out.append(c)
+        return out
+
     def __getitem__(self, i):
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in self.items[i]]
+        g = torch.Generator().manual_seed(self.epoch_seed * 1_000_003 + i)
+        arrays = self._patch(i, g) if self.patch_size else self.items[i]
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         if self.augment:
-            g = torch.Generator().manual_seed(self.epoch_seed * 1_000_003 + i)
-            if torch.rand(1, generator=g).item() < 0.5:  # left-right mirror (LPS: last axis is x)
+            # left-right mirror (LPS: last axis is x); every channel flips together, so the mirror-difference
+            # channels stay those of the flipped CT
+            if torch.rand(1, generator=g).item() < 0.5:
                 tensors = [t.flip(-1) for t in tensors]
         tensors = [pad_to_multiple(t, self.divisor)[0] for t in tensors]
         return dict(zip(("input", "target", "brain", "lesion"), tensors))

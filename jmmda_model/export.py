@@ -66,7 +66,9 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
     measured agreement. Raises ``CheckpointError`` if the traced module disagrees with the eager one."""
     checkpoint, out = Path(checkpoint), Path(out)
     net, ck = load_generator(checkpoint)
-    channels = int(ck["generator_config"]["ct_channels"]) + 1
+    from .networks import GeneratorConfig
+
+    channels = GeneratorConfig.from_dict(ck["generator_config"]).input_channels
     meta = {
         "format": TORCHSCRIPT_FORMAT,
         "generator_config": ck["generator_config"],

@@ -18,6 +18,7 @@ from .clinical.geometry import (
     to_axial,
 )
 from .clinical.imageio import check_ct, check_mask, label_synthetic
+from .clinical.midplane import estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
 from .preprocess import PreprocessConfig, pad_to_multiple
@@ -43,10 +44,18 @@ def pick_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def has_lesion_head(net) -> bool:
+    cfg = getattr(net, "cfg", None)
+    return bool(cfg is not None and (getattr(cfg, "residual_prior", False) or getattr(cfg, "aux_lesion", False)))
+
+
 @torch.no_grad()
-def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = False) -> np.ndarray:
-    """(N, C+1, H, W) model input -> (N, H, W) synthetic DWI in [0, 1]; pads to the net's divisor."""
+def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = False, with_logits: bool = False):
+    """(N, C, H, W) model input -> (N, H, W) synthetic DWI in [0, 1]; pads to the net's divisor.
+    ``with_logits``: returns (DWI, lesion logits (N, H, W) or None when the net has no lesion head)."""
     out = np.empty((x.shape[0],) + x.shape[2:], np.float32)
+    want = with_logits and has_lesion_head(net)
+    logits = np.empty_like(out) if want else None
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
     was_training = net.training
     net.eval()
@@ -55,11 +64,15 @@ def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = 
             xb = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(device)
             xb, (t, h, l, w) = pad_to_multiple(xb, net.size_divisor)
             with autocast:
-                yb = net(xb)
+                if want:
+                    yb, lb = net(xb, return_aux=True)
+                    logits[s : s + batch_size] = lb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
+                else:
+                    yb = net(xb)
             out[s : s + batch_size] = yb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
     finally:
         net.train(was_training)
-    return out
+    return (out, logits) if with_logits else out
 
 
 class Synthesizer:
@@ -91,12 +104,26 @@ class Synthesizer:
     def model_card(self) -> dict:
         return dict(self.ckpt_meta.get("model_card", {}))
 
-    def predict_slices(self, x: np.ndarray) -> np.ndarray:
+    def predict_slices(self, x: np.ndarray, with_logits: bool = False):
         with self._lock:
-            return predict_slices(self.net, x, self.device, self.batch_size, self.amp)
+            return predict_slices(self.net, x, self.device, self.batch_size, self.amp, with_logits=with_logits)
 
-    def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None) -> tuple[sitk.Image, sitk.Image, dict]:
-        """Returns (synthetic DWI float32 on ct's geometry, brain mask used, info)."""
+    @property
+    def has_probability(self) -> bool:
+        """Whether this model gives an infarct-probability map (a lesion head, run as a Python module)."""
+        return has_lesion_head(self.net)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.ckpt_meta.get("lesion_calibration", {}).get("temperature", 1.0))
+
+    def probability(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated infarct probability from lesion logits (temperature from the validation cases)."""
+        return (1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))).astype(np.float32)
+
+    def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None, return_probability: bool = False):
+        """Returns (synthetic DWI float32 on ct's geometry, brain mask used, info); with ``return_probability``
+        also the calibrated infarct-probability map on ct's geometry (None when the model has no lesion head)."""
         check_ct(ct)
         info = {"mask_source": "supplied"}
         if mask is None:
@@ -113,14 +140,38 @@ class Synthesizer:
         else:
             work_ct, brain = ct_ax, brain_ax
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
-        y = self.predict_slices(model_input(ct_hu, brain, self.pre))
+        spacing = tuple(reversed(work_ct.GetSpacing()))
+        mirror = None
+        if self.pre.mirror_channels:  # hemispheric comparison: the plane is reported, and never used untrusted
+            plane = estimate_midplane(ct_hu, spacing)
+            mirror = mirror_or_self(ct_hu, plane, spacing)
+            info["midplane"] = plane.to_dict()
+            info["hemispheric_comparison"] = ("used" if plane.trusted else
+                                              f"NOT used (mid-sagittal plane not trusted: {plane.reason})")
+        y, logits = self.predict_slices(model_input(ct_hu, brain, self.pre, spacing, mirror), with_logits=True)
+        prob = None
+        if logits is not None and return_probability:
+            prob = self.probability(logits) * brain
         if resampled:
             y = sitk.GetArrayFromImage(resample_to(ct_ax, copy_geometry(y, work_ct)))
+            if prob is not None:
+                prob = sitk.GetArrayFromImage(resample_to(ct_ax, copy_geometry(prob, work_ct)))
         if self.pre.mask_output:
             y *= brain_ax
         out = from_axial(copy_geometry(y.astype(np.float32), ct_ax), ct)
         out = label_synthetic(sitk.Cast(out, sitk.sitkFloat32))
         m = copy_geometry(brain_native, ct)
+        prob_img = None
+        if prob is not None:
+            prob = np.clip(prob * brain_ax, 0.0, 1.0).astype(np.float32)
+            prob_img = from_axial(copy_geometry(prob, ct_ax), ct)
+            prob_img.SetMetaData("descrip", "SYNTHETIC infarct probability (AI, calibrated on phantoms) - not for diagnosis")
+            info["probability"] = {"temperature": self.temperature,
+                                   "note": "calibrated on phantom validation cases only; a low probability never "
+                                           "rules out an infarct"}
+        elif return_probability:
+            info["probability"] = None
+            info["probability_note"] = "this model has no lesion-probability head (or runs as TorchScript)"
         info.update(
             {
                 "synthetic": True,
@@ -133,4 +184,4 @@ class Synthesizer:
                 "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),
             }
         )
-        return out, m, info
+        return (out, m, info, prob_img) if return_probability else (out, m, info)

@@ -133,14 +133,14 @@ def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactnes
     )
     ids = np.unique(labels[labels > 0])
     if len(ids) < 3:
-        return float("nan"), int(len(ids))
+        return float("nan"), len(ids)
     idx = labels.ravel()
     counts = np.bincount(idx)
     mt = np.bincount(idx, weights=target.ravel())[ids] / counts[ids]
     mp = np.bincount(idx, weights=pred.ravel())[ids] / counts[ids]
     if np.std(mt) == 0 or np.std(mp) == 0:
-        return float("nan"), int(len(ids))
-    return float(stats.pearsonr(mt, mp)[0]), int(len(ids))
+        return float("nan"), len(ids)
+    return float(stats.pearsonr(mt, mp)[0]), len(ids)
 
 
 def ssim3d(pred, target, mask=None, data_range: float = DATA_RANGE, win: int = 7) -> float:
@@ -225,6 +225,7 @@ def stratified_sensitivity(lesions: list[dict]) -> dict:
         out[f"volume {name}"] = summary([x for x in lesions if lo <= x["volume_ml"] < hi])
     out["target: >=3 HU and >=1 mL"] = summary(
         [x for x in lesions if x.get("ct_contrast_hu", np.nan) >= 3.0 and x["volume_ml"] >= 1.0])
+    out["qualifying: >=3 HU, >=1 mL, real ratio >=1.3"] = summary([x for x in lesions if qualifying(x)])
     return out
 
 
@@ -271,3 +272,112 @@ METRIC_INFO = {
     "psnr": "PSNR dB, whole volume (secondary; + ~8 dB from the empty background)",
     "ssim": "SSIM, whole axial slices (secondary)",
 }
+
+
+# ---------------------------------------------------------------------------------------------- lesion probability
+PROB_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2))
+ECE_BINS = 10
+FP_MIN_ML = 0.5
+
+
+def qualifying(lesion: dict) -> bool:
+    """A lesion the model issue counts: >= 1 mL, CT contrast >= 3 HU (ring of normal brain minus lesion mean) and
+    a real DWI lesion/normal ratio >= 1.3 (the CT holds evidence and the real DWI shows it)."""
+    return (lesion["volume_ml"] >= 1.0 and lesion.get("ct_contrast_hu", np.nan) >= 3.0
+            and lesion.get("ratio_real", np.nan) >= SHOWN_RATIO)
+
+
+def fit_temperature(logits: list[np.ndarray], labels: list[np.ndarray], max_voxels: int = 2_000_000) -> float:
+    """Temperature T minimising the binary NLL of sigmoid(logit / T) over the given voxels (temperature scaling,
+    Guo et al. 2017). Bounded to [0.05, 20]; returns 1.0 when there is nothing to fit."""
+    from scipy import optimize
+
+    z = np.concatenate([np.ravel(x) for x in logits]).astype(np.float64)
+    y = np.concatenate([np.ravel(x) for x in labels]).astype(np.float64) > 0
+    if z.size == 0 or not np.isfinite(z).all():
+        return 1.0
+    if z.size > max_voxels:  # a fixed subsample keeps it fast and deterministic
+        keep = np.random.default_rng(0).choice(z.size, max_voxels, replace=False)
+        z, y = z[keep], y[keep]
+
+    def nll(log_t):
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    res = optimize.minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+                                   options={"xatol": 1e-3})
+    return float(np.exp(res.x))
+
+
+def probability_metrics(prob, lesion, brain, spacing_zyx, thresholds=PROB_THRESHOLDS) -> dict:
+    """Calibration and lesion-wise detection of an infarct-probability map (z, y, x) inside the brain.
+
+    ``reliability``: per probability bin the voxel count, the summed probability and the summed truth (so cases
+    pool by adding); ``ece``: expected calibration error of this case. ``froc``: per threshold, which true
+    lesions (26-connected) a cluster of prob >= threshold touches, and how many clusters of >= 0.5 mL touch none
+    (false positives)."""
+    b = np.asarray(brain) > 0
+    p = np.asarray(prob, np.float64)[b]
+    y = (np.asarray(lesion) > 0)[b]
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    idx = np.clip(np.digitize(p, edges) - 1, 0, ECE_BINS - 1)
+    count = np.bincount(idx, minlength=ECE_BINS).astype(float)
+    sum_p = np.bincount(idx, weights=p, minlength=ECE_BINS)
+    sum_y = np.bincount(idx, weights=y.astype(float), minlength=ECE_BINS)
+    rel = {"count": count.tolist(), "sum_p": sum_p.tolist(), "sum_y": sum_y.tolist()}
+    vox_ml = float(np.prod(spacing_zyx)) / 1000.0
+    full = np.ones((3, 3, 3), bool)
+    les = (np.asarray(lesion) > 0) & b
+    true_lab, n_true = ndi.label(les, full)
+    vols = np.bincount(true_lab.ravel(), minlength=n_true + 1)[1:] * vox_ml
+    froc = []
+    pm = np.asarray(prob) * b
+    for t in thresholds:
+        lab, n = ndi.label(pm >= t, full)
+        if n:
+            sizes = np.bincount(lab.ravel(), minlength=n + 1)
+            touching = np.unique(lab[les & (lab > 0)])
+            fp = int(sum(1 for k in range(1, n + 1) if sizes[k] * vox_ml >= FP_MIN_ML and k not in set(touching.tolist())))
+            hit = np.unique(true_lab[(lab > 0) & les])
+            detected = [bool(k in set(hit.tolist())) for k in range(1, n_true + 1)]
+        else:
+            fp, detected = 0, [False] * n_true
+        froc.append({"threshold": float(t), "fp": fp, "detected": detected})
+    return {"ece": ece_from_bins(rel), "reliability": rel, "froc": froc, "lesion_volumes_ml": vols.tolist()}
+
+
+def ece_from_bins(rel: dict) -> float:
+    count = np.asarray(rel["count"], float)
+    if count.sum() == 0:
+        return float("nan")
+    conf = np.asarray(rel["sum_p"]) / np.maximum(count, 1)
+    acc = np.asarray(rel["sum_y"]) / np.maximum(count, 1)
+    return float(np.sum(count / count.sum() * np.abs(conf - acc)))
+
+
+def pool_reliability(per_case: list[dict]) -> dict:
+    keys = ("count", "sum_p", "sum_y")
+    return {k: np.sum([m["reliability"][k] for m in per_case], 0).tolist() for k in keys}
+
+
+def froc_curve(per_case: list[dict], min_ml: float = 0.0) -> list[dict]:
+    """Per threshold: lesion-wise sensitivity (lesions >= ``min_ml``) and mean false-positive clusters per case."""
+    out = []
+    for i, t in enumerate(per_case[0]["froc"] if per_case else []):
+        det, fp = [], []
+        for m in per_case:
+            row = m["froc"][i]
+            det += [d for d, v in zip(row["detected"], m["lesion_volumes_ml"]) if v >= min_ml]
+            fp.append(row["fp"])
+        out.append({"threshold": t["threshold"], "sensitivity": float(np.mean(det)) if det else float("nan"),
+                    "fp_per_case": float(np.mean(fp)), "lesions": len(det)})
+    return out
+
+
+def froc_summary(per_case: list[dict], max_fp: float = 2.0, min_ml: float = 0.0) -> dict:
+    """The best lesion-wise sensitivity among thresholds whose false positives per case stay <= ``max_fp``."""
+    ok = [r for r in froc_curve(per_case, min_ml) if r["fp_per_case"] <= max_fp and np.isfinite(r["sensitivity"])]
+    if not ok:
+        return {"sensitivity": 0.0, "threshold": None, "fp_per_case": None}
+    best = max(ok, key=lambda r: (r["sensitivity"], r["threshold"]))
+    return {"sensitivity": best["sensitivity"], "threshold": best["threshold"], "fp_per_case": best["fp_per_case"]}

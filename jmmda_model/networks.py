@@ -21,8 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .wavelets import DWT2D, IDWT2D
 
@@ -211,6 +211,28 @@ class AdaptiveFusionWeighting(nn.Module):
         return (fused, weights) if return_weights else fused
 
 
+class RenderHead(nn.Module):
+    """Residual over the tissue prior, brightened where the lesion head sees an infarct.
+
+    From features: residual ``r``, lesion logit ``l`` and gain ``g``;
+    ``out = clamp(prior * (1 + sigmoid(l) * softplus(g)) + r, 0, 1)``. The lesion probability decides how much
+    brighter than the normal-tissue prior a pixel is rendered, so a confident lesion is never rendered at or
+    below normal brightness unless the residual learns to. Zero-initialised (r = 0, g = softplus(0) = 0.69,
+    l = -4): an untrained model outputs the prior (x 1.01), never less than the lookup table."""
+
+    def __init__(self, cin: int, kernel: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 3, kernel, padding=kernel // 2)
+        nn.init.zeros_(self.conv.weight)
+        with torch.no_grad():
+            self.conv.bias.copy_(torch.tensor([0.0, -4.0, 0.0]))
+
+    def forward(self, h: torch.Tensor, prior: torch.Tensor):
+        r, logit, g = self.conv(h).chunk(3, dim=1)
+        out = prior * (1.0 + torch.sigmoid(logit) * F.softplus(g)) + r
+        return out.clamp(0.0, 1.0), logit
+
+
 def strict_from_dict(cls, d: dict, what: str):
     """Builds dataclass ``cls`` from ``d``, refusing unknown keys (typos must not pass silently)."""
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
@@ -237,15 +259,23 @@ class GeneratorConfig:
     aux_lesion: bool = False
     #: light mask-guided stem (see MaskGuidedFusion)
     light_stem: bool = True
+    #: the input carries the tissue prior as its last channel (after the mask); the output is a residual over it
+    #: with a lesion-probability head (RenderHead). Inference returns the lesion logits with ``return_aux``.
+    residual_prior: bool = False
 
     #: values of keys added after the first release, for checkpoints written before them
-    LEGACY = {"fusion_scale": 1, "aux_lesion": False, "light_stem": False}
+    LEGACY = {"fusion_scale": 1, "aux_lesion": False, "light_stem": False, "residual_prior": False}
+
+    @property
+    def input_channels(self) -> int:
+        """CT channels, the mask, and the prior when ``residual_prior``."""
+        return self.ct_channels + 1 + (1 if self.residual_prior else 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GeneratorConfig":
+    def from_dict(cls, d: dict) -> GeneratorConfig:
         return strict_from_dict(cls, {**cls.LEGACY, **d}, "generator config")
 
 
@@ -257,10 +287,11 @@ class JMMDAGenerator(nn.Module):
         self.cfg = cfg
         ch = [cfg.base_channels * m for m in cfg.channel_mults[: cfg.depth + 1]]
         self.size_divisor = 2**cfg.depth
+        stem_in = cfg.ct_channels + (1 if cfg.residual_prior else 0)  # the prior joins the CT branch
         if cfg.use_mask:
-            self.stem = MaskGuidedFusion(cfg.ct_channels, ch[0], light=cfg.light_stem)
+            self.stem = MaskGuidedFusion(stem_in, ch[0], light=cfg.light_stem)
         else:
-            self.stem = nn.Sequential(ConvBlock(cfg.ct_channels, ch[0]), ConvBlock(ch[0], ch[0]))
+            self.stem = nn.Sequential(ConvBlock(stem_in, ch[0]), ConvBlock(ch[0], ch[0]))
         self.down = nn.ModuleList(
             [MultiFrequencyDown(ch[i], ch[i + 1], cfg.heads, cfg.wavelet, cfg.use_dwt) for i in range(cfg.depth)]
         )
@@ -269,11 +300,20 @@ class JMMDAGenerator(nn.Module):
         if cfg.use_adaptive_fusion:
             # decoder outputs, coarse to fine: ch[depth-1], ..., ch[0]; fuse at full resolution (finest first)
             self.fusion = AdaptiveFusionWeighting(list(ch[: cfg.depth]), ch[0], cfg.heads, cfg.fusion_scale)
-        self.head = nn.Sequential(ConvBlock(ch[0], ch[0]), nn.Conv2d(ch[0], 1, 1))
-        self.lesion_head = nn.Conv2d(ch[0], 1, 1) if cfg.aux_lesion else None
+        if cfg.residual_prior:
+            self.head = nn.Sequential(ConvBlock(ch[0], ch[0]))
+            self.render = RenderHead(ch[0])
+            self.lesion_head = None
+        else:
+            self.head = nn.Sequential(ConvBlock(ch[0], ch[0]), nn.Conv2d(ch[0], 1, 1))
+            self.lesion_head = nn.Conv2d(ch[0], 1, 1) if cfg.aux_lesion else None
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, return_aux: bool = False):
-        ct, mask = x[:, : self.cfg.ct_channels], x[:, self.cfg.ct_channels : self.cfg.ct_channels + 1]
+        c = self.cfg.ct_channels
+        ct, mask = x[:, :c], x[:, c : c + 1]
+        prior = x[:, c + 1 : c + 2] if self.cfg.residual_prior else None
+        if prior is not None:
+            ct = torch.cat([ct, prior], 1)
         h = self.stem(ct, mask) if self.cfg.use_mask else self.stem(ct)
         skips = [h]
         for down in self.down:
@@ -287,6 +327,11 @@ class JMMDAGenerator(nn.Module):
         weights = None
         if self.cfg.use_adaptive_fusion:
             h, weights = self.fusion(dec[::-1], return_weights=True)
+        if prior is not None:
+            out, logit = self.render(self.head(h), prior)
+            if return_aux:
+                return out, logit
+            return (out, weights) if return_weights else out
         out = torch.sigmoid(self.head(h))
         if return_aux:
             return out, (self.lesion_head(h) if self.lesion_head is not None else None)
@@ -300,7 +345,7 @@ class UNetGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.size_divisor = 2**cfg.depth
-        cin = cfg.ct_channels + (1 if cfg.use_mask else 0)
+        cin = cfg.ct_channels + (1 if cfg.use_mask else 0) + (1 if cfg.residual_prior else 0)
         ch = [cfg.base_channels * m for m in cfg.channel_mults[: cfg.depth + 1]]
         self.inc = nn.Sequential(nn.Conv2d(cin, ch[0], 3, padding=1), nn.LeakyReLU(0.2, True))
         self.downs = nn.ModuleList(
@@ -319,10 +364,13 @@ class UNetGenerator(nn.Module):
                 for i in reversed(range(cfg.depth))
             ]
         )
-        self.out = nn.Conv2d(2 * ch[0], 1, 3, padding=1)
+        self.out = RenderHead(2 * ch[0], 3) if cfg.residual_prior else nn.Conv2d(2 * ch[0], 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, return_aux: bool = False):
-        x = x[:, : self.cfg.ct_channels + (1 if self.cfg.use_mask else 0)]
+        c = self.cfg.ct_channels
+        prior = x[:, c + 1 : c + 2] if self.cfg.residual_prior else None
+        parts = [x[:, :c]] + ([x[:, c : c + 1]] if self.cfg.use_mask else []) + ([prior] if prior is not None else [])
+        x = torch.cat(parts, 1)
         feats = [self.inc(x)]
         for d in self.downs:
             feats.append(d(feats[-1]))
@@ -331,7 +379,11 @@ class UNetGenerator(nn.Module):
             if k:
                 h = torch.cat([h, feats[self.cfg.depth - k]], 1)
             h = up(h)
-        out = torch.sigmoid(self.out(torch.cat([h, feats[0]], 1)))
+        h = torch.cat([h, feats[0]], 1)
+        if prior is not None:
+            out, logit = self.out(h, prior)
+            return (out, logit if return_aux else None) if (return_weights or return_aux) else out
+        out = torch.sigmoid(self.out(h))
         return (out, None) if (return_weights or return_aux) else out
 
 

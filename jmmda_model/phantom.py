@@ -311,8 +311,23 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
             "tissue_hu": {k: round(v, 1) for k, v in hu.items()},
             "tissue_dwi": {k: round(v, 3) for k, v in sig.items()},
             "epi_shift_mm": round(amp, 2),
+            "midplane_lps": _midplane_lps(rot, scale, centre_mm, shift, size, spacing, origin),
         },
     }
+
+
+def _midplane_lps(rot, scale, centre_mm, shift, size, spacing, origin) -> dict:
+    """The template's mid-sagittal plane (MNI x = 0) in this case's LPS patient coordinates, before the elastic
+    warp (a smooth field of about 3 mm that averages out over the brain): unit normal and a point on it.
+
+    Output voxel (x, y, z) at index-mm q sits at template mm ``rot @ (q - (size-1)/2*spacing + (0,0,10)) / scale +
+    centre + shift``; x = 0 there is the plane ``rot[0] . q = d`` in index-mm, and LPS = origin + diag(-1,-1,1) q."""
+    n = np.asarray(rot[0], float)
+    d = -scale * (centre_mm[0] + shift[0]) + float(n @ ((size - 1) / 2 * spacing - np.array([0.0, 0.0, 10.0])))
+    q0 = n * d
+    flip = np.array([-1.0, -1.0, 1.0])
+    return {"normal": [round(float(v), 6) for v in flip * n],
+            "point": [round(float(v), 4) for v in np.asarray(origin) + flip * q0]}
 
 
 def to_image(arr: np.ndarray, case: dict) -> sitk.Image:
@@ -345,3 +360,27 @@ def write_datastore(out_dir: str | Path, n_cases: int, first_seed: int = 0, cfg:
         json.dumps({"note": "synthetic phantoms on MNI152 anatomy; not patient data", "cases": {**known, **meta}}, indent=1)
     )
     return ids
+
+
+def loaded_case(seed: int, pre, cfg: PhantomConfig | None = None, prefix: str = "phantom"):
+    """One phantom as a ``data.LoadedCase`` built in memory (no files, no SimpleITK): the axial LPS arrays that
+    ``data.load_case`` reads from the written case (``to_image`` + ``geometry.to_axial``: (x, y, z) -> (z, y, x) and
+    the x and y axes reversed, since the phantom's direction is diag(-1, -1, 1)). Its spacing must be the model's
+    in-plane spacing (no resampling here)."""
+    from .data import LoadedCase, with_mirror
+    from .preprocess import normalize_dwi
+
+    c = make_case(seed, cfg)
+    if pre.needs_resampling_spacing(c["spacing"][:2]):
+        raise ValueError(f"phantom spacing {c['spacing'][:2]} differs from the model's {pre.inplane_spacing}")
+
+    def ax(a):
+        return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, ::-1])
+
+    brain = ax(c["brainmask"]).astype(np.uint8)
+    dwi = ax(c["dwi"]).astype(np.float32)
+    norm = lambda clip: normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value, clip=clip)
+    lc = LoadedCase(f"{prefix}_{seed:03d}", ax(c["ct"]).astype(np.float32), norm(True), brain,
+                    ax(c["lesion"]).astype(np.uint8), tuple(reversed(c["spacing"])), None, norm(False))
+    lc.meta = c["meta"]
+    return with_mirror(lc, pre)

@@ -29,9 +29,16 @@ class PreprocessConfig:
     #: 2.5-D input: this many adjacent axial slices on each side are stacked as extra CT channels (edge slices
     #: repeated), so a 2-7 HU infarct under CT noise is seen over 2k+1 slices
     context_slices: int = 1
+    #: hemispheric comparison: for every CT channel also the CT minus its mirror image across the mid-sagittal
+    #: plane (clinical.midplane), window-scaled and multiplied by ``mirror_gain``
+    mirror_channels: bool = True
+    mirror_gain: float = 4.0
+    #: the CT->DWI lookup table (prior.TissuePrior.to_dict()) fitted on the training set; when set, the model
+    #: input gets the prior as its last channel (generators with ``residual_prior`` predict a residual over it)
+    tissue_prior: dict | None = None
 
     #: values of keys added after the first release, for checkpoints written before them
-    LEGACY = {"context_slices": 0}
+    LEGACY = {"context_slices": 0, "mirror_channels": False, "mirror_gain": 4.0, "tissue_prior": None}
 
     def to_dict(self):
         return asdict(self)
@@ -39,7 +46,8 @@ class PreprocessConfig:
     @property
     def input_channels(self) -> int:
         """CT channels the generator receives: windows x (2k+1) slices (the mask comes on top)."""
-        return len(self.ct_windows) * (2 * self.context_slices + 1)
+        per = len(self.ct_windows) * (2 * self.context_slices + 1)
+        return per * (2 if self.mirror_channels else 1)
 
     @classmethod
     def from_dict(cls, d):
@@ -52,9 +60,12 @@ class PreprocessConfig:
         return cls(**d)
 
     def needs_resampling(self, img: sitk.Image) -> bool:
+        return self.needs_resampling_spacing(img.GetSpacing()[:2])
+
+    def needs_resampling_spacing(self, spacing_xy) -> bool:
         if self.inplane_spacing is None:
             return False
-        sx, sy = img.GetSpacing()[:2]
+        sx, sy = spacing_xy
         tx, ty = self.inplane_spacing
         return abs(sx - tx) > self.spacing_tolerance * tx or abs(sy - ty) > self.spacing_tolerance * ty
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Case, load_case, model_input
+from .data import Case, case_input, load_case
 from .inference import Synthesizer
 from .metrics import METRIC_INFO, SHOWN_RATIO, evaluate_volume, stratified_sensitivity
 
@@ -105,7 +105,7 @@ def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str =
 
 
 def predict_case(syn: Synthesizer, lc) -> np.ndarray:
-    y = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre))
+    y = syn.predict_slices(case_input(lc, syn.pre))
     return y * lc.brain if syn.pre.mask_output else y
 
 

@@ -14,16 +14,16 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import threading
 import time
-import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,11 +32,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint as ckpt_io
+from .data import Case, SliceDataset, case_input, load_case
 from .distributed import global_mean, global_sum, rank_and_world
-from .data import Case, SliceDataset, load_case, model_input
 from .inference import pick_device, predict_slices
-from .metrics import evaluate_volume
-from .networks import GeneratorConfig, PatchDiscriminator, build_generator, strict_from_dict
+from .metrics import evaluate_volume, fit_temperature, probability_metrics
+from .networks import (
+    GeneratorConfig,
+    PatchDiscriminator,
+    build_generator,
+    strict_from_dict,
+)
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -74,12 +79,18 @@ class TrainConfig:
     lambda_aux: float = 1.0
     #: which validation epoch becomes model.pt: "psnr_brain", or "lesion" (lesion sensitivity first, lesions
     #: rendered darker than normal penalised, in-brain PSNR breaking ties)
-    select_metric: str = "psnr_brain"
+    select_metric: str = "lesion"
+    #: train on square crops of this many pixels (None: whole slices); a ``lesion_patch_fraction`` of them is
+    #: centred on lesion voxels (then slices are not oversampled: ``lesion_oversample`` applies to whole slices)
+    patch_size: int | None = 80
+    lesion_patch_fraction: float = 1 / 3
+    #: weight of the soft Dice term of the lesion-probability loss (BCE + Dice)
+    lambda_dice: float = 1.0
     tensorboard: bool = True
     progress: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         return strict_from_dict(cls, d, "training config")
 
 
@@ -106,6 +117,21 @@ def lesion_contrast_loss(pred, target, brain, lesion):
     return (delta(pred) - delta(target)).abs()[has].sum() * rank_and_world()[1] / n_has
 
 
+def soft_dice_loss(prob, target, smooth: float = 1.0):
+    """Mean over samples of 1 - (2|P.T| + s) / (|P| + |T| + s): per sample, so a DDP split of the batch over
+    ranks gives the same mean (equal shares) and gradient; a sample without lesion pushes P towards 0."""
+    dims = (1, 2, 3)
+    inter = (prob * target).sum(dims)
+    return (1.0 - (2.0 * inter + smooth) / (prob.sum(dims) + target.sum(dims) + smooth)).mean()
+
+
+def _froc_sensitivity(per_case: list[dict], max_fp: float) -> float:
+    """Lesion-wise sensitivity at the lowest threshold whose false-positive clusters per case stay <= max_fp."""
+    from .metrics import froc_summary
+
+    return froc_summary(per_case, max_fp)["sensitivity"]
+
+
 def _gan_loss(logits, real: bool, mode: str):
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
     if mode == "lsgan":
@@ -130,11 +156,13 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.amp = cfg.amp and self.device.type == "cuda"
         self.pre = PreprocessConfig.from_dict(cfg.preprocess)
-        # the generator's CT channels follow from the preprocessing (windows x 2.5-D slices)
+        # the generator's CT channels follow from the preprocessing (windows x 2.5-D slices x mirror)
         self.gcfg = dataclasses.replace(GeneratorConfig.from_dict(cfg.generator), ct_channels=self.pre.input_channels)
+        if not self.gcfg.residual_prior:  # the prior channel exists only for generators that use it
+            self.pre.tissue_prior = None
         torch.manual_seed(cfg.seed)
         self.G = build_generator(self.gcfg).to(self.device)
-        self.D = PatchDiscriminator(self.gcfg.ct_channels + 2, cfg.disc_channels, cfg.disc_layers).to(self.device)
+        self.D = PatchDiscriminator(self.gcfg.input_channels + 1, cfg.disc_channels, cfg.disc_layers).to(self.device)
         # the modules trained: DDP wrappers in a distributed run (checkpoints keep the plain modules' weights)
         self.G_train, self.D_train = self.G, self.D
         if self.world > 1:
@@ -155,8 +183,12 @@ class Trainer:
 
     @property
     def input_channels(self) -> int:
-        """Channels of the generator's input: CT channels, then the brain mask."""
-        return self.gcfg.ct_channels + 1
+        """Channels of the generator's input: CT channels, the brain mask (and the tissue prior)."""
+        return self.gcfg.input_channels
+
+    @property
+    def has_lesion_head(self) -> bool:
+        return bool(self.gcfg.residual_prior or self.gcfg.aux_lesion)
 
     @property
     def mask_channel(self) -> int:
@@ -179,6 +211,7 @@ class Trainer:
             "best_metric": self.best,
             "history": self.history,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"lesion_calibration": self.calibration} if getattr(self, "calibration", None) else {}),
         }
 
     def resume(self, path: str | Path) -> bool:
@@ -198,20 +231,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _validate(self, val_cases) -> dict:
-        per_case = []
+        per_case, logits = [], []
         for c in val_cases:
-            y = predict_slices(self.G, model_input(c.ct_hu, c.brain, self.pre), self.device, amp=self.amp)
+            y, lg = predict_slices(self.G, case_input(c, self.pre), self.device, amp=self.amp, with_logits=True)
             if self.pre.mask_output:
                 y = y * c.brain
             per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx, ct_hu=c.ct_hu,
                                             target_unclipped=c.dwi_unclipped))
+            logits.append(lg)
         self._sample(val_cases)
+        prob = {}
+        if self.has_lesion_head and logits[0] is not None:
+            # temperature scaling of the lesion probability on the validation cases (in-brain voxels)
+            t = fit_temperature([lg[c.brain > 0] for lg, c in zip(logits, val_cases)],
+                                [c.lesion[c.brain > 0] for c in val_cases])
+            self._val_calibration = {"temperature": t, "fitted_on": [c.id for c in val_cases],
+                                     "epoch": self.epoch}
+            pm = [probability_metrics(1.0 / (1.0 + np.exp(-lg / t)), c.lesion, c.brain, c.spacing_zyx)
+                  for lg, c in zip(logits, val_cases)]
+            prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
+                    "prob_sensitivity_at_2fp": _froc_sensitivity(pm, 2.0)}
         lesions = [x for m in per_case for x in m.pop("lesion_detail")]
         keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
         out = {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
         out["lesion_sensitivity"] = float(np.mean([x["shown"] for x in lesions])) if lesions else float("nan")
         out["lesions_darker"] = float(sum(x["darker"] for x in lesions))
         out["lesions_total"] = float(len(lesions))
+        out.update(prob)
         return out
 
     def _sample(self, val_cases) -> None:
@@ -222,7 +268,7 @@ class Trainer:
         c = next((v for v in val_cases if v.lesion.any()), val_cases[0])
         per_slice = (c.lesion if c.lesion.any() else c.brain).reshape(c.brain.shape[0], -1).sum(1)
         k = int(per_slice.argmax())
-        y = predict_slices(self.G, model_input(c.ct_hu, c.brain, self.pre)[k : k + 1], self.device, amp=self.amp)[0] * c.brain[k]
+        y = predict_slices(self.G, case_input(c, self.pre)[k : k + 1], self.device, amp=self.amp)[0] * c.brain[k]
         img = sample_strip(c.ct_hu[k], c.dwi[k], y, f"{c.id} slice {k}  epoch {self.epoch}")
         folder = self.out / "samples"
         folder.mkdir(exist_ok=True)
@@ -235,6 +281,14 @@ class Trainer:
             init_from: str | Path | None = None) -> dict:
         """Trains up to ``cfg.epochs``. ``resume``: continue from ``checkpoints/last.pt`` when present;
         ``init_from``: otherwise start the generator from this checkpoint (fine-tuning)."""
+        train_loaded = [load_case(c, self.pre) for c in train]
+        val_loaded = [load_case(c, self.pre) for c in (val or [])]
+        return self.fit_loaded(train_loaded, val_loaded, resume=resume, init_from=init_from)
+
+    def fit_loaded(self, train_loaded: list, val_loaded: list, resume: bool = True,
+                   init_from: str | Path | None = None) -> dict:
+        """``fit`` on cases already loaded (``data.LoadedCase``, with their mirror images when the preprocessing
+        uses them): the benchmark builds phantoms in memory."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.ckpt_dir / "last.pt"
@@ -247,9 +301,10 @@ class Trainer:
                 raise ckpt_io.CheckpointError(f"cannot fine-tune from {Path(init_from).name}: different generator configuration")
             self.G.load_state_dict(ck["generator"])
             log.info("generator initialised from %s", init_from)
-        train_loaded = [load_case(c, self.pre) for c in train]
-        val_loaded = [load_case(c, self.pre) for c in (val or [])]
-        ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment)
+        train = train_loaded
+        self.prepare(train_loaded)
+        ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment, patch_size=cfg.patch_size,
+                          lesion_patch_fraction=cfg.lesion_patch_fraction)
         writer = None
         if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -302,6 +357,7 @@ class Trainer:
                     if score > self.best:
                         self.best = score
                         record["best"] = True
+                        self.calibration = getattr(self, "_val_calibration", None)
                 self.history.append(record)
                 state = self.state()
                 ckpt_io.atomic_save(state, last)
@@ -338,12 +394,21 @@ class Trainer:
             ckpt_io.write_json_atomic({k: v for k, v in summary.items() if k != "model"}, status_path)
         return summary
 
+    def prepare(self, train_loaded) -> None:
+        """Fits the tissue prior on the training cases (once; resumed runs refit the same table from the same
+        cases) when the generator predicts a residual over it."""
+        if self.gcfg.residual_prior and self.pre.tissue_prior is None:
+            from .prior import TissuePrior
+
+            self.pre.tissue_prior = TissuePrior().fit(train_loaded).to_dict()
+
     def _loader(self, ds) -> DataLoader:
         """This epoch's batches: every slice once, lesion slices ``lesion_oversample`` times, shuffled by
         (seed, epoch). A DistributedSampler deals the order out to the ranks (interleaved), so at each step the
         ranks' batches of ``batch_size / world`` together are the single-process batch of ``batch_size``."""
         cfg = self.cfg
-        idx = list(range(len(ds))) + [i for i in ds.lesion_items for _ in range(max(cfg.lesion_oversample, 1) - 1)]
+        extra = 0 if cfg.patch_size else max(cfg.lesion_oversample, 1) - 1  # patches: lesion_patch_fraction instead
+        idx = list(range(len(ds))) + [i for i in ds.lesion_items for _ in range(extra)]
         sampler = DistributedSampler(Subset(ds, idx), num_replicas=self.world, rank=self.rank, shuffle=True,
                                      seed=cfg.seed * 104729, drop_last=True)
         sampler.set_epoch(self.epoch)
@@ -396,8 +461,13 @@ class Trainer:
             if cfg.lambda_contrast:
                 loss_g = loss_g + cfg.lambda_contrast * contrast
             if lesion_logits is not None and cfg.lambda_aux:
-                pos = torch.tensor(10.0, device=lesion_logits.device)
-                aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain, pos_weight=pos)
+                if self.gcfg.residual_prior:  # the lesion-probability head: BCE (calibratable) + soft Dice
+                    aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain)
+                    if cfg.lambda_dice:
+                        aux = aux + cfg.lambda_dice * soft_dice_loss(torch.sigmoid(lesion_logits.float()) * brain, lesion)
+                else:  # the earlier auxiliary head (weighted BCE)
+                    pos = torch.tensor(10.0, device=lesion_logits.device)
+                    aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain, pos_weight=pos)
                 loss_g = loss_g + cfg.lambda_aux * aux
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()

@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from server_utils import free_port
 
 from jmmda_model import checkpoint as ckpt_io
-from server_utils import free_port
 from jmmda_model.data import find_cases
 from jmmda_model.distributed import DistributedError, launch
 from jmmda_model.trainer import TrainConfig, Trainer

@@ -1,0 +1,387 @@
+#!/usr/bin/env python
+"""Learning curves of the lesion recipe against the legacy recipe, pix2pix and a U-Net + prior, beside the table.
+
+    python benchmarks/learning_curves.py --out runs/curves --steps 600 --eval-every 100 --seeds 0,1,2
+    (also: python benchmarks/compare_models.py --curves ...; ./run.sh bench --curves ...)
+
+What it runs, exactly:
+* phantoms built in memory (jmmda_model.phantom.loaded_case, 1.8 x 1.8 x 5 mm): training seeds 10000.. (never
+  used anywhere else), calibration seeds 20000.. (temperature of the lesion probability), test seeds 30000..
+  (never used in training; not the committed sample cases either);
+* arms (``--arms``): ``legacy`` (the earlier whole-slice JMMDA GAN: no mirror channels, no prior, 3x lesion-slice
+  oversampling, contrast loss), ``jmmda`` (lesion recipe: mirror-difference channels, tissue prior + residual,
+  lesion head with BCE + Dice, lesion-centred patches), ``pix2pix`` (same recipe, pix2pix U-Net generator, same
+  depth and base width), ``unet_prior`` (same recipe and U-Net without the adversarial loss: the simplest
+  competitor, a segmenter + the prior), and ``lut`` (the tissue prior alone, fitted on the training phantoms);
+* every network arm x seed trains for exactly ``--steps`` optimiser steps of ``--batch-size`` crops (or slices for
+  legacy) and is evaluated on all test phantoms every ``--eval-every`` steps (the learning curve);
+* per evaluation: qualifying-lesion sensitivity (>= 1 mL, CT contrast >= 3 HU, real ratio >= 1.3; shown when the
+  synthetic lesion/normal ratio >= 1.3), lesions rendered darker than normal, false-bright mL per case, in-brain
+  PSNR; at the last step also the probability map (temperature fitted on the calibration phantoms): ECE and
+  lesion-wise sensitivity at <= 2 false-positive clusters (>= 0.5 mL) per case;
+* statistics: mean +- sd over seeds; paired per-case differences jmmda - pix2pix (each case averaged over seeds)
+  with 95 % t intervals; an interval containing 0 is reported as a tie.
+
+Resumable: each run keeps its own checkpoint and curve file; a finished run is skipped, an interrupted one goes
+on from its last evaluation. Output: ``<out>/curves.json``, ``<out>/curves.md``, ``<out>/learning_curves.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+try:  # the GPU machine lent for benchmarks has no SimpleITK wheel small enough to carry; nothing here needs it
+    import SimpleITK  # noqa: F401
+except ImportError:  # pragma: no cover - only there
+    sys.modules["SimpleITK"] = types.ModuleType("SimpleITK")
+
+TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
+NETWORK_ARMS = {
+    "legacy": {"gen": {"residual_prior": False}, "pre": {"mirror_channels": False},
+               "train": {"patch_size": None, "lesion_oversample": 3}},
+    "jmmda": {"gen": {}, "pre": {}, "train": {}},
+    "pix2pix": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {}},
+    "unet_prior": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {"lambda_adv": 0.0}},
+}
+ALL_ARMS = "legacy,jmmda,pix2pix,unet_prior,lut"
+
+
+def _load(args_tuple):
+    seed, pre_dict = args_tuple
+    from jmmda_model.phantom import loaded_case
+    from jmmda_model.preprocess import PreprocessConfig
+
+    lc = loaded_case(seed, PreprocessConfig.from_dict(pre_dict))
+    lc.image = None
+    return lc
+
+
+def make_cases(seeds, pre, workers: int):
+    """Phantoms with their mirror images (the mirror is computed for every arm; arms without it ignore it)."""
+    from multiprocessing import get_context
+
+    pre = {**pre.to_dict(), "mirror_channels": True}
+    jobs = [(s, pre) for s in seeds]
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            return pool.map(_load, jobs, chunksize=1)
+    return [_load(j) for j in jobs]
+
+
+def evaluate(pred_fn, cases, with_prob=None) -> dict:
+    """pred_fn(lc) -> (dwi, logits or None). Per-case metrics + pooled lesion lists."""
+    from jmmda_model.metrics import (
+        SHOWN_RATIO,
+        lesion_metrics,
+        probability_metrics,
+        psnr,
+        qualifying,
+    )
+
+    per_case, lesions, prob = [], [], []
+    for lc in cases:
+        y, lg = pred_fn(lc)
+        y = y * lc.brain
+        les = lesion_metrics(y, lc.dwi, lc.brain, lc.lesion, lc.ct_hu, lc.spacing_zyx)
+        q = [x for x in les["lesions"] if qualifying(x)]
+        lesions += [{"case": lc.id, **x} for x in les["lesions"]]
+        per_case.append({"case": lc.id, "psnr_brain": psnr(y, lc.dwi, lc.brain), "false_bright_ml": les["false_bright_ml"],
+                         "qualifying": len(q), "shown": sum(x["shown"] for x in q),
+                         "darker": sum(x["darker"] for x in les["lesions"]),
+                         "mean_ratio_qualifying": float(np.mean([x["ratio_syn"] for x in q])) if q else float("nan")})
+        if with_prob is not None and lg is not None:
+            prob.append(probability_metrics(with_prob(lg) * lc.brain, lc.lesion, lc.brain, lc.spacing_zyx))
+    q_all = [x for x in lesions if qualifying(x)]
+    out = {
+        "psnr_brain": float(np.mean([c["psnr_brain"] for c in per_case])),
+        "false_bright_ml": float(np.mean([c["false_bright_ml"] for c in per_case])),
+        "qualifying_sensitivity": float(np.mean([x["shown"] for x in q_all])) if q_all else float("nan"),
+        "qualifying_lesions": len(q_all),
+        "darker": int(sum(x["darker"] for x in lesions)),
+        "lesions": len(lesions),
+        "shown_ratio": SHOWN_RATIO,
+        "per_case": per_case,
+    }
+    if prob:
+        from jmmda_model.metrics import ece_from_bins, froc_summary, pool_reliability
+
+        out["prob_ece"] = ece_from_bins(pool_reliability(prob))
+        out["prob_froc_2fp"] = froc_summary(prob, 2.0)
+        out["prob_froc_2fp_ge1ml"] = froc_summary(prob, 2.0, min_ml=1.0)
+        out["reliability"] = pool_reliability(prob)
+    return out
+
+
+def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
+
+    from jmmda_model import checkpoint as ckpt_io
+    from jmmda_model.data import case_input
+    from jmmda_model.inference import predict_slices
+    from jmmda_model.metrics import fit_temperature
+    from jmmda_model.networks import GeneratorConfig
+    from jmmda_model.preprocess import PreprocessConfig
+    from jmmda_model.trainer import TrainConfig, Trainer
+
+    run_dir = out_dir / f"{name}_s{seed}"
+    curve_path = run_dir / "curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else {"points": []}
+    if curve.get("done"):
+        return curve
+    spec = NETWORK_ARMS[name]
+    pre = PreprocessConfig(**spec["pre"])
+    gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
+                          **{"residual_prior": True, **spec["gen"]})
+    train_over = {"patch_size": args.patch_size, **spec["train"]}
+    cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
+                      max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
+                      lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
+                      **train_over)
+    trainer = Trainer(cfg, run_dir)
+    t0 = time.time()
+
+    def logits_fn(lc):
+        return predict_slices(trainer.G, case_input(lc, trainer.pre), trainer.device, batch_size=16,
+                              amp=trainer.amp, with_logits=True)
+
+    def on_epoch(record):
+        last = trainer.global_step >= args.steps
+        if not last and trainer.global_step < (len(curve["points"]) + 1) * args.eval_every:
+            return  # a short epoch (few training slices): evaluate at multiples of --eval-every only
+        temp = None
+        if last and trainer.has_lesion_head:
+            lg = [logits_fn(lc)[1] for lc in cal]
+            temp = fit_temperature([g[lc.brain > 0] for g, lc in zip(lg, cal)], [lc.lesion[lc.brain > 0] for lc in cal])
+        sig = (lambda g: 1.0 / (1.0 + np.exp(-np.clip(g / temp, -60, 60)))) if temp else None
+        m = evaluate(logits_fn, test, with_prob=sig)
+        m.update({"step": trainer.global_step, "wall_s": round(time.time() - t0 + curve.get("wall_before", 0.0), 1)})
+        if temp:
+            m["temperature"] = temp
+        curve["points"].append(m)
+        ckpt_io.write_json_atomic(curve, curve_path)
+        print(f"[{name} s{seed}] step {trainer.global_step}: sens {m['qualifying_sensitivity']:.2f} "
+              f"({m['qualifying_lesions']}) darker {m['darker']} false-bright {m['false_bright_ml']:.1f} mL "
+              f"PSNR {m['psnr_brain']:.2f}" + (f" ECE {m.get('prob_ece', float('nan')):.3f}" if temp else ""), flush=True)
+
+    trainer.on_epoch = on_epoch
+    done = {p["step"] for p in curve["points"]}
+    if done:  # resumed: the checkpoint holds the last evaluated step
+        curve["points"] = [p for p in curve["points"] if p["step"] <= max(done)]
+    trainer.fit_loaded(train, [], resume=True)
+    curve["wall_s"] = round(time.time() - t0, 1)
+    curve["steps"] = trainer.global_step
+    curve["done"] = True
+    curve["params"] = int(sum(p.numel() for p in trainer.G.parameters()))
+    ckpt_io.write_json_atomic(curve, curve_path)
+    return curve
+
+
+def _run_job(job):
+    name, seed, args, data_path, out_dir = job
+    import pickle
+
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    with open(data_path, "rb") as f:
+        train, cal, test = pickle.load(f)
+    return name, seed, run_network(name, seed, args, train, cal, test, Path(out_dir))
+
+
+def paired_ci(a: list[float], b: list[float]):
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return float("nan"), float("nan"), float("nan")
+    m = float(d.mean())
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return m, m - half, m + half
+
+
+def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tuple[dict, str]:
+    arms = {}
+    for name, runs in results.items():
+        finals = [r["points"][-1] for r in runs]
+        arms[name] = {k: (float(np.nanmean([f[k] for f in finals])), float(np.nanstd([f[k] for f in finals])))
+                      for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker")}
+        for k in ("prob_ece",):
+            vals = [f[k] for f in finals if k in f]
+            if vals:
+                arms[name][k] = (float(np.mean(vals)), float(np.std(vals)))
+        sens2 = [f["prob_froc_2fp"]["sensitivity"] for f in finals if "prob_froc_2fp" in f]
+        if sens2:
+            arms[name]["prob_sensitivity_at_2fp"] = (float(np.mean(sens2)), float(np.std(sens2)))
+        arms[name]["wall_s_per_run"] = float(np.mean([r.get("wall_s", float("nan")) for r in runs]))
+        arms[name]["params"] = runs[0].get("params")
+    arms["lut"] = {k: (lut[k], 0.0) for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker")}
+    lines = [f"# Learning curves ({time.strftime('%Y-%m-%d')})", "",
+             f"Ran: {args.steps} steps x batch {args.batch_size} "
+             f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
+             f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
+             f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
+             f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; wall {wall / 60:.1f} min.", "",
+             "| arm | qualifying lesions shown | darker (all lesions, sum over test set) | false-bright mL/case | in-brain PSNR dB | prob. ECE | prob. sens. at <=2 FP/case |",
+             "|---|---|---|---|---|---|---|"]
+
+    def fmt(v, d=2):
+        return "-" if v is None else f"{v[0]:.{d}f} +- {v[1]:.{d}f}"
+
+    for name, a in arms.items():
+        lines.append(f"| {name} | {fmt(a['qualifying_sensitivity'])} | {fmt(a['darker'], 1)} | {fmt(a['false_bright_ml'], 1)} | "
+                     f"{fmt(a['psnr_brain'])} | {fmt(a.get('prob_ece'), 3)} | {fmt(a.get('prob_sensitivity_at_2fp'))} |")
+    comp = {}
+    if "jmmda" in results and "pix2pix" in results:
+        def per_case(name, key):
+            rows = {}
+            for r in results[name]:
+                for c in r["points"][-1]["per_case"]:
+                    rows.setdefault(c["case"], []).append(c[key])
+            return {k: float(np.nanmean(v)) if not all(np.isnan(v)) else float("nan") for k, v in rows.items()}
+
+        lines += ["", "Paired per-case differences jmmda - pix2pix (each case averaged over seeds, 95 % t CI):", ""]
+        for key in ("psnr_brain", "false_bright_ml", "shown"):
+            a, b = per_case("jmmda", key), per_case("pix2pix", key)
+            ids = sorted(a)
+            m, lo, hi = paired_ci([a[i] for i in ids], [b[i] for i in ids])
+            verdict = "tie (CI contains 0)" if not (lo > 0 or hi < 0) else ("jmmda higher" if lo > 0 else "pix2pix higher")
+            comp[key] = {"mean": m, "ci": [lo, hi], "verdict": verdict}
+            lines.append(f"- {key}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] -> {verdict}")
+    targets = []
+    j = arms.get("jmmda")
+    if j:
+        def check(label, ok, text):
+            targets.append({"target": label, "met": bool(ok), "value": text})
+
+        check("qualifying lesions shown >= 85 % (floor 60 %)", j["qualifying_sensitivity"][0] >= 0.85,
+              f"{100 * j['qualifying_sensitivity'][0]:.0f} %")
+        check("no lesion darker than normal", j["darker"][0] == 0, f"{j['darker'][0]:.1f} per test set")
+        check("false-bright <= 5 mL per case", j["false_bright_ml"][0] <= 5, f"{j['false_bright_ml'][0]:.1f} mL")
+        check("in-brain PSNR >= table + 1 dB", j["psnr_brain"][0] >= lut["psnr_brain"] + 1.0,
+              f"{j['psnr_brain'][0] - lut['psnr_brain']:+.2f} dB vs table")
+        if "prob_sensitivity_at_2fp" in j:
+            check("probability map: lesion-wise sensitivity >= 85 % at <= 2 FP/case", j["prob_sensitivity_at_2fp"][0] >= 0.85,
+                  f"{100 * j['prob_sensitivity_at_2fp'][0]:.0f} %")
+        if "prob_ece" in j:
+            check("probability map ECE <= 0.05", j["prob_ece"][0] <= 0.05, f"{j['prob_ece'][0]:.3f}")
+        lines += ["", "Targets (jmmda arm, mean over seeds):", ""]
+        lines += [f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} - {t['value']}" for t in targets]
+    summary = {"arms": arms, "jmmda_vs_pix2pix": comp, "targets": targets}
+    return summary, "\n".join(lines) + "\n"
+
+
+def plot(results, lut, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("qualifying_sensitivity", "qualifying lesions shown"), ("false_bright_ml", "false-bright mL / case"),
+            ("psnr_brain", "in-brain PSNR dB")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (k, label) in zip(axes, keys):
+        for i, (name, runs) in enumerate(results.items()):
+            for j, r in enumerate(runs):
+                steps = [p["step"] for p in r["points"]]
+                ax.plot(steps, [p[k] for p in r["points"]], color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
+        ax.axhline(lut[k], color="k", ls="--", label="lookup table")
+        ax.set_xlabel("optimiser steps")
+        ax.set_title(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SYNTHETIC-DWI models on held-out phantoms (one line per seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--arms", default=ALL_ARMS)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=80)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--train-cases", type=int, default=60)
+    p.add_argument("--cal-cases", type=int, default=8)
+    p.add_argument("--test-cases", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="runs (and phantom builders) in parallel processes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    import pickle
+
+    from jmmda_model.preprocess import PreprocessConfig
+    from jmmda_model.prior import TissuePrior
+
+    data_path = out / "phantoms.pkl"
+    if not data_path.exists():
+        pre = PreprocessConfig()
+        train = make_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.train_cases), pre, args.workers)
+        cal = make_cases(range(CAL_SEED0, CAL_SEED0 + args.cal_cases), pre, args.workers)
+        test = make_cases(range(TEST_SEED0, TEST_SEED0 + args.test_cases), pre, args.workers)
+        tmp = data_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump((train, cal, test), f)
+        os.replace(tmp, data_path)
+        print(f"built {len(train) + len(cal) + len(test)} phantoms in {time.time() - t0:.0f} s", flush=True)
+    with open(data_path, "rb") as f:
+        train, cal, test = pickle.load(f)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in NETWORK_ARMS and a != "lut"]
+    if unknown:
+        p.error(f"unknown arms {unknown}; known: {ALL_ARMS}")
+    table = TissuePrior().fit(train)
+    lut = evaluate(lambda lc: (table.predict(lc.ct_hu, lc.brain, lc.spacing_zyx), None), test)
+    print(f"[lut] sens {lut['qualifying_sensitivity']:.2f} ({lut['qualifying_lesions']}) darker {lut['darker']} "
+          f"false-bright {lut['false_bright_ml']:.1f} mL PSNR {lut['psnr_brain']:.2f}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(a, s, args, str(data_path), str(out)) for s in seeds for a in arms if a != "lut"]
+    results: dict[str, list] = {a: [] for a in arms if a != "lut"}
+    if args.workers > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(args.workers) as pool:
+            for name, seed, curve in pool.imap_unordered(_run_job, jobs):
+                results[name].append(curve)
+    else:
+        for job in jobs:
+            name, seed, curve = _run_job(job)
+            results[name].append(curve)
+    from compare_models import (
+        machine as machine_info,  # same hardware record as the main benchmark
+    )
+
+    mach = machine_info()
+    summary, md = summarise(results, lut, args, mach, time.time() - t0)
+    plot(results, lut, out / "learning_curves.png")
+    from jmmda_model.checkpoint import write_json_atomic
+
+    write_json_atomic({"args": vars(args), "machine": mach, "lut": {k: v for k, v in lut.items() if k != "per_case"},
+                       "runs": results, "summary": summary, "wall_s": time.time() - t0}, out / "curves.json")
+    (out / "curves.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The lesion recipe (model issue): mid-sagittal plane, mirror channels, tissue prior + residual, lesion head,
+probability calibration and its metrics, lesion-centred patches."""
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from jmmda_model.clinical.geometry import to_axial
+from jmmda_model.clinical.midplane import (
+    estimate_midplane,
+    mirror_or_self,
+    mirror_volume,
+)
+from jmmda_model.data import SliceDataset, case_input
+from jmmda_model.metrics import fit_temperature, froc_summary, probability_metrics
+from jmmda_model.networks import GeneratorConfig, build_generator
+from jmmda_model.phantom import loaded_case, make_case, to_image
+from jmmda_model.preprocess import PreprocessConfig
+from jmmda_model.prior import TissuePrior
+
+
+def _plane_error(seed):
+    c = make_case(seed)
+    img = to_axial(to_image(c["ct"], c))
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    t = time.perf_counter()
+    plane = estimate_midplane(ct, tuple(reversed(img.GetSpacing())))
+    seconds = time.perf_counter() - t
+    gt = c["meta"]["midplane_lps"]
+    sp = np.array(img.GetSpacing())
+    p_gt = np.array(img.TransformPhysicalPointToContinuousIndex(gt["point"])) * sp  # index-mm of the axial image
+    n_gt = np.array(img.GetDirection()).reshape(3, 3).T @ np.array(gt["normal"])
+    n = np.array(plane.normal_xyz)
+    angle = np.degrees(np.arccos(min(1.0, abs(float(n @ n_gt)))))
+    brain = sitk.GetArrayFromImage(to_axial(to_image(c["brainmask"], c)))
+    centre = np.argwhere(brain > 0).mean(0)[::-1] * sp
+    on_est = centre - (centre @ n - plane.offset_mm) * n  # the estimated plane at the brain's centre
+    return plane, angle, abs(float((on_est - p_gt) @ n_gt)), seconds
+
+
+@pytest.mark.parametrize("seed", [3101, 3102, 3103])
+def test_midplane_matches_the_phantom_truth(seed):
+    """Targets of the model issue: <= 1 mm and <= 1 degree against the phantom generator's own plane (its
+    rotation of up to 10 deg yaw and 4 deg roll/pitch), <= 1 s per volume on this CPU (measured 0.1-0.3 s)."""
+    plane, angle, dist, seconds = _plane_error(seed)
+    assert plane.trusted, plane.reason
+    assert angle <= 1.0 and dist <= 1.0, (angle, dist)
+    assert seconds <= 2.0  # 1 s target, slack for a loaded CI machine
+
+
+def test_untrusted_plane_is_reported_and_not_used():
+    c = make_case(3104)
+    img = to_axial(to_image(c["ct"], c))
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    sp = tuple(reversed(img.GetSpacing()))
+    damaged = ct.copy()
+    half = ct.shape[2] // 2
+    tissue = (ct > 15) & (ct < 60)
+    damaged[:, :, half:][tissue[:, :, half:]] -= 30.0  # a huge one-sided defect
+    plane = estimate_midplane(damaged, sp)
+    assert not plane.trusted and "asymmetric" in plane.reason
+    assert np.array_equal(mirror_or_self(damaged, plane, sp), damaged)  # the cue is switched off, not faked
+    blank = estimate_midplane(np.full((4, 20, 20), -1000.0, np.float32), sp)
+    assert not blank.trusted and "too little head" in blank.reason
+
+
+def test_mirror_of_a_mirror_is_the_image():
+    c = make_case(3105)
+    img = to_axial(to_image(c["ct"], c))
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    sp = tuple(reversed(img.GetSpacing()))
+    plane = estimate_midplane(ct, sp)
+    twice = mirror_volume(mirror_volume(ct, plane, sp), plane, sp)
+    brain = sitk.GetArrayFromImage(to_axial(to_image(c["brainmask"], c))) > 0
+    assert np.median(np.abs(twice - ct)[brain]) < 3.0  # two linear interpolations of a noisy CT
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    pre = PreprocessConfig()
+    return [loaded_case(s, pre) for s in (3110, 3111)]
+
+
+def test_untrained_residual_models_output_the_tissue_prior(phantoms):
+    """No trained model starts below the table: an untrained generator with ``residual_prior`` renders the prior
+    (x 1.01 from the lesion head's starting probability), for JMMDA and pix2pix alike."""
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    lc = phantoms[0]
+    x = case_input(lc, pre)
+    k = lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax()
+    prior = x[k, -1]
+    for arch in ("jmmda", "pix2pix"):
+        g = build_generator(GeneratorConfig(arch=arch, ct_channels=pre.input_channels, base_channels=8, depth=2,
+                                            heads=2, residual_prior=True)).eval()
+        with torch.no_grad():
+            out, logit = g(torch.from_numpy(x[k : k + 1, :, :136, :128]), return_aux=True)
+        assert logit is not None
+        np.testing.assert_allclose(out[0, 0].numpy(), np.clip(prior[:136, :128] * (1 + 0.018 * np.log(2)), 0, 1), atol=2e-3)
+
+
+def test_input_channels_and_prior_round_trip(phantoms):
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    x = case_input(phantoms[1], pre)
+    assert x.shape[1] == pre.input_channels + 2  # CT and mirror-difference channels, mask, prior
+    again = TissuePrior.from_dict(pre.tissue_prior)
+    np.testing.assert_allclose(x[:, -1], again.predict(phantoms[1].ct_hu, phantoms[1].brain, phantoms[1].spacing_zyx))
+    with pytest.raises(ValueError, match="malformed"):
+        TissuePrior.from_dict({**pre.tissue_prior, "table": [[float("nan")]]})
+    # the mirror-difference channels are 0 where the CT equals its mirror
+    same = case_input(dataclasses.replace(phantoms[1], mirror_hu=phantoms[1].ct_hu), pre)
+    assert np.abs(same[:, 3:6]).max() == 0.0
+
+
+def test_patches_are_centred_on_lesions_about_a_third_of_the_time(phantoms):
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    ds = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64)
+    assert ds.lesion_items
+    hits = 0
+    n = 300
+    for i in range(n):
+        item = ds[i % len(ds)]
+        assert item["input"].shape[-2:] == (64, 64)
+        hits += bool(item["lesion"][0, 24:40, 24:40].any())
+        ds.epoch_seed = i // len(ds) + 1
+    assert 0.2 < hits / n < 0.6  # 1/3 centred (with jitter) on lesion voxels, plus brain crops that touch one
+
+
+def test_temperature_scaling_and_probability_metrics():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-2.0, 2.0, 200_000)
+    truth = rng.random(true_logit.size) < 1.0 / (1.0 + np.exp(-true_logit))
+    t = fit_temperature([3.0 * true_logit], [truth])  # a model over-confident by 3x
+    assert 2.7 < t < 3.3
+    brain = np.ones((1, 40, 40), np.uint8)
+    lesion = np.zeros_like(brain)
+    lesion[0, 5:15, 5:15] = 1
+    lesion[0, 25:35, 25:35] = 1
+    prob = np.zeros(brain.shape)
+    prob[0, 6:14, 6:14] = 0.9  # finds lesion 1
+    prob[0, 0:3, 30:40] = 0.8  # a false-positive cluster (30 voxels x 20 mm3 = 0.6 mL)
+    m = probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0))
+    row = next(r for r in m["froc"] if r["threshold"] == 0.5)
+    assert row["detected"] == [True, False] and row["fp"] == 1
+    assert froc_summary([m], max_fp=1.0)["sensitivity"] == 0.5
+    assert froc_summary([m], max_fp=0.0) == {"sensitivity": 0.5, "threshold": 0.9, "fp_per_case": 0.0}
+    perfect = probability_metrics(lesion.astype(float), lesion, brain, (1.0, 4.0, 5.0))
+    assert perfect["ece"] == 0.0
+    assert m["ece"] > 0.05
