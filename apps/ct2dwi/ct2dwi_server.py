@@ -197,8 +197,8 @@ def infer(
         else:
             raise HTTPException(status_code=422, detail="no CT given: upload it as 'file' or name a datastore image with ?image=")
         mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
-        out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name,
-                               single_file=file is not None)
+        # datastore images get the same header check as uploads: a stored header must not name another file
+        out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True)
         return _infer_response(out, result, output, folder)
     except BaseException as exc:
         scratch.remove(folder)

@@ -93,17 +93,64 @@ def _check_size(shape, components: int, what: str, name: str) -> None:
         )
 
 
+#: longest NRRD / MetaImage text header accepted from untrusted sources (the whole header is parsed, not a prefix)
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _header_lines(f, what: str, name: str):
+    """Yields the text lines of a header from ``f`` (the whole header, however it is padded), refusing one longer
+    than MAX_HEADER_BYTES."""
+    used = 0
+    while True:
+        line = f.readline(MAX_HEADER_BYTES + 1)
+        used += len(line)
+        if used > MAX_HEADER_BYTES:
+            raise InputError(f"{what}: {name}: image header longer than {MAX_HEADER_BYTES // 1024} KiB; refused")
+        if not line:
+            return
+        yield line
+
+
 def _refuse_detached(path: Path, what: str, name: str) -> None:
-    """MetaImage ``ElementDataFile`` / NRRD ``data file`` may name any file on the reading machine."""
+    """Parses the whole NRRD / MetaImage header and refuses any that does not hold its voxels in the same file.
+
+    NRRD (recognised by its magic, whatever the file is called, as ITK does): every field up to the blank line
+    that ends the header is read; a ``data file`` field (any spelling: ``datafile``, ``data_file``) is refused,
+    and so is a header that never reaches its blank line (header-only file). MetaImage (.mha): every ``key =
+    value`` line up to ``ElementDataFile``, which must be ``LOCAL``; a header without it is refused. Comment
+    padding cannot push a field out of view: the only bound is MAX_HEADER_BYTES for the whole header."""
+    refuse = f"{what}: {name}: the header points at a separate data file; send a single-file volume"
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-    for line in head.split(b"\n")[:200]:
-        key, _, value = line.partition(b"=" if b"=" in line.split(b":")[0] else b":")
-        key = key.strip().lower().replace(b" ", b"")
-        if (key == b"elementdatafile" and value.strip().upper() != b"LOCAL") or key in (b"datafile", b"data_file"):
-            raise InputError(f"{what}: {name}: the header points at a separate data file; send a single-file volume")
-        if not line.strip():  # NRRD: a blank line ends the header
-            break
+        magic = f.read(4)
+        f.seek(0)
+        if magic == b"NRRD":
+            lines = _header_lines(f, what, name)
+            next(lines)  # NRRD000N
+            for line in lines:
+                text = line.rstrip(b"\r\n")
+                if not text.strip():
+                    return  # attached data follows
+                if text.startswith(b"#"):
+                    continue  # comment
+                head = text.partition(b":")[0]
+                if text[len(head) : len(head) + 2] == b":=":
+                    continue  # key/value pair (free text, not a field)
+                field = head.strip().lower().replace(b" ", b"").replace(b"_", b"")
+                if field == b"datafile":
+                    raise InputError(refuse)
+            raise InputError(f"{what}: {name}: NRRD header without attached data (no blank line ends it); "
+                             "send a single-file volume")
+        if path.name.lower().endswith(".nrrd"):
+            raise InputError(f"{what}: {name}: not an NRRD file (no NRRD magic)")
+        for line in _header_lines(f, what, name):
+            key, sep, value = line.partition(b"=")
+            if not sep:
+                continue
+            if key.strip().lower() == b"elementdatafile":
+                if value.strip().upper() != b"LOCAL":
+                    raise InputError(refuse)
+                return
+        raise InputError(f"{what}: {name}: MetaImage header without ElementDataFile = LOCAL; send a single-file volume")
 
 
 def _scan_nifti(path: Path, what: str, name: str) -> tuple:

@@ -115,4 +115,4 @@ class CT2DWIInfer(InferTask):
         """MONAI Label's task interface (not routed by the hardened server, which calls ``run``)."""
         out_dir = Path(request.get("output_dir") or tempfile.mkdtemp(prefix="ct2dwi-"))
         return self.run(Path(request["image"]), Path(request["label"]) if request.get("label") else None, out_dir,
-                        single_file=False)
+                        single_file=True)
