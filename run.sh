@@ -49,7 +49,10 @@ case "$cmd" in
       cp -r sample_data/studies "$STUDIES"
       echo "== sample studies copied to $STUDIES" >&2
     fi
-    exec "$VENV/bin/python" apps/ct2dwi/serve.py --studies "$STUDIES" --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" "$@"
+    # one source of truth for the bind address: a --host on the command line wins over $HOST (never both)
+    hostarg=(--host "${HOST:-127.0.0.1}")
+    for a in "$@"; do case "$a" in --host|--host=*|-i|-i=*) hostarg=() ;; esac; done
+    exec "$VENV/bin/python" apps/ct2dwi/serve.py --studies "$STUDIES" "${hostarg[@]}" --port "${PORT:-8000}" "$@"
     ;;
   test)
     setup

@@ -45,6 +45,7 @@ from typing import Optional
 
 from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from requests_toolbelt import MultipartEncoder
 
@@ -89,6 +90,44 @@ if _cors_origins():  # closed unless configured: no cross-origin reads of a serv
     app.add_middleware(CORSMiddleware, allow_origins=_cors_origins(), allow_credentials=True,
                        allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
 app.add_middleware(BodyLimit)
+
+
+def _allowed_hosts() -> list[str]:
+    """Host headers answered (DNS rebinding): loopback names, the bound address, and CT2DWI_ALLOWED_HOSTS
+    (comma-separated; needed behind a proxy or when binding 0.0.0.0, which otherwise answers any host)."""
+    extra = [h.strip() for h in os.environ.get("CT2DWI_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    bound = os.environ.get("CT2DWI_BIND_HOST", "127.0.0.1").strip("[]")
+    if bound in ("0.0.0.0", "::") and not extra:
+        return ["*"]
+    return ["localhost", "127.0.0.1", "::1", bound, *extra]
+
+
+class FrameDeny:
+    """Pure ASGI middleware: no page of this server may be framed by another site (clickjacking)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])]
+                csp = next((v for k, v in headers if k.lower() == b"content-security-policy"), None)
+                headers = [(k, v) for k, v in headers if k.lower() != b"content-security-policy"]
+                headers.append((b"content-security-policy",
+                                (csp + b"; " if csp else b"") + b"frame-ancestors 'none'"))
+                headers += [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts())
+app.add_middleware(FrameDeny)
 
 USER = Depends(auth.require(auth.USER))
 ADMIN = Depends(auth.require(auth.ADMIN))

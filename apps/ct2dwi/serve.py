@@ -30,6 +30,17 @@ def _option(argv, *names):
     return None
 
 
+def _all_options(argv, *names) -> list[str]:
+    out = []
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                out.append(argv[i + 1])
+            elif a.startswith(n + "="):
+                out.append(a.split("=", 1)[1])
+    return out
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -47,10 +58,15 @@ def main(argv=None):
         os.environ["CT2DWI_CORS_ORIGINS"] = ",".join(
             filter(None, [os.environ.get("CT2DWI_CORS_ORIGINS", ""), os.environ.pop("MONAI_LABEL_CORS_ORIGINS").strip("[]").replace('"', "")])
         )
-    host = _option(argv, "--host", "-i")
+    hosts = _all_options(argv, "--host", "-i")
+    if len(hosts) > 1:  # the guard below and the server must see one and the same address
+        print(f"serve.py: --host given {len(hosts)} times ({', '.join(hosts)}); give it once", file=sys.stderr)
+        return 2
+    host = hosts[0] if hosts else None
     if host is None:
         host = "127.0.0.1"
         argv += ["--host", host]
+    os.environ["CT2DWI_BIND_HOST"] = host  # the Host-header allowlist follows the address actually bound
     sys.path.insert(0, HERE)
     from ct2dwi_app.auth import AuthConfigError, check_config
     from monailabel.config import settings

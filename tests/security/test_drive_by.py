@@ -1,0 +1,51 @@
+"""Round two (#22, items 3-4 in part): no framing, no answers to foreign Host headers (DNS rebinding), one
+source of truth for the bind address. Against a real server on loopback."""
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from conftest import ROOT
+from server_utils import sample_server
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = sample_server(tmp_path_factory.mktemp("driveby"), n=1).wait()
+    yield s
+    s.stop()
+
+
+def test_foreign_host_header_is_refused(srv):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    for path in ("/info/", "/logs/", "/datastore/?output=all", "/ui/"):
+        r = requests.get(f"{srv.url}{path}", headers={"Host": "evil.example"}, timeout=30)
+        assert r.status_code == 400, (path, r.status_code)
+    assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200  # 127.0.0.1:port itself
+
+
+def test_no_page_can_be_framed(srv):
+    for path in ("/info/", "/ui/", "/no-such-route"):
+        r = requests.get(f"{srv.url}{path}", timeout=30)
+        assert r.headers.get("X-Frame-Options") == "DENY", path
+        assert "frame-ancestors 'none'" in r.headers.get("Content-Security-Policy", ""), path
+    ui = requests.get(f"{srv.url}/ui/", timeout=30).headers["Content-Security-Policy"]
+    assert "default-src 'self'" in ui  # the page's own policy is kept
+
+
+def test_repeated_host_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "apps" / "ct2dwi" / "serve.py"), "--studies", str(tmp_path),
+                        "--host", "127.0.0.1", "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--host given 2 times" in r.stderr
+
+
+def test_run_sh_serve_host_reaches_the_guard(tmp_path):
+    """./run.sh serve --host 0.0.0.0 used to pass --host twice; the guard checked 127.0.0.1 and the server bound
+    0.0.0.0 with auth off. Now the one --host is the one checked: refused without auth."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAI_LABEL_AUTH")}
+    env["STUDIES"] = str(tmp_path)
+    r = subprocess.run(["bash", str(ROOT / "run.sh"), "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr, r.stderr[-2000:]
