@@ -6,7 +6,8 @@
 #   ./run.sh jmmda COMMAND ...                         the jmmda CLI: train | evaluate | infer | make-sample-data |
 #                                                      import | export-dicom | export-torchscript |
 #                                                      export-bundle  (./run.sh jmmda COMMAND --help)
-#   ./run.sh bench [options]                           benchmarks/compare_models.py (--help lists its options)
+#   ./run.sh bench [options]                           benchmarks/compare_models.py (--help lists its options;
+#                                                      --curves first: the learning-curve benchmark)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -78,7 +79,7 @@ case "$cmd" in
     exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,9p' "$0" ;;
+    sed -n '2,10p' "$0" ;;
   *)
-    echo "unknown command: $cmd" >&2; sed -n '2,9p' "$0" >&2; exit 2 ;;
+    echo "unknown command: $cmd" >&2; sed -n '2,10p' "$0" >&2; exit 2 ;;
 esac

@@ -413,7 +413,14 @@ def check_targets(results: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--curves"]:  # the learning-curve benchmark of the lesion recipe (learning_curves.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import learning_curves
+
+        return learning_curves.main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__ + "\n--curves (first): the learning-curve benchmark of the lesion "
+                                 "recipe instead (benchmarks/learning_curves.py; --curves --help lists its options)", formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated; known: {', '.join([*NETWORK_ARMS, *BASELINE_ARMS])}")
     ap.add_argument("--steps", type=int, default=150, help="optimiser steps per network arm and seed (exact)")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (>= 3 for confidence intervals)")
@@ -500,4 +507,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    r = main()
+    sys.exit(r if isinstance(r, int) else 0)

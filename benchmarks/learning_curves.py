@@ -323,10 +323,15 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="runs (and phantom builders) in parallel processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="auto")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: summarise the curve.json files and lut.json already in --out (an interrupted "
+                        "run's partial curves are reported as partial, with the steps they reached)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.report_only:
+        return report_only(args, out)
     import pickle
 
     from jmmda_model.preprocess import PreprocessConfig
@@ -351,6 +356,9 @@ def main(argv=None):
         p.error(f"unknown arms {unknown}; known: {ALL_ARMS}")
     table = TissuePrior().fit(train)
     lut = evaluate(lambda lc: (table.predict(lc.ct_hu, lc.brain, lc.spacing_zyx), None), test)
+    from jmmda_model.checkpoint import write_json_atomic
+
+    write_json_atomic({k: v for k, v in lut.items() if k != "per_case"}, out / "lut.json")
     print(f"[lut] sens {lut['qualifying_sensitivity']:.2f} ({lut['qualifying_lesions']}) darker {lut['darker']} "
           f"false-bright {lut['false_bright_ml']:.1f} mL PSNR {lut['psnr_brain']:.2f}", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -377,6 +385,27 @@ def main(argv=None):
 
     write_json_atomic({"args": vars(args), "machine": mach, "lut": {k: v for k, v in lut.items() if k != "per_case"},
                        "runs": results, "summary": summary, "wall_s": time.time() - t0}, out / "curves.json")
+    (out / "curves.md").write_text(md)
+    print(md)
+    return 0
+
+
+def report_only(args, out: Path) -> int:
+    results: dict[str, list] = {}
+    for f in sorted(out.glob("*_s*/curve.json")):
+        name = f.parent.name.rsplit("_s", 1)[0]
+        c = json.loads(f.read_text())
+        if c["points"]:
+            results.setdefault(name, []).append(c)
+    lut = json.loads((out / "lut.json").read_text())
+    machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
+    summary, md = summarise(results, lut, args, machine, 0.0)
+    partial = {n: [r["points"][-1]["step"] for r in runs if not r.get("done")] for n, runs in results.items()}
+    partial = {n: v for n, v in partial.items() if v}
+    if partial:
+        md += ("\nPARTIAL: these runs did not reach --steps; their last evaluation is reported (steps reached): "
+               + "; ".join(f"{n}: {v}" for n, v in partial.items()) + "\n")
+    plot(results, lut, out / "learning_curves.png")
     (out / "curves.md").write_text(md)
     print(md)
     return 0

@@ -175,3 +175,9 @@ class KeycloakRealm:
 
     def stop(self):
         self._srv.shutdown()
+
+
+#: claims every test token carries: the server checks iss against CT2DWI_AUTH_ISSUER and requires aud
+ISSUER = "https://sso.test.invalid/realms/monailabel"
+CLAIMS = {"iss": ISSUER, "aud": "monailabel-app"}
+AUTH_ENV = {"MONAI_LABEL_AUTH_ENABLE": "true", "CT2DWI_AUTH_ISSUER": ISSUER}

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
 from conftest import SAMPLE, arr
-from server_utils import KeycloakRealm, self_signed_cert, sample_server
+from server_utils import AUTH_ENV, KeycloakRealm, self_signed_cert, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -267,7 +267,7 @@ def test_cors_origins_configured_without_crash(bare_server):
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     realm = KeycloakRealm()
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
+    env = {**AUTH_ENV, "MONAI_LABEL_AUTH_REALM_URI": realm.uri}
     s = sample_server(tmp_path_factory.mktemp("auth"), n=1, env=env).wait(path="/info/", ok=(200, 401))
     s.key = realm.key
     yield s
@@ -278,8 +278,10 @@ def auth_server(tmp_path_factory):
 def _token(key, roles, exp=3600, alg="RS256"):
     import jwt
 
+    from server_utils import CLAIMS
+
     now = int(time.time())
-    payload = {"preferred_username": "dr.who", "realm_access": {"roles": roles}, "iat": now, "exp": now + exp}
+    payload = {"preferred_username": "dr.who", "realm_access": {"roles": roles}, "iat": now, "exp": now + exp, **CLAIMS}
     return jwt.encode(payload, key, algorithm=alg)
 
 

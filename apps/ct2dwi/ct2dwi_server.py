@@ -33,6 +33,7 @@ writes. Bad input -> 4xx naming the user's file; no checkpoint -> 503, never ran
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -201,6 +202,40 @@ def _parse_params(params: str) -> dict:
     return p
 
 
+class InferenceSlots:
+    """At most ``running`` inferences at once (CT2DWI_MAX_INFER, default 1) and ``queued`` waiting
+    (CT2DWI_INFER_QUEUE, default 4); past that 503 with Retry-After, so concurrent large requests cannot add up
+    their memory."""
+
+    def __init__(self, running: int, queued: int):
+        self.running, self.queued = max(1, running), max(0, queued)
+        self._sem = threading.Semaphore(self.running)
+        self._lock = threading.Lock()
+        self.active = self.waiting = 0
+
+    @contextlib.contextmanager
+    def slot(self):
+        with self._lock:
+            if self.active + self.waiting >= self.running + self.queued:
+                raise HTTPException(status_code=503, headers={"Retry-After": "15"},
+                                    detail=f"the server is busy ({self.active} inference(s) running, {self.waiting} "
+                                           "waiting); try again shortly")
+            self.waiting += 1
+        self._sem.acquire()
+        with self._lock:
+            self.waiting -= 1
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+            self._sem.release()
+
+
+SLOTS = InferenceSlots(int(os.environ.get("CT2DWI_MAX_INFER", "1")), int(os.environ.get("CT2DWI_INFER_QUEUE", "4")))
+
+
 def _datastore_image(image_id: str) -> Path:
     _check_name(image_id, "image id")
     ds = _instance().datastore()
@@ -237,7 +272,8 @@ def infer(
             raise HTTPException(status_code=422, detail="no CT given: upload it as 'file' or name a datastore image with ?image=")
         mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
         # datastore images get the same header check as uploads: a stored header must not name another file
-        out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True)
+        with SLOTS.slot():
+            out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True)
         return _infer_response(out, result, output, folder)
     except BaseException as exc:
         scratch.remove(folder)

@@ -58,6 +58,12 @@ def main(argv=None):
         os.environ["CT2DWI_CORS_ORIGINS"] = ",".join(
             filter(None, [os.environ.get("CT2DWI_CORS_ORIGINS", ""), os.environ.pop("MONAI_LABEL_CORS_ORIGINS").strip("[]").replace('"', "")])
         )
+    bad = [o for o in os.environ.get("CT2DWI_CORS_ORIGINS", "").split(",") if o.strip() in ("*", "null")]
+    if bad:  # credentials are allowed to the listed origins: a wildcard would hand them to every site
+        print(f"serve.py: refusing to start: {bad[0].strip()!r} is not accepted as a CORS origin (credentials are "
+              "allowed); list the exact origins", file=sys.stderr)
+        return 2
+    os.umask(0o077)  # logs, uploads, versions: readable by the server's user only
     hosts = _all_options(argv, "--host", "-i")
     if len(hosts) > 1:  # the guard below and the server must see one and the same address
         print(f"serve.py: --host given {len(hosts)} times ({', '.join(hosts)}); give it once", file=sys.stderr)

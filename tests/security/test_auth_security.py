@@ -11,7 +11,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from conftest import SAMPLE
-from server_utils import KeycloakRealm, sample_server
+from server_utils import AUTH_ENV, CLAIMS, KeycloakRealm, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -25,7 +25,7 @@ def realm():
 
 @pytest.fixture(scope="module")
 def realm_server(tmp_path_factory, realm):
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3"}
+    env = {**AUTH_ENV, "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3"}
     s = sample_server(tmp_path_factory.mktemp("authsec"), n=1, env=env).wait(path="/auth/")
     s.key = realm.key
     yield s
@@ -34,7 +34,7 @@ def realm_server(tmp_path_factory, realm):
 
 def token(key, roles, exp: int | None = 3600, alg="RS256"):
     now = int(time.time())
-    payload = {"preferred_username": "dr.who", "realm_access": {"roles": roles}, "iat": now}
+    payload = {"preferred_username": "dr.who", "realm_access": {"roles": roles}, "iat": now, **CLAIMS}
     if exp is not None:
         payload["exp"] = now + exp
     return jwt.encode(payload, key, algorithm=alg)
@@ -92,3 +92,35 @@ def test_unreachable_realm_is_503_not_500(realm_server, realm):
         assert get_info(realm_server.url, None).status_code == 401
     finally:
         realm.up = True
+
+
+def test_issuer_and_audience_are_required(realm_server):
+    """Round two: iss must be the realm and aud must name this client (a token for another app is refused)."""
+    now = int(time.time())
+    base = {"preferred_username": "dr.who", "realm_access": {"roles": ["monailabel-user"]}, "iat": now, "exp": now + 600}
+    for claims in ({**CLAIMS, "iss": "https://evil.example/realms/monailabel"}, {"aud": CLAIMS["aud"]},
+                   {**CLAIMS, "aud": "another-app"}, {"iss": CLAIMS["iss"]}):
+        tok = jwt.encode({**base, **claims}, realm_server.key, algorithm="RS256")
+        assert get_info(realm_server.url, tok).status_code == 401, claims
+    good = jwt.encode({**base, **CLAIMS, "aud": ["account", CLAIMS["aud"]]}, realm_server.key, algorithm="RS256")
+    assert get_info(realm_server.url, good).status_code == 200
+
+
+def test_malformed_or_foreign_realm_key_is_503_and_not_cached(realm_server, realm):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    good_b64 = realm.key_b64
+    ec_der = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        for served in ("bm90IGEga2V5", base64.b64encode(ec_der).decode()):  # garbage; an EC key while RS256 is pinned
+            realm.key_b64 = served
+            time.sleep(11)  # a failed signature refetches at most every 10 s
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            r = get_info(realm_server.url, token(other, ["monailabel-user"]))  # forces a key fetch
+            assert r.status_code == 503, r.text
+            # the bad key was not cached: the good key still verifies good tokens
+            assert get_info(realm_server.url, token(realm_server.key, ["monailabel-user"])).status_code == 200
+    finally:
+        realm.key_b64 = good_b64

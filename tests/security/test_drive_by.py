@@ -49,3 +49,48 @@ def test_run_sh_serve_host_reaches_the_guard(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "run.sh"), "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True,
                        text=True, timeout=300, env=env)
     assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr, r.stderr[-2000:]
+
+
+def test_inference_slots_answer_503_with_retry_after(tmp_path):
+    """Round two, item 2 (in part): with 1 running and no queue, concurrent requests past the first get 503 +
+    Retry-After instead of adding up their memory."""
+    import threading
+
+    from conftest import SAMPLE
+
+    s = sample_server(tmp_path, n=1, env={"CT2DWI_MAX_INFER": "1", "CT2DWI_INFER_QUEUE": "0"}).wait()
+    try:
+        ct = (SAMPLE / "phantom_000.nii.gz").read_bytes()
+        results = []
+
+        def go():
+            r = requests.post(f"{s.url}/infer/ct2dwi?output=json", files={"file": ("ct.nii.gz", ct)}, timeout=300)
+            results.append((r.status_code, r.headers.get("Retry-After")))
+
+        threads = [threading.Thread(target=go) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(c for c, _ in results)
+        assert 200 in codes and 503 in codes, codes
+        assert all(ra for c, ra in results if c == 503)
+        # afterwards the slot is free again
+        r = requests.post(f"{s.url}/infer/ct2dwi?output=json", files={"file": ("ct.nii.gz", ct)}, timeout=300)
+        assert r.status_code == 200
+    finally:
+        s.stop()
+
+
+def test_wildcard_cors_origin_with_credentials_is_refused(tmp_path):
+    env = {**os.environ, "MONAI_LABEL_CORS_ORIGINS": '["*"]'}
+    r = subprocess.run([sys.executable, str(ROOT / "apps" / "ct2dwi" / "serve.py"), "--studies", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "not accepted as a CORS origin" in r.stderr
+
+
+def test_logs_are_private(srv):
+    logs = [p for p in srv.app_dir.rglob("*.log")]
+    assert logs, "no log file written"
+    for p in logs:
+        assert p.stat().st_mode & 0o077 == 0, (p.name, oct(p.stat().st_mode))

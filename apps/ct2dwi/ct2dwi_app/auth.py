@@ -3,9 +3,13 @@
 * Signatures are checked with the realm's public key and a pinned list of *asymmetric* algorithms
   (``CT2DWI_AUTH_ALGORITHMS``, default RS256). HMAC algorithms (HS*) are refused at start-up: with a public
   key as the "secret" anybody could sign tokens.
-* ``exp`` is required; ``aud`` is checked when ``CT2DWI_AUTH_AUDIENCE`` is set.
+* ``exp``, ``iss`` and ``aud`` are required: ``iss`` must be the realm (``CT2DWI_AUTH_ISSUER``, default
+  MONAI_LABEL_AUTH_REALM_URI), ``aud`` must hold ``CT2DWI_AUTH_AUDIENCE`` (default the client id,
+  MONAI_LABEL_AUTH_CLIENT_ID; in Keycloak add an audience mapper for it).
 * The realm key is cached for ``CT2DWI_AUTH_KEY_TTL`` seconds (default 300) and fetched again at once when a
-  signature fails (key rotation), at most every 10 s. An unreachable realm answers 503, not 500.
+  signature fails (key rotation), at most every 10 s. An unreachable realm, or one that serves a key that is
+  not a valid public key of the pinned algorithms' type, answers 503 (not 500) and nothing is cached. The fetch
+  has a short timeout (at most 5 s) and runs outside the cache lock, so a slow realm does not queue every request.
 * Roles: ``monailabel-admin`` implies ``monailabel-user`` (roles are otherwise not hierarchical).
 * With auth disabled every request acts as MONAI Label's default admin user; the server then refuses a
   non-loopback host unless started with ``--insecure`` (see serve.py).
@@ -62,36 +66,58 @@ class _KeyCache:
         ttl = float(os.environ.get("CT2DWI_AUTH_KEY_TTL", "300"))
         with self.lock:
             age = time.monotonic() - self.fetched
-            if self.key is None or age > ttl or (refresh and age > 10):
-                self.key = self._fetch()
-                self.fetched = time.monotonic()
-            return self.key
+            if self.key is not None and age <= ttl and not (refresh and age > 10):
+                return self.key
+        key = self._fetch()  # outside the lock: a slow realm delays only the requests that need a new key
+        with self.lock:
+            self.key, self.fetched = key, time.monotonic()
+        return key
 
     @staticmethod
     def _fetch() -> str:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
         uri = settings.MONAI_LABEL_AUTH_REALM_URI
+        unavailable = HTTPException(status_code=503, detail="the authentication realm cannot be reached or serves no usable key; try again later")
         try:
-            r = requests.get(uri, timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
+            r = requests.get(uri, timeout=min(float(settings.MONAI_LABEL_AUTH_TIMEOUT), 5.0))
             r.raise_for_status()
             key = r.json()["public_key"]
+            pem = f"-----BEGIN PUBLIC KEY-----\n{key}\n-----END PUBLIC KEY-----"
+            loaded = serialization.load_pem_public_key(pem.encode())
         except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-            log.error("cannot fetch the realm's public key from %s: %s", uri, exc)
-            raise HTTPException(status_code=503, detail="the authentication realm cannot be reached; try again later") from exc
-        return f"-----BEGIN PUBLIC KEY-----\n{key}\n-----END PUBLIC KEY-----"
+            log.error("cannot fetch a usable public key from the realm %s: %s", uri, exc)
+            raise unavailable from exc
+        want = {a[:2] for a in algorithms()}
+        kinds = {"RS": rsa.RSAPublicKey, "PS": rsa.RSAPublicKey, "ES": ec.EllipticCurvePublicKey, "Ed": ed25519.Ed25519PublicKey}
+        if not any(isinstance(loaded, kinds[w]) for w in want if w in kinds):
+            log.error("the realm %s serves a %s key, which does not fit CT2DWI_AUTH_ALGORITHMS=%s", uri,
+                      type(loaded).__name__, ",".join(algorithms()))
+            raise unavailable
+        return pem
 
 
 KEYS = _KeyCache()
 
 
+def issuer() -> str:
+    return (os.environ.get("CT2DWI_AUTH_ISSUER") or settings.MONAI_LABEL_AUTH_REALM_URI).rstrip("/")
+
+
+def audience() -> str:
+    return os.environ.get("CT2DWI_AUTH_AUDIENCE") or settings.MONAI_LABEL_AUTH_CLIENT_ID
+
+
 def decode(token: str) -> dict:
-    audience = os.environ.get("CT2DWI_AUTH_AUDIENCE") or None
-    options = {"require": ["exp"], "verify_signature": True, "verify_exp": True, "verify_aud": audience is not None}
-    algs = algorithms()
+    options = {"require": ["exp", "iss", "aud"], "verify_signature": True, "verify_exp": True, "verify_aud": True,
+               "verify_iss": True}
+    kw = {"algorithms": algorithms(), "audience": audience(), "issuer": issuer(), "options": options}
     try:
-        return jwt.decode(token, KEYS.get(), algorithms=algs, audience=audience, options=options)
+        return jwt.decode(token, KEYS.get(), **kw)
     except jwt.InvalidSignatureError:
         # the realm may have rotated its key: fetch it once more, then decide
-        return jwt.decode(token, KEYS.get(refresh=True), algorithms=algs, audience=audience, options=options)
+        return jwt.decode(token, KEYS.get(refresh=True), **kw)
 
 
 def user_from_payload(payload: dict) -> User:
