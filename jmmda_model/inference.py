@@ -126,6 +126,8 @@ class Synthesizer:
         also the calibrated infarct-probability map on ct's geometry (None when the model has no lesion head)."""
         check_ct(ct)
         info = {"mask_source": "supplied"}
+        if ct.HasMetaDataKey("jmmda_dicom_notes"):  # what the series reader did (tilt corrected, localizer left out)
+            info["series_notes"] = ct.GetMetaData("jmmda_dicom_notes").split("; ")
         if mask is None:
             mask = ct_brain_mask(ct)
             info["mask_source"] = "automatic (CT)"

@@ -118,10 +118,13 @@ def _compare(a, b, g0, small_store):
     with torch.no_grad():
         out1, out2, out0 = g1(x), g2(x), g0(x)
         moved = float((out1 - out0).abs().max())
-        assert moved > 0.05  # the runs did train
-        # measured: 5.2e-6 (AMD EPYC) and ~1e-4 class differences elsewhere against ~0.3 moved; a wiring error
-        # (see the gradient test's mutations) changes the trained output by a sizeable part of what it moved
-        assert float((out1 - out2).abs().max()) < 0.1 * moved
+        # the runs did train (the lesion recipe starts from the tissue prior with a zero-initialised render
+        # head, so 6 steps move the output by ~0.01, not by the ~0.3 of the earlier whole-slice GAN)
+        assert moved > 0.002, moved
+        # a wiring error (see the gradient test's mutations) changes the trained output by a sizeable part of
+        # what it moved; float32 rounding amplified by Adam stays far below that
+        diff = float((out1 - out2).abs().max())
+        assert diff < 0.1 * moved, (diff, moved)
     # the first epoch's logged losses come mostly from the first steps, before rounding has been amplified
     assert a["history"][0]["loss_l1"] == pytest.approx(b["history"][0]["loss_l1"], rel=1e-2)
 
@@ -132,20 +135,20 @@ def _initial(ck, tmp_path):
 
 
 def _nets(ck, store):
-    from jmmda_model.data import load_case, model_input
-    from jmmda_model.networks import PatchDiscriminator, build_generator
+    from jmmda_model.data import case_input, load_case
+    from jmmda_model.networks import GeneratorConfig, PatchDiscriminator, build_generator
     from jmmda_model.preprocess import PreprocessConfig, pad_to_multiple
 
     g = build_generator(ck["generator_config"])
     g.load_state_dict(ck["generator"])
     tc = ck["train_config"]
-    d = PatchDiscriminator(ck["generator_config"]["ct_channels"] + 2,
+    d = PatchDiscriminator(GeneratorConfig.from_dict(ck["generator_config"]).input_channels + 1,
                            tc["disc_channels"], tc["disc_layers"])
     d.load_state_dict(ck["discriminator"])
     pre = PreprocessConfig.from_dict(ck["preprocess"])
     c = load_case(find_cases(store)[0], pre)
     k = c.brain.shape[0] // 2
-    x = pad_to_multiple(torch.from_numpy(model_input(c.ct_hu, c.brain, pre)[k - 2 : k + 2]), g.size_divisor)[0]
+    x = pad_to_multiple(torch.from_numpy(case_input(c, pre)[k - 2 : k + 2]), g.size_divisor)[0]
     y = pad_to_multiple(torch.from_numpy(c.dwi[k - 2 : k + 2, None]), g.size_divisor)[0]
     return g.eval(), d.eval(), x, y
 

@@ -59,7 +59,7 @@ def test_torchscript_export_agrees_with_the_checkpoint_and_jmmda_infer_runs_it(t
 
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(CT))).astype(np.float32)[:, :100, :90]
     brain = (sitk.GetArrayFromImage(sitk.ReadImage(str(MASK)))[:, :100, :90] > 0).astype(np.uint8)
-    x = model_input(ct, brain, eager.pre)[10:14]
+    x = model_input(ct, brain, eager.pre, (5.0, 1.8, 1.8), ct[:, :, ::-1])[10:14]  # any mirror image will do here
     ys = Synthesizer(ts, device="cpu").predict_slices(x)
     assert np.abs(ys - eager.predict_slices(x)).max() < 1e-5
     # volume level: jmmda infer with the .ts file = jmmda infer with the checkpoint

@@ -149,3 +149,18 @@ def test_temperature_scaling_and_probability_metrics():
     perfect = probability_metrics(lesion.astype(float), lesion, brain, (1.0, 4.0, 5.0))
     assert perfect["ece"] == 0.0
     assert m["ece"] > 0.05
+
+
+def test_series_notes_and_midplane_reach_the_infer_info():
+    from conftest import DEMO_MODEL, SAMPLE
+    from jmmda_model.inference import Synthesizer
+
+    ct = sitk.ReadImage(str(SAMPLE / "phantom_001.nii.gz"))
+    mask = sitk.ReadImage(str(SAMPLE / "labels" / "brainmask" / "phantom_001.nii.gz"))
+    ct.SetMetaData("jmmda_dicom_notes", "1 localizer image(s) left out; gantry tilt of 12.0 degrees corrected")
+    out, _, info, prob = Synthesizer(DEMO_MODEL, device="cpu")(ct, mask, return_probability=True)
+    assert info["series_notes"] == ["1 localizer image(s) left out", "gantry tilt of 12.0 degrees corrected"]
+    assert info["hemispheric_comparison"] == "used" and info["midplane"]["trusted"]
+    assert prob is not None and prob.GetSize() == ct.GetSize()
+    p = sitk.GetArrayFromImage(prob)
+    assert 0.0 <= p.min() and p.max() <= 1.0 and "SYNTHETIC" in prob.GetMetaData("descrip")

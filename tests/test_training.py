@@ -30,7 +30,7 @@ def test_dataset_slices_and_normalisation(small_store):
     assert c.dwi.min() >= 0 and c.dwi.max() <= 1 and abs(c.dwi[c.brain > 0].mean() - 0.5) < 0.35
     ds = SliceDataset(cases, pre, divisor=4, augment=True)
     item = ds[0]
-    assert item["input"].shape[0] == pre.input_channels + 1 == 4  # 3 adjacent slices (2.5-D) + brain mask
+    assert item["input"].shape[0] == pre.input_channels + 1 == 7  # 3 adjacent slices (2.5-D), their mirror differences, mask
     assert item["input"].shape[-2:] == item["target"].shape[-2:]
     assert item["input"].shape[-1] % 4 == 0
     assert all(float(it["brain"].mean()) >= pre.min_brain_fraction * 0.9 for it in (ds[i] for i in range(0, len(ds), 7)))

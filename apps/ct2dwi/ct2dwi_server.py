@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from collections import deque
 from contextlib import asynccontextmanager
@@ -127,6 +128,39 @@ class FrameDeny:
         return await self.app(scope, receive, send_with_headers)
 
 
+class SameOriginWrites:
+    """Pure ASGI middleware: a state-changing request (POST, PUT, PATCH, DELETE) sent by a browser from another
+    site is refused with 403. Browsers name the page's origin in ``Origin`` on every cross-origin write (and
+    ``Sec-Fetch-Site: cross-site``); API clients (Slicer, scripts) send neither and pass. Origins listed in
+    CT2DWI_CORS_ORIGINS are allowed. This stops a web page from starting training, switching the served version
+    or uploading with an empty text/plain POST or a form, also on a loopback server with auth off."""
+
+    WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in self.WRITES:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            origin = headers.get("origin")
+            host = headers.get("host", "")
+            same = origin is not None and origin.split("://", 1)[-1].rstrip("/") == host
+            allowed = origin is not None and origin.rstrip("/") in _cors_origins()
+            cross = (origin is not None and not same and not allowed) or (
+                origin is None and headers.get("sec-fetch-site") == "cross-site")
+            if cross:
+                body = json.dumps({"detail": "cross-site request refused: this server accepts changes only from its "
+                                             "own pages and from API clients"}).encode()
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        return await self.app(scope, receive, send)
+
+
+app.add_middleware(SameOriginWrites)
 app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts())
 app.add_middleware(FrameDeny)
 
@@ -204,7 +238,7 @@ def _parse_params(params: str) -> dict:
 
 class InferenceSlots:
     """At most ``running`` inferences at once (CT2DWI_MAX_INFER, default 1) and ``queued`` waiting
-    (CT2DWI_INFER_QUEUE, default 4); past that 503 with Retry-After, so concurrent large requests cannot add up
+    (CT2DWI_INFER_QUEUE, default 8); past that 503 with Retry-After, so concurrent large requests cannot add up
     their memory."""
 
     def __init__(self, running: int, queued: int):
@@ -233,7 +267,7 @@ class InferenceSlots:
             self._sem.release()
 
 
-SLOTS = InferenceSlots(int(os.environ.get("CT2DWI_MAX_INFER", "1")), int(os.environ.get("CT2DWI_INFER_QUEUE", "4")))
+SLOTS = InferenceSlots(int(os.environ.get("CT2DWI_MAX_INFER", "1")), int(os.environ.get("CT2DWI_INFER_QUEUE", "8")))
 
 
 def _datastore_image(image_id: str) -> Path:
@@ -338,15 +372,24 @@ def train_status(all: bool = False, user=USER):
     res, _ = AsyncTask.status("train", all)
     if res is None:
         return [] if all else {"status": "NONE"}
-    return _public_task(res)
+    admin = not settings.MONAI_LABEL_AUTH_ENABLE or auth.ADMIN in user.roles
+    return _public_task(res, redact=not admin)
 
 
-def _public_task(t):
+_ABS_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s/'\"]+)+/([^\s/'\"]+)")
+
+
+def redact_paths(line: str) -> str:
+    """Absolute paths in a log line -> their last component (the user role sees no server folders)."""
+    return _ABS_PATH.sub(lambda m: f"<...>/{m.group(1)}", str(line))
+
+
+def _public_task(t, redact: bool = False):
     if isinstance(t, list):
-        return [_public_task(x) for x in t]
+        return [_public_task(x, redact) for x in t]
     t = {k: v for k, v in t.items() if k != "request"}
     if "details" in t:
-        t["details"] = list(t["details"])
+        t["details"] = [redact_paths(x) for x in t["details"]] if redact else list(t["details"])
     return t
 
 

@@ -145,7 +145,63 @@ def _series_slices(headers, series_uid: str):
         where = ", ".join(f"{z[k]:.2f}->{z[k + 1]:.2f} mm" for k in bad[:5])
         raise InputError(f"DICOM series {series_uid} is not evenly spaced (usual step {step:.2f} mm; gaps or missing "
                          f"slices at {where}); a volume built from it would be silently distorted")
+    _check_consistent(items, series_uid)
+    _check_shear(items, series_uid, iop)
     return [it[0] for it in items], [it[1] for it in items], notes
+
+
+def _slice_name(it) -> str:
+    return f"{Path(it[1]).name} (instance {getattr(it[0], 'InstanceNumber', '?')})"
+
+
+def _check_consistent(items, series_uid: str) -> None:
+    """Every slice of one volume must share pixel spacing, matrix size and orientation; refuse naming the values
+    and a slice of each (a 0.45 / 0.5 mm mix once read as a 6.6 degree "tilt")."""
+    fields = {
+        "PixelSpacing": lambda ds: tuple(round(float(v), 4) for v in getattr(ds, "PixelSpacing", []) or []),
+        "Rows": lambda ds: int(getattr(ds, "Rows", 0) or 0),
+        "Columns": lambda ds: int(getattr(ds, "Columns", 0) or 0),
+        "ImageOrientationPatient": lambda ds: tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
+    }
+    for field, get in fields.items():
+        seen: dict = {}
+        for it in items:
+            seen.setdefault(get(it[0]), it)
+        if len(seen) > 1:
+            values = "; ".join(f"{v} in {_slice_name(it)}" for v, it in list(seen.items())[:4])
+            raise InputError(f"DICOM series {series_uid} mixes {field} values ({values}); its slices do not form one "
+                             "volume")
+
+
+def _check_shear(items, series_uid: str, iop: np.ndarray) -> None:
+    """Slice positions may move in plane only as a gantry tilt does: a steady shear (in-plane offset linear in the
+    slice index) whose angle matches GantryDetectorTilt. A jump between parts of the series, or a shear without a
+    matching tilt tag, is refused."""
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    pos = np.array([np.array(it[0].ImagePositionPatient, float) for it in items])
+    off = np.stack([(pos - pos[0]) @ row, (pos - pos[0]) @ col], 1)  # in-plane offsets, mm
+    k = np.arange(len(pos), dtype=float)
+    coef = np.polyfit(k, off, 1)  # (2, 2): slope and intercept per axis
+    resid = np.abs(off - (np.outer(k, coef[0]) + coef[1])).max(0)
+    spacing = [float(v) for v in getattr(items[0][0], "PixelSpacing", [1.0, 1.0])]
+    if resid.max() > max(0.1, 0.25 * min(spacing)):
+        j = int(np.argmax(np.abs(np.diff(off, axis=0) - coef[0]).max(1)))  # the step furthest from the steady one
+        raise InputError(
+            f"DICOM series {series_uid}: slice positions jump {np.abs(off[j + 1] - off[j]).max():.2f} mm in plane "
+            f"between {_slice_name(items[j])} and {_slice_name(items[j + 1])}, which no gantry tilt explains "
+            "(a steady shear would); the slices do not form one volume")
+    dz = float(np.median(np.diff(pos @ normal)))
+    shear = float(np.hypot(*coef[0]))
+    measured = float(np.degrees(np.arctan2(shear, abs(dz))))
+    if measured > 0.1:
+        tag = getattr(items[0][0], "GantryDetectorTilt", None)
+        if tag is None or str(tag).strip() == "":
+            raise InputError(f"DICOM series {series_uid}: slice positions are sheared by {measured:.1f} degrees but "
+                             "GantryDetectorTilt (0018,1120) is missing; a tilt is accepted only when the tag states it")
+        if abs(abs(float(tag)) - measured) > 0.5:
+            raise InputError(f"DICOM series {series_uid}: slice positions are sheared by {measured:.1f} degrees but "
+                             f"GantryDetectorTilt says {float(tag):.1f}; the series is inconsistent")
 
 
 def _apply_geometry(img: sitk.Image, dss, notes) -> sitk.Image:
@@ -297,9 +353,17 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     stored = np.clip(np.round(arr * DWI_SCALE), 0, 65535).astype(np.uint16)
     nz = stored[stored > 0]
     lo, hi = (np.percentile(nz, [1, 99]) if nz.size else (0, 1000))
+    unmarked = []
     if burn_in:
+        brain = stored > 0  # the synthetic image is 0 outside the brain mask
         for k in range(stored.shape[0]):
-            stored[k] = burn_in_text(stored[k], "SYNTHETIC - NOT FOR DIAGNOSIS", value=int(min(65535, max(2 * hi, 1000))))
+            marked = burn_in_text(stored[k], "SYNTHETIC - NOT FOR DIAGNOSIS", value=int(min(65535, max(2 * hi, 1000))),
+                                  avoid=brain[k])
+            if marked is None:
+                unmarked.append(k + 1)
+            else:
+                stored[k] = marked
+    lossy = any(str(getattr(d, "LossyImageCompression", "00")).strip() == "01" for d in src)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid()
@@ -331,10 +395,18 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
         ds.SeriesDescription = SYNTHETIC_SERIES_DESCRIPTION
         ds.ImageType = ["DERIVED", "SECONDARY", "SYNTHETIC"]
         ds.DerivationDescription = derivation
+        burned = burn_in and (k + 1) not in unmarked
         ds.ImageComments = "SYNTHETIC image - not for diagnosis. Pixel value = normalised DWI x 1000." + (
-            " The text SYNTHETIC is burned into the pixels outside the brain." if burn_in else "")
-        ds.BurnedInAnnotation = "YES" if burn_in else "NO"
-        ds.LossyImageCompression = "00"
+            " The text SYNTHETIC is burned into the pixels outside the brain." if burned else
+            " No room outside the brain on this slice: the SYNTHETIC text is not burned in here." if burn_in else "")
+        ds.BurnedInAnnotation = "YES" if burned else "NO"
+        # a lossy source stays lossy in what is derived from it (PS3.3 C.7.6.1.1.5)
+        ds.LossyImageCompression = "01" if lossy else "00"
+        if lossy:
+            for tag in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+                vals = [getattr(d, tag) for d in src if tag in d]
+                if vals:
+                    setattr(ds, tag, vals[0])
         ds.SourceImageSequence = [_sop_ref(src_ds)]
         series_ref = Dataset()
         series_ref.SeriesInstanceUID = src_ds.SeriesInstanceUID
@@ -360,23 +432,32 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     return paths
 
 
-def burn_in_text(plane: np.ndarray, text: str, value: int) -> np.ndarray:
-    """Writes ``text`` into the top rows of a slice (outside the head in axial CT-grid images), scaled to
-    about a third of the slice width, with a dark outline so it reads on any background."""
+def burn_in_text(plane: np.ndarray, text: str, value: int, avoid: np.ndarray | None = None) -> np.ndarray | None:
+    """Writes ``text`` into a slice where it touches no pixel of ``avoid`` (the brain) within a 2-pixel margin:
+    the largest size (up to ~90 % of the width) that fits in a band of rows above or below the brain, top band
+    first. Returns None when no band is free even at the smallest size (the caller labels that slice otherwise);
+    the text is drawn with a dark-free solid value so it reads on the dark background."""
     from PIL import Image, ImageDraw
+    from scipy import ndimage as ndi
 
     h, w = plane.shape
     canvas = Image.new("L", (len(text) * 6 + 4, 12), 0)
     ImageDraw.Draw(canvas).text((2, 1), text, fill=255)
-    scale = max(1, int(w * 0.9 // canvas.width))
-    mark = np.asarray(canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)) > 127
-    mh, mw = min(mark.shape[0], h // 6), min(mark.shape[1], w)
-    mark = mark[:mh, :mw]
-    out = plane.copy()
-    y0, x0 = 1, max(0, (w - mw) // 2)
-    region = out[y0:y0 + mh, x0:x0 + mw]
-    region[mark[: region.shape[0], : region.shape[1]]] = value
-    return out
+    busy = np.zeros((h, w), bool) if avoid is None else ndi.binary_dilation(np.asarray(avoid, bool), iterations=2)
+    for scale in range(max(1, int(w * 0.9 // canvas.width)), 0, -1):
+        mark = np.asarray(canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)) > 127
+        mh, mw = mark.shape
+        if mh > h or mw > w:
+            continue
+        x0 = (w - mw) // 2
+        rows_busy = busy[:, x0 : x0 + mw].any(1)
+        for y0 in list(range(1, h - mh)) + [0]:  # top band first, then any free band (below the head)
+            if not rows_busy[y0 : y0 + mh].any():
+                out = plane.copy()
+                region = out[y0 : y0 + mh, x0 : x0 + mw]
+                region[mark] = value
+                return out
+    return None
 
 
 def read_synthetic_series(folder: str | Path) -> sitk.Image:

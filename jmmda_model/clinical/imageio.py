@@ -23,6 +23,11 @@ from .geometry import same_geometry
 
 #: refuse volumes above this many voxels (default ~ 512 x 512 x 1000); override with JMMDA_MAX_VOXELS
 MAX_VOXELS = int(os.environ.get("JMMDA_MAX_VOXELS", str(512 * 512 * 1000)))
+#: memory one volume may take while it is read and processed (MB; JMMDA_MEMORY_BUDGET_MB): estimated from the
+#: header before any voxel is decoded as voxels x (stored bytes per voxel + WORK_BYTES_PER_VOXEL)
+MEMORY_BUDGET_MB = int(os.environ.get("JMMDA_MEMORY_BUDGET_MB", "3072"))
+#: float32 working copies per voxel the pipeline holds at its peak (HU volume, axial copy, resampled grid, output)
+WORK_BYTES_PER_VOXEL = 16
 #: data past what a NIfTI header declares that is still tolerated (padding some writers add)
 MAX_TRAILING_BYTES = 1 << 20
 #: single-file formats accepted from untrusted sources (uploads): no detached headers (.mhd/.nhdr/.hdr)
@@ -81,7 +86,27 @@ def probe_image(path: str | Path, what: str = "image", name: str | None = None, 
         raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported format)") from exc
     size = tuple(int(s) for s in reader.GetSize())
     _check_size(size, int(reader.GetNumberOfComponents()), what, name)
+    _check_memory(size, _pixel_bytes(reader.GetPixelIDValue(), reader.GetNumberOfComponents()), what, name)
     return size
+
+
+def _check_memory(shape, bytes_per_voxel: int, what: str, name: str) -> None:
+    n = int(np.prod([max(int(s), 1) for s in shape], dtype=np.int64))
+    need = n * (int(bytes_per_voxel) + WORK_BYTES_PER_VOXEL)
+    if need > MEMORY_BUDGET_MB * 2**20:
+        raise InputError(
+            f"{what}: {name}: a {tuple(int(s) for s in shape)} volume of {bytes_per_voxel}-byte voxels needs about "
+            f"{need / 2**30:.1f} GB to process, over the memory budget of {MEMORY_BUDGET_MB / 1024:.1f} GB "
+            "(JMMDA_MEMORY_BUDGET_MB); crop, resample or store it with a smaller voxel type"
+        )
+
+
+def _pixel_bytes(pixel_id: int, components: int) -> int:
+    """Bytes per voxel of a SimpleITK pixel type (e.g. "64-bit float" -> 8), times its components."""
+    import re
+
+    m = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(pixel_id))
+    return (int(m.group(1)) // 8 if m else 8) * max(int(components), 1)
 
 
 def _check_size(shape, components: int, what: str, name: str) -> None:
@@ -171,6 +196,7 @@ def _scan_nifti(path: Path, what: str, name: str) -> tuple:
             except Exception as exc:  # nibabel raises many types for a broken header
                 raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported NIfTI header)") from exc
             _check_size(shape, 1, what, name)
+            _check_memory(shape, dtype.itemsize, what, name)  # before a byte of voxel data is decompressed
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             pos = len(raw)
             if offset > pos:  # skip header extensions (bounded)

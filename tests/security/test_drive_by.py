@@ -94,3 +94,35 @@ def test_logs_are_private(srv):
     assert logs, "no log file written"
     for p in logs:
         assert p.stat().st_mode & 0o077 == 0, (p.name, oct(p.stat().st_mode))
+
+
+def test_cross_site_writes_are_refused_but_api_clients_and_own_page_pass(srv):
+    """Drive-by from a web page (auth off, loopback): an empty text/plain POST or a form POST from another origin
+    carries ``Origin: https://evil.example`` (browsers always send it on cross-origin writes) -> 403 before any
+    route runs. The server's own page (same origin) and clients without Origin (Slicer, scripts) still work."""
+    evil = {"Origin": "https://evil.example"}
+    r = requests.post(f"{srv.url}/train/ct2dwi", data="", headers={**evil, "Content-Type": "text/plain"}, timeout=30)
+    assert r.status_code == 403 and "cross-site" in r.json()["detail"]
+    r = requests.post(f"{srv.url}/train/ct2dwi/promote", data={"version": "0"}, headers=evil, timeout=30)
+    assert r.status_code == 403
+    r = requests.post(f"{srv.url}/infer/ct2dwi?image=x", headers={"Sec-Fetch-Site": "cross-site"}, timeout=30)
+    assert r.status_code == 403
+    r = requests.delete(f"{srv.url}/train/", headers={"Origin": "null"}, timeout=30)  # sandboxed frames send null
+    assert r.status_code == 403
+    # same origin (the training page) and no Origin (API clients) reach the route (404: unknown image id)
+    own = {"Origin": srv.url}
+    assert requests.post(f"{srv.url}/infer/ct2dwi?image=nope", headers=own, timeout=30).status_code == 404
+    assert requests.post(f"{srv.url}/infer/ct2dwi?image=nope", timeout=30).status_code == 404
+    # reads are not affected (CORS keeps their answers from other origins' scripts)
+    assert requests.get(f"{srv.url}/info/", headers=evil, timeout=30).status_code == 200
+
+
+def test_training_log_lines_show_no_paths_to_the_user_role():
+    sys.path.insert(0, str(ROOT / "apps" / "ct2dwi"))
+    from ct2dwi_server import _public_task, redact_paths
+
+    line = "INFO resumed from /srv/ct2dwi/model/train_run/checkpoints/last.pt at epoch 3 (see http://kc/realms/x)"
+    assert redact_paths(line) == "INFO resumed from <...>/last.pt at epoch 3 (see http://kc/realms/x)"
+    task = {"status": "RUNNING", "request": {"x": 1}, "details": [line]}
+    assert "/srv/" not in str(_public_task(task, redact=True)) and "request" not in _public_task(task, redact=True)
+    assert "/srv/" in str(_public_task(task, redact=False))  # admins (and auth off) see the full log

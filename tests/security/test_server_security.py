@@ -338,7 +338,7 @@ def test_chunked_upload_over_limit_is_413(srv):
 def test_lying_content_length_is_413(srv):
     # requests would correct Content-Length itself: a raw socket sends the lie
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
-        s.sendall(b"POST /infer/ct2dwi HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        s.sendall(b"POST /infer/ct2dwi HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                   b"Content-Length: 999999999999\r\n\r\n--b\r\n")
         reply = s.recv(4096).decode(errors="replace")
     assert " 413 " in reply.splitlines()[0], reply
