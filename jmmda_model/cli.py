@@ -89,7 +89,11 @@ def cmd_evaluate(a):
     res = evaluate_cases(a.model, cases, a.out, device=a.device)
     print(res["table_markdown"])
     print(res["sensitivity_markdown"])
-    print(f"report: {res['report']}\nfigure: {res['figure']}")
+    if res.get("probability"):
+        pr = res["probability"]
+        print(f"infarct probability: ECE {pr['ece']:.4f}; lesion-wise sensitivity at <= 2 FP clusters/case "
+              f"{pr['sensitivity_at_2fp']['sensitivity']:.2f} (reliability.png, froc.png)")
+    print(f"report: {res['report']}\nfigure: {', '.join(res['figures'])}")
     return 0
 
 

@@ -1,6 +1,10 @@
 """Evaluation report: per-case metric table (CSV, Markdown, JSON), per-lesion table with sensitivity stratified
-by CT contrast and volume, and a PNG figure CT | real DWI | synthetic DWI | abs. error at the slice through
-the largest lesion of each case (or the most brain when it has none)."""
+by CT contrast and volume, and PNG figures (``figure.png``, more pages ``figure_2.png``... when there are more than
+8 cases; every case is shown): CT | real DWI | synthetic DWI | abs. error (| infarct probability) at the slice
+through the largest lesion of each case (or the most brain when it has none), with L/R markers, colour bars, the
+true lesion outline and per panel "shown / missed / false-bright" for the lesions of that case. Models with a
+lesion head also get the probability map's calibration (ECE, ``reliability.png``) and lesion-wise FROC
+(``froc.png``)."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +15,19 @@ import numpy as np
 
 from .data import Case, case_input, load_case
 from .inference import Synthesizer
-from .metrics import METRIC_INFO, SHOWN_RATIO, evaluate_volume, stratified_sensitivity
+from .metrics import (
+    METRIC_INFO,
+    SHOWN_RATIO,
+    ece_from_bins,
+    evaluate_volume,
+    froc_curve,
+    froc_summary,
+    pool_reliability,
+    probability_metrics,
+    stratified_sensitivity,
+)
+
+CASES_PER_PAGE = 8
 
 #: headline (in-brain, lesion) first; whole-volume numbers last as secondary columns
 COLUMNS = ["psnr_brain", "ssim_brain", "ssim3d_brain", "superpixel_r", "lesion_mae", "lesions_shown", "lesions_total",
@@ -39,33 +55,95 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+def figure(panels: list[dict], path: Path) -> list[Path]:
+    """One row per case, ``CASES_PER_PAGE`` rows per page: figure.png, figure_2.png, ... (all cases shown)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(panels)
-    fig, axes = plt.subplots(n, 4, figsize=(12, 3.2 * n), squeeze=False)
-    for r, (cid, ct, real, syn, lesion) in enumerate(panels):
-        err = np.abs(syn - real)
-        for ax, img, title, kw in (
-            (axes[r, 0], ct, f"{cid}: CT (W80 L40)", dict(cmap="gray", vmin=0, vmax=80)),
-            (axes[r, 1], real, "real DWI", dict(cmap="gray", vmin=0, vmax=0.8)),
-            (axes[r, 2], syn, "SYNTHETIC DWI", dict(cmap="gray", vmin=0, vmax=0.8)),
-            (axes[r, 3], err, "|error|", dict(cmap="magma", vmin=0, vmax=0.5)),
-        ):
-            ax.imshow(img, origin="upper", **kw)
-            if lesion.any() and title != "|error|":
-                ax.contour(lesion, levels=[0.5], colors="r", linewidths=0.6)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-    fig.suptitle("JMMDA-GAN evaluation - synthetic images are not for diagnosis", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    pages = [panels[i : i + CASES_PER_PAGE] for i in range(0, len(panels), CASES_PER_PAGE)] or [[]]
+    paths = []
+    for n_page, page in enumerate(pages, 1):
+        with_prob = any(p.get("prob") is not None for p in page)
+        cols = 5 if with_prob else 4
+        fig, axes = plt.subplots(max(len(page), 1), cols, figsize=(3.1 * cols, 3.3 * max(len(page), 1)), squeeze=False)
+        for r, p in enumerate(page):
+            err = np.abs(p["syn"] - p["real"])
+            items = [(p["ct"], f"{p['case']}: CT (W80 L40), slice {p['slice']}", dict(cmap="gray", vmin=0, vmax=80), None),
+                     (p["real"], "real DWI", dict(cmap="gray", vmin=0, vmax=0.8), None),
+                     (p["syn"], "SYNTHETIC DWI", dict(cmap="gray", vmin=0, vmax=0.8), None),
+                     (err, "|error| (normalised DWI)", dict(cmap="magma", vmin=0, vmax=0.5), "error")]
+            if with_prob:
+                items.append((p.get("prob") if p.get("prob") is not None else np.zeros_like(err),
+                              "infarct probability (calibrated)", dict(cmap="inferno", vmin=0, vmax=1), "probability"))
+            for c, (img, title, kw, bar) in enumerate(items):
+                ax = axes[r, c]
+                im = ax.imshow(img, origin="upper", **kw)
+                if p["lesion"].any():
+                    ax.contour(p["lesion"], levels=[0.5], colors="c", linewidths=0.7)
+                if bar:
+                    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label(bar, fontsize=7)
+                # axial LPS arrays: column 0 is the patient's right
+                ax.text(2, img.shape[0] / 2, "R", color="y", fontsize=8, va="center")
+                ax.text(img.shape[1] - 3, img.shape[0] / 2, "L", color="y", fontsize=8, va="center", ha="right")
+                ax.set_title(title, fontsize=8)
+                ax.axis("off")
+            axes[r, 2].set_xlabel(p["verdict"], fontsize=7)
+            axes[r, 2].text(0.5, -0.04, p["verdict"], transform=axes[r, 2].transAxes, fontsize=7, ha="center", va="top",
+                            color="k")
+        fig.suptitle(f"JMMDA-GAN evaluation (page {n_page}/{len(pages)}) - SYNTHETIC images are not for diagnosis; "
+                     "cyan: true lesion outline", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.97))
+        out = path if n_page == 1 else path.with_name(f"{path.stem}_{n_page}{path.suffix}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=80)
+        plt.close(fig)
+        paths.append(out)
+    return paths
+
+
+def probability_figures(rel: dict, froc: list[dict], out: Path) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = np.asarray(rel["count"], float)
+    conf = np.asarray(rel["sum_p"]) / np.maximum(count, 1)
+    acc = np.asarray(rel["sum_y"]) / np.maximum(count, 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ok = count > 0
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.plot(conf[ok], acc[ok], "o-", label=f"model (ECE {ece_from_bins(rel):.3f})")
+    ax.set_xlabel("predicted infarct probability (bin mean)")
+    ax.set_ylabel("fraction of voxels in the true lesion")
+    ax.set_title("Reliability of the SYNTHETIC infarct probability\n(in-brain voxels, all cases pooled)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    rel_path = out / "reliability.png"
+    fig.savefig(rel_path, dpi=90)
     plt.close(fig)
-    return path
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([r["fp_per_case"] for r in froc], [r["sensitivity"] for r in froc], "o-")
+    for r in froc[::4]:
+        ax.annotate(f"{r['threshold']:.2f}", (r["fp_per_case"], r["sensitivity"]), fontsize=6)
+    ax.axvline(2.0, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("false-positive clusters (>= 0.5 mL) per case")
+    ax.set_ylabel("lesion-wise sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("FROC of the infarct probability (labels: thresholds)", fontsize=9)
+    fig.tight_layout()
+    froc_path = out / "froc.png"
+    fig.savefig(froc_path, dpi=90)
+    plt.close(fig)
+    return rel_path, froc_path
+
+
+def _verdict(detail: list[dict], false_bright_ml: float) -> str:
+    parts = [f"lesion {i + 1}: {'shown' if x['shown'] else 'MISSED'}{' (darker)' if x['darker'] else ''}"
+             for i, x in enumerate(detail)]
+    return "; ".join(parts + [f"false-bright {false_bright_ml:.1f} mL"]) if parts else f"no lesion; false-bright {false_bright_ml:.1f} mL"
 
 
 def lesion_table(lesions: list[dict]) -> str:
@@ -104,9 +182,14 @@ def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str =
     return strip.resize((strip.width * 2, strip.height * 2), Image.NEAREST)
 
 
-def predict_case(syn: Synthesizer, lc) -> np.ndarray:
-    y = syn.predict_slices(case_input(lc, syn.pre))
-    return y * lc.brain if syn.pre.mask_output else y
+def predict_case(syn: Synthesizer, lc, with_probability: bool = False):
+    """Synthetic DWI of a loaded case; with ``with_probability`` also the calibrated infarct probability (None
+    for models without a lesion head)."""
+    y, logits = syn.predict_slices(case_input(lc, syn.pre), with_logits=True)
+    y = y * lc.brain if syn.pre.mask_output else y
+    if not with_probability:
+        return y
+    return y, (syn.probability(logits) * lc.brain if logits is not None else None)
 
 
 def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, device: str | None = None,
@@ -116,21 +199,25 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     syn = Synthesizer(model, device=device)
-    rows, panels, lesions = [], [], []
+    rows, panels, lesions, prob_metrics = [], [], [], []
     for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress, dynamic_ncols=True):
         lc = load_case(case, syn.pre)
         if lc.dwi is None:
             continue
-        y = predict_case(syn, lc)
+        y, prob = predict_case(syn, lc, with_probability=True)
         m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
         detail = m.pop("lesion_detail")
         lesions += [{"case": case.id, "index": i + 1, **x} for i, x in enumerate(detail)]
         rows.append({"case": case.id, **m})
+        if prob is not None:
+            prob_metrics.append(probability_metrics(prob, lc.lesion, lc.brain, lc.spacing_zyx))
         per_slice = lc.lesion.reshape(lc.lesion.shape[0], -1).sum(1)
         if per_slice.max() == 0:
             per_slice = lc.brain.reshape(lc.brain.shape[0], -1).sum(1)
         k = int(per_slice.argmax())
-        panels.append((case.id, lc.ct_hu[k], lc.dwi[k], y[k], lc.lesion[k] > 0))
+        panels.append({"case": case.id, "slice": k, "ct": lc.ct_hu[k], "real": lc.dwi[k], "syn": y[k],
+                       "lesion": lc.lesion[k] > 0, "prob": None if prob is None else prob[k],
+                       "verdict": _verdict(detail, m["false_bright_ml"])})
     summary = summarize(rows)
     sens = stratified_sensitivity(lesions)
     table = markdown_table(rows, summary)
@@ -149,6 +236,22 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
         "lesions": lesions,
         "lesion_sensitivity": sens,
     }
+    prob_md = ""
+    if prob_metrics:
+        rel = pool_reliability(prob_metrics)
+        curve = froc_curve(prob_metrics)
+        at2, at2_big = froc_summary(prob_metrics, 2.0), froc_summary(prob_metrics, 2.0, min_ml=1.0)
+        rel_png, froc_png = probability_figures(rel, curve, out)
+        report["probability"] = {"ece": ece_from_bins(rel), "temperature": syn.temperature, "reliability": rel,
+                                 "froc": curve, "sensitivity_at_2fp": at2, "sensitivity_at_2fp_lesions_ge_1ml": at2_big,
+                                 "per_case_ece": [m["ece"] for m in prob_metrics]}
+        prob_md = (f"\n## Infarct probability (calibrated on phantoms only; a low probability never rules out an "
+                   f"infarct)\n\nTemperature {syn.temperature:.3f}; ECE {ece_from_bins(rel):.4f} (in-brain voxels, "
+                   f"pooled); lesion-wise sensitivity at <= 2 false-positive clusters (>= 0.5 mL) per case: "
+                   f"{_fmt(at2['sensitivity'])} (threshold {at2['threshold']}), lesions >= 1 mL: "
+                   f"{_fmt(at2_big['sensitivity'])}.\n\n| threshold | sensitivity | FP clusters / case |\n|---|---|---|\n"
+                   + "".join(f"| {r['threshold']:.2f} | {_fmt(r['sensitivity'])} | {r['fp_per_case']:.2f} |\n" for r in curve)
+                   + f"\n![reliability]({rel_png.name}) ![FROC]({froc_png.name})\n")
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     md = (
         "# JMMDA-GAN evaluation\n\nSynthetic DWI - research use only, not for diagnosis.\n\n"
@@ -158,11 +261,14 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
         + sensitivity_table(sens)
         + "\n"
         + lesion_table(lesions)
+        + prob_md
         + "\n"
         + "\n".join(f"- `{k}`: {v}" for k, v in METRIC_INFO.items())
-        + "\n\n![figure](figure.png)\n"
+        + "\n\n"
     )
+    figs = figure(panels, out / "figure.png")
+    md += "".join(f"![figure]({f.name})\n" for f in figs)
     (out / "report.md").write_text(md)
-    fig = figure(panels[:6], out / "figure.png")
-    return {"rows": rows, "summary": summary, "table_markdown": table, "lesions": lesions, "lesion_sensitivity": sens,
+    fig = figs[0]
+    return {"figures": [str(f) for f in figs], "probability": report.get("probability"),"rows": rows, "summary": summary, "table_markdown": table, "lesions": lesions, "lesion_sensitivity": sens,
             "sensitivity_markdown": sensitivity_table(sens), "report": str(out / "report.md"), "figure": str(fig)}

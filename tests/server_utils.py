@@ -68,12 +68,50 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+#: access tokens of the servers the tests started, by base URL (see _send_tokens)
+TOKENS: dict[str, str] = {}
+
+
+def _send_tokens():
+    """The tests act as API clients that hold each local server's access token (printed at its start, like
+    Jupyter's): a write (POST/PUT/PATCH/DELETE) to a server started here carries ``Authorization: Bearer <token>``
+    unless the test sets an Authorization header itself (its own bearer token, or "" to send none). Requests to
+    anything else (Orthanc, realms) are untouched."""
+    import requests.sessions
+
+    original = requests.sessions.Session.request
+    if getattr(original, "_ct2dwi_tokens", False):
+        return
+
+    def request(self, method, url, *args, **kwargs):
+        base = next((b for b in TOKENS if str(url).startswith(b + "/")), None)
+        if base and str(method).upper() in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = dict(kwargs.get("headers") or {})
+            if not any(k.lower() == "authorization" for k in headers):
+                headers["Authorization"] = f"Bearer {TOKENS[base]}"
+            elif not next(v for k, v in headers.items() if k.lower() == "authorization"):
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}  # "" = send none
+            kwargs["headers"] = headers
+        return original(self, method, url, *args, **kwargs)
+
+    request._ct2dwi_tokens = True
+    requests.sessions.Session.request = request
+
+
+_send_tokens()
+
+
 class Server:
     def __init__(self, app_dir: Path, studies: Path, env: dict | None = None, conf: dict | None = None, extra_args=(),
                  tls: tuple[Path, Path] | None = None):
+        import secrets
+
         self.app_dir, self.studies, self.base = Path(app_dir), studies, Path(app_dir).parent
         self.port = free_port()
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.token = (env or {}).get("CT2DWI_TOKEN") or secrets.token_urlsafe(24)
+        env = {**(env or {}), "CT2DWI_TOKEN": self.token}
+        TOKENS[self.url] = self.token
         self.verify = str(tls[0]) if tls else True
         if tls:
             extra_args = (*extra_args, "--ssl_certfile", str(tls[0]), "--ssl_keyfile", str(tls[1]))

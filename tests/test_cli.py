@@ -47,6 +47,25 @@ def test_evaluate_writes_report_and_figure(trained, capsys):
     assert "not for diagnosis" in (base / "eval" / "report.md").read_text()
     png = base / "eval" / "figure.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # the lesion recipe's model has a probability head: calibration and FROC are reported
+    prob = report["probability"]
+    assert 0 <= prob["ece"] <= 1 and len(prob["froc"]) > 10 and "sensitivity_at_2fp" in prob
+    for name in ("reliability.png", "froc.png"):
+        assert (base / "eval" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_figure_shows_every_case(trained, monkeypatch):
+    """Every case is in the figure: with 2 cases per page, the 3 cases make pages figure.png and figure_2.png."""
+    from jmmda_model import report
+
+    base, store, model = trained
+    monkeypatch.setattr(report, "CASES_PER_PAGE", 2)
+    from jmmda_model.data import find_cases
+
+    res = report.evaluate_cases(model, find_cases(store), base / "eval_all", progress=False)
+    assert [p.split("/")[-1] for p in res["figures"]] == ["figure.png", "figure_2.png"]
+    md = (base / "eval_all" / "report.md").read_text()
+    assert "![figure](figure.png)" in md and "![figure](figure_2.png)" in md
 
 
 def test_infer_from_dicom_folder_and_naming_rule(trained, tmp_path, capsys):

@@ -174,7 +174,10 @@ def test_training_page_in_chromium(vserver, tmp_path):
 
     drv = _driver()
     try:
-        drv.get(f"{vserver.url}/ui/")
+        drv.get(f"{vserver.url}/ui/")  # without the access token: the page is refused
+        assert "needs the server's access token" in drv.page_source
+        drv.get(f"{vserver.url}/ui/?token={vserver.token}")
+        assert "token=" not in drv.current_url  # taken out of the address bar and history
         wait = WebDriverWait(drv, 240, poll_frequency=0.5)
         wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
         assert "SYNTHETIC" in drv.find_element(By.CLASS_NAME, "banner").text

@@ -160,6 +160,55 @@ class SameOriginWrites:
         return await self.app(scope, receive, send)
 
 
+def local_token() -> str:
+    """The access token that stands in for sign-in while authentication is off (serve.py sets CT2DWI_TOKEN; a
+    server started otherwise makes its own, which then nobody knows: changes fail closed)."""
+    tok = os.environ.get("CT2DWI_TOKEN")
+    if not tok:
+        import secrets
+
+        tok = os.environ["CT2DWI_TOKEN"] = secrets.token_urlsafe(24)
+    return tok
+
+
+def _token_ok(given: str | None) -> bool:
+    import hmac
+
+    return bool(given) and hmac.compare_digest(given.encode(), local_token().encode())
+
+
+def _request_token(headers: dict) -> str | None:
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    return headers.get("x-ct2dwi-token")
+
+
+class LocalToken:
+    """Pure ASGI middleware: with authentication off, every state-changing request must carry the access token
+    (``Authorization: Bearer <token>``, ``Authorization: token <token>`` or ``X-CT2DWI-Token``); 403 otherwise.
+    Another local user, process or web page cannot start training, switch versions or write to the datastore."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope["method"] in SameOriginWrites.WRITES
+                and not settings.MONAI_LABEL_AUTH_ENABLE):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            if not _token_ok(_request_token(headers)):
+                body = json.dumps({"detail": "this server's access token is required for changes (authentication is "
+                                             "off): send Authorization: Bearer <token>; the token is printed when the "
+                                             "server starts (CT2DWI_TOKEN)"}).encode()
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        return await self.app(scope, receive, send)
+
+
+app.add_middleware(LocalToken)
 app.add_middleware(SameOriginWrites)
 app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts())
 app.add_middleware(FrameDeny)
@@ -481,9 +530,14 @@ UI_FILES = {"": ("index.html", "text/html"), "index.html": ("index.html", "text/
 
 
 @app.get("/ui/{name:path}", include_in_schema=False)
-def ui(name: str):
+def ui(name: str, token: str = ""):
     if name not in UI_FILES:
         raise HTTPException(status_code=404, detail="not found")
+    if name in ("", "index.html") and not settings.MONAI_LABEL_AUTH_ENABLE and not _token_ok(token):
+        return Response("<!doctype html><title>CT-to-DWI</title><p>This page needs the server's access token: open "
+                        "the <code>/ui/?token=...</code> address printed when the server started.</p>",
+                        status_code=401, media_type="text/html",
+                        headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'"})
     fname, mime = UI_FILES[name]
     return Response((UI_DIR / fname).read_bytes(), media_type=mime,
                     headers={"Cache-Control": "no-cache", "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:"})

@@ -7,7 +7,9 @@
         [any other monailabel start_server option]
 
 Secure by default: the host defaults to 127.0.0.1, and a non-loopback host (e.g. 0.0.0.0) is refused while
-authentication is off (MONAI_LABEL_AUTH_ENABLE) unless ``--insecure`` is given. Token settings that would
+authentication is off (MONAI_LABEL_AUTH_ENABLE) unless ``--insecure`` is given. With authentication off every
+change needs the server's access token (``CT2DWI_TOKEN``, or a random one printed at start-up with the training
+page's URL), as Jupyter does. Token settings that would
 let anybody sign tokens (HMAC algorithms) are refused too. Exit code 2 and a message on stderr in both cases.
 
 CORS is closed unless CT2DWI_CORS_ORIGINS="https://a.example,https://b.example" is set
@@ -95,6 +97,21 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
+    if not settings.MONAI_LABEL_AUTH_ENABLE:
+        # like Jupyter: without sign-in, changes need this server's own access token (printed once, here)
+        import secrets
+
+        tok = os.environ.get("CT2DWI_TOKEN") or secrets.token_urlsafe(24)
+        if len(tok) < 16:
+            print("serve.py: refusing to start: CT2DWI_TOKEN must be at least 16 characters", file=sys.stderr)
+            return 2
+        os.environ["CT2DWI_TOKEN"] = tok
+        port = _option(argv, "--port", "-p") or "8000"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        scheme = "https" if _option(argv, "--ssl_certfile") else "http"
+        print(f"serve.py: authentication is off; changes (inference, training, datastore, versions) need this "
+              f"server's access token.\n    training page: {scheme}://{shown}:{port}/ui/?token={tok}\n"
+              f"    API clients and 3D Slicer: Authorization: Bearer {tok}", file=sys.stderr, flush=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH", "")]))
     # the environment's own tools first: dcmqi's itkimage2segimage (PyPI dcmqi) lies beside this interpreter, so
     # MONAI Label finds it instead of downloading dcmqi from the internet when the datastore is DICOMweb

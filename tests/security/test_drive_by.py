@@ -31,7 +31,7 @@ def test_no_page_can_be_framed(srv):
         r = requests.get(f"{srv.url}{path}", timeout=30)
         assert r.headers.get("X-Frame-Options") == "DENY", path
         assert "frame-ancestors 'none'" in r.headers.get("Content-Security-Policy", ""), path
-    ui = requests.get(f"{srv.url}/ui/", timeout=30).headers["Content-Security-Policy"]
+    ui = requests.get(f"{srv.url}/ui/?token={srv.token}", timeout=30).headers["Content-Security-Policy"]
     assert "default-src 'self'" in ui  # the page's own policy is kept
 
 
@@ -126,3 +126,27 @@ def test_training_log_lines_show_no_paths_to_the_user_role():
     task = {"status": "RUNNING", "request": {"x": 1}, "details": [line]}
     assert "/srv/" not in str(_public_task(task, redact=True)) and "request" not in _public_task(task, redact=True)
     assert "/srv/" in str(_public_task(task, redact=False))  # admins (and auth off) see the full log
+
+
+def test_changes_need_the_access_token_when_auth_is_off(srv, tmp_path):
+    """Like Jupyter: the server prints a token at start and every change needs it (another local user, process or
+    page cannot drive it); reads stay open on loopback; the page needs it too."""
+    none = {"Authorization": ""}  # send no token (the test client otherwise sends the server's)
+    for method, path in (("POST", "/train/ct2dwi"), ("DELETE", "/train/"), ("POST", "/train/ct2dwi/versions/0/promote"),
+                         ("POST", "/infer/ct2dwi?image=phantom_000"), ("PUT", "/datastore/?image=x")):
+        r = requests.request(method, f"{srv.url}{path}", headers=none, timeout=30)
+        assert r.status_code == 403 and "access token" in r.json()["detail"], (method, path, r.status_code)
+        r = requests.request(method, f"{srv.url}{path}", headers={"Authorization": "Bearer wrong-token-0123456789"}, timeout=30)
+        assert r.status_code == 403, (method, path)
+    for header in ({"Authorization": f"Bearer {srv.token}"}, {"Authorization": f"token {srv.token}"},
+                   {"X-CT2DWI-Token": srv.token}):
+        r = requests.post(f"{srv.url}/infer/ct2dwi?image=nope", headers={**none, **header} if "X-CT2DWI-Token" in header
+                          else header, timeout=30)
+        assert r.status_code == 404, header  # past the token check: the image id is unknown
+    assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200
+    assert requests.get(f"{srv.url}/ui/", timeout=30).status_code == 401
+    assert requests.get(f"{srv.url}/ui/?token=nope", timeout=30).status_code == 401
+    assert requests.get(f"{srv.url}/ui/?token={srv.token}", timeout=30).status_code == 200
+    assert requests.get(f"{srv.url}/ui/app.js", timeout=30).status_code == 200  # static code holds no secret
+    # the start-up output names the token and the page address
+    assert f"/ui/?token={srv.token}" in srv.log()

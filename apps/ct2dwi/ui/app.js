@@ -9,6 +9,18 @@ let lastSampleEpoch = null;
 
 function token() { return sessionStorage.getItem("ct2dwi-token") || ""; }
 
+// the server's access token arrives once in the address (?token=..., printed at start-up when sign-in is off):
+// keep it for this tab and take it out of the address bar and history
+(function takeTokenFromAddress() {
+  const u = new URL(window.location.href);
+  const t = u.searchParams.get("token");
+  if (t) {
+    sessionStorage.setItem("ct2dwi-token", t);
+    u.searchParams.delete("token");
+    window.history.replaceState(null, "", u.pathname + u.search + u.hash);
+  }
+})();
+
 async function api(method, path, body) {
   const headers = {};
   if (token()) headers["Authorization"] = "Bearer " + token();
@@ -153,7 +165,7 @@ function startOptions() {
 document.addEventListener("DOMContentLoaded", async () => {
   try {
     const a = await (await fetch("/auth/")).json();
-    $("auth-state").textContent = a.enabled ? `This server requires a bearer token from ${a.realm}.` : "Authentication is off on this server (local use).";
+    $("auth-state").textContent = a.enabled ? `This server requires a bearer token from ${a.realm}.` : "Authentication is off on this server (local use): changes use the access token from the address this page was opened with.";
   } catch (e) { $("auth-state").textContent = "Cannot reach the server."; }
   $("token").value = token();
   $("token-form").addEventListener("submit", (ev) => { ev.preventDefault(); sessionStorage.setItem("ct2dwi-token", $("token").value.trim()); refreshStatus(); refreshVersions(); });
