@@ -17,7 +17,7 @@ from .clinical.geometry import (
     resample_to,
     to_axial,
 )
-from .clinical.imageio import check_ct, check_mask, label_synthetic
+from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
 from .clinical.midplane import estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
@@ -166,8 +166,7 @@ class Synthesizer:
         prob_img = None
         if prob is not None:
             prob = np.clip(prob * brain_ax, 0.0, 1.0).astype(np.float32)
-            prob_img = from_axial(copy_geometry(prob, ct_ax), ct)
-            prob_img.SetMetaData("descrip", "SYNTHETIC infarct probability (AI, calibrated on phantoms) - not for diagnosis")
+            prob_img = label_synthetic(from_axial(copy_geometry(prob, ct_ax), ct), PROBABILITY_NOTE)
             info["probability"] = {"temperature": self.temperature,
                                    "note": "calibrated on phantom validation cases only; a low probability never "
                                            "rules out an infarct"}

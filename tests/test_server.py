@@ -10,7 +10,7 @@ import requests
 import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
-from conftest import SAMPLE, arr
+from conftest import ROOT, SAMPLE, arr
 from server_utils import AUTH_ENV, KeycloakRealm, self_signed_cert, sample_server
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
@@ -319,3 +319,35 @@ def test_label_for_a_stored_ct_that_became_unreadable_is_a_clear_409(server):
     assert r.status_code == 409, r.text
     assert "damaged_ct" in r.json()["detail"] and "replace the image" in r.json()["detail"]
     assert not (server.studies / "labels" / "brainmask" / "damaged_ct.nii.gz").exists()
+
+
+def test_probability_map_through_the_server_and_the_slicer_client(server, tmp_path):
+    """Probability-map issue, server part: /info says whether the served model has a probability head; the map
+    comes as its own NIfTI (output=probability, or a 'probability' part of output=all with probability=true) on
+    the CT grid, labelled SYNTHETIC; the Slicer client saves it beside the DWI."""
+    sys_path = str(ROOT / "slicer_extension" / "CT2DWI")
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from CT2DWILib.client import CT2DWIClient
+
+    info = requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]
+    assert info["probability_map"] is True  # the demo model (lesion recipe) has the head
+    ct, mask = _case(1)[:2]
+    r = requests.post(f"{server.url}/infer/ct2dwi?output=probability",
+                      files={"file": ("ct.nii.gz", ct.read_bytes()), "label": ("m.nii.gz", mask.read_bytes())}, timeout=300)
+    assert r.status_code == 200 and "PROBABILITY" in r.headers["content-disposition"]
+    p = tmp_path / "prob.nii.gz"
+    p.write_bytes(r.content)
+    img, ref = sitk.ReadImage(str(p)), sitk.ReadImage(str(ct))
+    assert img.GetSize() == ref.GetSize() and img.GetOrigin() == ref.GetOrigin()
+    a = sitk.GetArrayFromImage(img)
+    assert 0.0 <= a.min() and a.max() <= 1.0 and a.max() > 0.5  # phantom_001's MCA infarct
+    assert "SYNTHETIC" in img.GetMetaData("descrip")
+    out, params = CT2DWIClient(server.url, token=server.token).infer(ct, mask, tmp_path / "slicer", probability=True)
+    assert out.exists() and params["probability_path"] and params["probability"]["temperature"] > 0
+    assert np.allclose(sitk.GetArrayFromImage(sitk.ReadImage(params["probability_path"])), a, atol=1e-6)
+    # without probability=true the multipart answer has no map, and the info does not pretend to
+    out, params = CT2DWIClient(server.url, token=server.token).infer(ct, mask, tmp_path / "plain")
+    assert "probability_path" not in params and "probability" not in params

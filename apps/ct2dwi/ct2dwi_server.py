@@ -331,7 +331,8 @@ def _datastore_image(image_id: str) -> Path:
 def infer(
     model: str,
     image: str = "",
-    output: str = Query("all", pattern="^(image|json|all)$"),
+    output: str = Query("all", pattern="^(image|json|all|probability)$"),
+    probability: bool = False,
     params: str = Form("{}"),
     file: Optional[UploadFile] = File(None),
     label: Optional[UploadFile] = File(None),
@@ -355,22 +356,35 @@ def infer(
             raise HTTPException(status_code=422, detail="no CT given: upload it as 'file' or name a datastore image with ?image=")
         mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
         # datastore images get the same header check as uploads: a stored header must not name another file
+        want_prob = probability or output == "probability"
         with SLOTS.slot():
-            out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True)
-        return _infer_response(out, result, output, folder)
+            out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True,
+                                   probability=want_prob)
+        prob_path = Path(result.pop("probability_file")) if result.get("probability_file") else None
+        if output == "probability" and prob_path is None:
+            raise HTTPException(status_code=409, detail="the served model has no infarct-probability head "
+                                                        "(GET /info/: probability_map false); ask for output=image")
+        return _infer_response(out, result, output, folder, prob_path)
     except BaseException as exc:
         scratch.remove(folder)
         raise _http_error(exc) from exc
 
 
-def _infer_response(out: Path, result: dict, output: str, folder: Path) -> Response:
+def _infer_response(out: Path, result: dict, output: str, folder: Path, prob: Path | None = None) -> Response:
+    """json: the info; image: the SYNTHETIC DWI (NIfTI, gzip); probability: the infarct-probability map (NIfTI,
+    gzip); all: multipart with ``params`` (the info), ``image`` and, when asked with ``probability=true`` and the
+    model has a lesion head, ``probability``."""
     if output == "json":
         ScratchSpace.remove(folder)
         return JSONResponse(result)
-    if output == "image":
-        return _CleanupFileResponse(out, folder, media_type="application/gzip", filename=out.name)
-    enc = MultipartEncoder(fields={"params": (None, json.dumps(result), "application/json"),
-                                   "image": (out.name, out.read_bytes(), "application/gzip")})
+    if output in ("image", "probability"):
+        f = out if output == "image" else prob
+        return _CleanupFileResponse(f, folder, media_type="application/gzip", filename=f.name)
+    fields = {"params": (None, json.dumps(result), "application/json"),
+              "image": (out.name, out.read_bytes(), "application/gzip")}
+    if prob is not None:
+        fields["probability"] = (prob.name, prob.read_bytes(), "application/gzip")
+    enc = MultipartEncoder(fields=fields)
     body = enc.to_string()
     ScratchSpace.remove(folder)
     return Response(content=body, media_type=enc.content_type)

@@ -295,10 +295,13 @@ def check_mask(mask: sitk.Image, ref: sitk.Image, what: str = "brain mask", min_
     return m
 
 
-def label_synthetic(img: sitk.Image) -> sitk.Image:
+PROBABILITY_NOTE = "SYNTHETIC infarct probability (AI, phantom-calibrated) - not for diagnosis"
+
+
+def label_synthetic(img: sitk.Image, note: str = SYNTHETIC_NOTE) -> sitk.Image:
     """Stamps the synthetic-image note into the metadata (NIfTI 'descrip', NRRD/MetaImage notes)."""
-    img.SetMetaData("descrip", SYNTHETIC_NOTE[:79])
-    img.SetMetaData("ITK_FileNotes", SYNTHETIC_NOTE[:79])
+    img.SetMetaData("descrip", note[:79])
+    img.SetMetaData("ITK_FileNotes", note[:79])
     return img
 
 

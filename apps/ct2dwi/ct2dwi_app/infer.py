@@ -58,6 +58,10 @@ class CT2DWIInfer(InferTask):
         i["version"] = self.versions.served_id()
         i["ready"] = i["version"] is not None
         i["output"] = SYNTHETIC_LABEL
+        try:  # whether the served model gives an infarct-probability map (?probability=true / output=probability)
+            i["probability_map"] = bool(self.synthesizer()[0].has_probability) if i["ready"] else False
+        except Exception:  # noqa: BLE001 - an unusable checkpoint is reported by /infer itself (503)
+            i["probability_map"] = False
         return i
 
     def synthesizer(self) -> tuple[Synthesizer, int]:
@@ -90,13 +94,15 @@ class CT2DWIInfer(InferTask):
         return dst
 
     def run(self, ct_path: Path, mask_path: Path | None, out_dir: Path, ct_name: str | None = None,
-            mask_name: str | None = None, single_file: bool = True) -> tuple[Path, dict]:
-        """Synthesizes into ``out_dir`` (the caller owns and removes it); messages name ``ct_name``/``mask_name``."""
+            mask_name: str | None = None, single_file: bool = True, probability: bool = False) -> tuple[Path, dict]:
+        """Synthesizes into ``out_dir`` (the caller owns and removes it); messages name ``ct_name``/``mask_name``.
+        ``probability``: also writes the calibrated infarct-probability map (``info["probability_file"]``) when the
+        served model has a lesion head; otherwise ``info["probability"]`` is None with the reason."""
         syn, vid = self.synthesizer()
         ct = read_image(ct_path, "CT", name=ct_name, single_file=single_file)
         mask = read_image(mask_path, "brain mask", name=mask_name, single_file=single_file) if mask_path else None
         try:
-            out, _, info = syn(ct, mask)
+            out, _, info, prob = syn(ct, mask, return_probability=True)
         except InputError as exc:  # checks on the voxels: say which of the user's files failed
             msg = str(exc)
             for what, name in (("CT", ct_name), ("brain mask", mask_name)):
@@ -105,6 +111,11 @@ class CT2DWIInfer(InferTask):
             raise InputError(msg) from exc
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.mha)$", "", ct_name or "case"))[:80]
         path = write_image(out, Path(out_dir) / f"SYNTHETIC_DWI_{stem or 'case'}.nii.gz")
+        if probability and prob is not None:
+            info["probability_file"] = str(write_image(
+                prob, Path(out_dir) / f"SYNTHETIC_INFARCT_PROBABILITY_{stem or 'case'}.nii.gz"))
+        elif not probability:
+            info.pop("probability", None)
         info["checkpoint"] = "jmmda_demo.pt" if vid == 0 else f"v{vid}"
         info["version"] = vid
         info["model_card"] = syn.model_card

@@ -71,16 +71,19 @@ class CT2DWIClient:
         return True, m.get("checkpoint") or ""
 
     def infer(self, ct_path: str | Path, mask_path: str | Path | None = None, out_dir: str | Path | None = None,
-              cancel=None) -> tuple[Path, dict]:
+              cancel=None, probability: bool = False) -> tuple[Path, dict]:
         """Uploads CT (+ mask); returns (path of the SYNTHETIC DWI file, result parameters). With a
-        ``cancel`` event the call returns (raising state.Cancelled) as soon as it is set."""
+        ``cancel`` event the call returns (raising state.Cancelled) as soon as it is set. ``probability``: also
+        asks for the infarct-probability map; its file is then ``params["probability_path"]`` (None when the
+        served model has none - ``params["probability_note"]`` says why)."""
         files = {"file": (Path(ct_path).name, open(ct_path, "rb"))}
         if mask_path:
             files["label"] = (Path(mask_path).name, open(mask_path, "rb"))
 
         def call():
             try:
-                return self._request("POST", f"/infer/{MODEL}?output=all", files=files, data={"params": "{}"})
+                query = "output=all" + ("&probability=true" if probability else "")
+                return self._request("POST", f"/infer/{MODEL}?{query}", files=files, data={"params": "{}"})
             finally:
                 for _, fh in files.values():
                     fh.close()
@@ -91,12 +94,19 @@ class CT2DWIClient:
             from .state import cancellable
 
             r = cancellable(call, cancel)
-        params, image = self._parse_multipart(r)
+        params, image, parts = self._parse_multipart(r)
         if image is None:
             raise ServerError("the server answered without an image")
         out_dir = Path(out_dir or tempfile.mkdtemp(prefix="ct2dwi_"))
+        out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / "SYNTHETIC_DWI.nii.gz"
         out.write_bytes(image)
+        if probability:
+            params["probability_path"] = None
+            if parts.get("probability") is not None:
+                p = out_dir / "SYNTHETIC_INFARCT_PROBABILITY.nii.gz"
+                p.write_bytes(parts["probability"])
+                params["probability_path"] = str(p)
         return out, params
 
     @staticmethod
@@ -106,17 +116,17 @@ class CT2DWIClient:
 
         ctype = r.headers.get("content-type", "")
         if not ctype.startswith("multipart/"):
-            return (r.json() if "json" in ctype else {}), None
+            return (r.json() if "json" in ctype else {}), None, {}
         msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + r.content)
-        params, image = {}, None
+        params, parts = {}, {}
         for part in msg.iter_parts():
             name = part.get_param("name", header="content-disposition")
             payload = part.get_payload(decode=True)
             if name == "params":
                 params = json.loads(payload.decode() or "{}")
-            elif name == "image":
-                image = payload
-        return params, image
+            else:
+                parts[name] = payload
+        return params, parts.get("image"), parts
 
     def train_start(self, **params) -> dict:
         return self._request("POST", f"/train/{MODEL}", json=params, timeout=60).json()
