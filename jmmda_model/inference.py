@@ -18,7 +18,7 @@ from .clinical.geometry import (
     to_axial,
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
-from .clinical.midplane import estimate_midplane, mirror_or_self
+from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
 from .preprocess import PreprocessConfig, pad_to_multiple
@@ -121,6 +121,24 @@ class Synthesizer:
         """Calibrated infarct probability from lesion logits (temperature from the validation cases)."""
         return (1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))).astype(np.float32)
 
+    def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None):
+        """Synthetic DWI and lesion logits (or None) of an axial volume on the model's grid, computed in the
+        canonical pose (``clinical.midplane.canonical_pose``: the slices turned so the mid-sagittal line is vertical
+        and centred on a fixed canvas) and mapped back: the same head gives the same answer wherever and however
+        (in plane) it lies in the image. Returns (dwi, logits, pose info)."""
+        if plane is None:
+            plane = estimate_midplane(ct_hu, spacing_zyx)
+        if mirror is None and self.pre.mirror_channels:
+            mirror = mirror_or_self(ct_hu, plane, spacing_zyx)
+        pose = canonical_pose(brain, spacing_zyx, plane, divisor=int(getattr(self.net, "size_divisor", 8)))
+        c_ct = pose.forward(ct_hu, order=1, cval=-1000.0)
+        c_brain = (pose.forward(brain, order=0) > 0.5).astype(np.uint8)
+        c_mirror = pose.forward(mirror, order=1, cval=-1000.0) if mirror is not None else None
+        y, logits = self.predict_slices(model_input(c_ct, c_brain, self.pre, spacing_zyx, c_mirror), with_logits=True)
+        y = pose.inverse(y)
+        logits = pose.inverse(logits) if logits is not None else None
+        return y, logits, pose.to_dict()
+
     def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None, return_probability: bool = False):
         """Returns (synthetic DWI float32 on ct's geometry, brain mask used, info); with ``return_probability``
         also the calibrated infarct-probability map on ct's geometry (None when the model has no lesion head)."""
@@ -143,14 +161,12 @@ class Synthesizer:
             work_ct, brain = ct_ax, brain_ax
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
         spacing = tuple(reversed(work_ct.GetSpacing()))
-        mirror = None
-        if self.pre.mirror_channels:  # hemispheric comparison: the plane is reported, and never used untrusted
-            plane = estimate_midplane(ct_hu, spacing)
-            mirror = mirror_or_self(ct_hu, plane, spacing)
-            info["midplane"] = plane.to_dict()
+        plane = estimate_midplane(ct_hu, spacing)  # the plane is reported, and never used untrusted
+        info["midplane"] = plane.to_dict()
+        if self.pre.mirror_channels:  # hemispheric comparison
             info["hemispheric_comparison"] = ("used" if plane.trusted else
                                               f"NOT used (mid-sagittal plane not trusted: {plane.reason})")
-        y, logits = self.predict_slices(model_input(ct_hu, brain, self.pre, spacing, mirror), with_logits=True)
+        y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane)
         prob = None
         if logits is not None and return_probability:
             prob = self.probability(logits) * brain

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Case, case_input, load_case
+from .data import Case, load_case
 from .inference import Synthesizer
 from .metrics import (
     METRIC_INFO,
@@ -183,9 +183,9 @@ def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str =
 
 
 def predict_case(syn: Synthesizer, lc, with_probability: bool = False):
-    """Synthetic DWI of a loaded case; with ``with_probability`` also the calibrated infarct probability (None
-    for models without a lesion head)."""
-    y, logits = syn.predict_slices(case_input(lc, syn.pre), with_logits=True)
+    """Synthetic DWI of a loaded case as ``jmmda infer`` computes it (canonical pose); with ``with_probability``
+    also the calibrated infarct probability (None for models without a lesion head)."""
+    y, logits, _ = syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
     y = y * lc.brain if syn.pre.mask_output else y
     if not with_probability:
         return y

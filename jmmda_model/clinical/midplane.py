@@ -161,3 +161,79 @@ def mirror_or_self(ct_hu: np.ndarray, plane: MidPlane, spacing_zyx) -> np.ndarra
     """The mirrored CT when the plane is trusted; otherwise the CT itself (its mirror difference is then 0: the
     hemispheric cue is switched off rather than computed across a wrong plane)."""
     return mirror_volume(ct_hu, plane, spacing_zyx) if plane.trusted else np.asarray(ct_hu, np.float32)
+
+
+@dataclass
+class CanonicalPose:
+    """In-plane canonical pose of an axial volume: every slice resampled onto a fixed square canvas (``size``
+    pixels of ``spacing`` mm, independent of the input grid) rotated by the plane's yaw about a centre point, so the
+    mid-sagittal line is vertical and in the canvas' middle column and the brain's centre in its middle row.
+    The same head placed anywhere in the image, or turned in the axial plane, lands on the same canvas pixels."""
+
+    yaw_rad: float
+    centre_xy_mm: tuple[float, float]  # index-mm of the source point that maps to the canvas centre
+    spacing_xy: tuple[float, float]
+    size: int
+    source_shape_yx: tuple[int, int]
+    used_plane: bool
+
+    def _grid(self):
+        c = float(self.size // 2)
+        v, u = np.mgrid[0 : self.size, 0 : self.size].astype(np.float64)
+        du, dv = (u - c) * self.spacing_xy[0], (v - c) * self.spacing_xy[1]
+        cos, sin = math.cos(self.yaw_rad), math.sin(self.yaw_rad)
+        x = self.centre_xy_mm[0] + cos * du - sin * dv
+        y = self.centre_xy_mm[1] + sin * du + cos * dv
+        return y / self.spacing_xy[1], x / self.spacing_xy[0]  # source pixel coordinates (row, col)
+
+    def forward(self, vol: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
+        """(z, y, x) on the source grid -> (z, size, size) on the canvas."""
+        rows, cols = self._grid()
+        out = np.empty((vol.shape[0], self.size, self.size), np.float32)
+        for k in range(vol.shape[0]):
+            out[k] = ndi.map_coordinates(np.asarray(vol[k], np.float32), [rows, cols], order=order, mode="constant", cval=cval)
+        return out
+
+    def inverse(self, canvas: np.ndarray, order: int = 1) -> np.ndarray:
+        """(z, size, size) on the canvas -> (z, y, x) on the source grid (0 outside the canvas)."""
+        h, w = self.source_shape_yx
+        y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+        dx, dy = x * self.spacing_xy[0] - self.centre_xy_mm[0], y * self.spacing_xy[1] - self.centre_xy_mm[1]
+        cos, sin = math.cos(self.yaw_rad), math.sin(self.yaw_rad)
+        c = float(self.size // 2)
+        u = (cos * dx + sin * dy) / self.spacing_xy[0] + c
+        v = (-sin * dx + cos * dy) / self.spacing_xy[1] + c
+        out = np.empty((canvas.shape[0], h, w), np.float32)
+        for k in range(canvas.shape[0]):
+            out[k] = ndi.map_coordinates(canvas[k], [v, u], order=order, mode="constant", cval=0.0)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"rotated_deg": round(math.degrees(self.yaw_rad), 3), "centre_xy_mm": [round(v, 2) for v in self.centre_xy_mm],
+                "canvas_px": self.size, "used_plane": self.used_plane}
+
+
+def canonical_pose(brain: np.ndarray, spacing_zyx, plane: MidPlane | None, fov_mm: float = 270.0,
+                   divisor: int = 8, rotate: bool = False) -> CanonicalPose:
+    """The canonical pose of an axial volume: centred on the midline at the brain's centre (from the trusted
+    mid-sagittal plane; the brain's centre alone otherwise) on a fixed canvas.
+
+    ``rotate=False`` (default): translation by whole pixels only - the canvas samples the source exactly, no
+    interpolation, so whole-pixel shifts of the head give identical network input and output. ``rotate=True``
+    also turns the slices by the plane's yaw (interpolated): measured on the demo model, which was trained on
+    unturned slices, it cost 1.2 dB in-brain PSNR and 21 mL of false-bright brain per sample case, so it waits for
+    a model trained in that pose."""
+    sp = np.asarray(spacing_zyx, float)
+    sx, sy = float(sp[2]), float(sp[1])
+    zyx = np.argwhere(np.asarray(brain) > 0)
+    centre = (zyx.mean(0)[::-1] * sp[::-1]) if len(zyx) else np.array([brain.shape[2] * sx, brain.shape[1] * sy, 0]) / 2
+    yaw, used = 0.0, False
+    if plane is not None and plane.trusted:
+        n = np.asarray(plane.normal_xyz, float)
+        yaw = math.atan2(n[1], n[0]) if rotate else 0.0
+        centre = centre - (float(n @ centre) - plane.offset_mm) * n  # the point of the plane nearest the centre
+        used = True
+    if not rotate:  # whole pixels: the canvas coincides with source pixels
+        centre = np.array([round(centre[0] / sx) * sx, round(centre[1] / sy) * sy, 0.0])
+    size = int(math.ceil(fov_mm / min(sx, sy) / divisor) * divisor)
+    return CanonicalPose(yaw, (float(centre[0]), float(centre[1])), (sx, sy), size, tuple(brain.shape[1:]), used)
