@@ -14,7 +14,6 @@ from .clinical.geometry import (
     copy_geometry,
     from_axial,
     resample_inplane,
-    resample_to,
     to_axial,
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
@@ -151,16 +150,26 @@ class Synthesizer:
             info["mask_source"] = "automatic (CT)"
         brain_native = check_mask(mask, ct)
         info["head_check"] = check_head_ct(ct, brain_native)  # refuses a CT that is not of a head
-        ct_ax, mask_ax = to_axial(ct), to_axial(mask)
-        brain_ax = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
+        brain_ml = round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1)
+        m = copy_geometry(brain_native.astype(np.uint8, copy=False), ct)
+        del brain_native  # full-resolution arrays are dropped as soon as they are used (thin-slice series)
+        ct_ax, mask_ax = to_axial(ct), to_axial(m)
         resampled = self.pre.needs_resampling(ct_ax)
         if resampled:  # the network works at its training pixel size
             work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
             brain = (sitk.GetArrayFromImage(resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)) > 0.5).astype(np.uint8)
         else:
-            work_ct, brain = ct_ax, brain_ax
+            work_ct = ct_ax
+            brain = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
+        ref_ax = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # the axial grid's geometry, without its voxels
+        ref_ax.SetOrigin(ct_ax.GetOrigin())
+        ref_ax.SetSpacing(ct_ax.GetSpacing())
+        ref_ax.SetDirection(ct_ax.GetDirection())
+        ax_size = ct_ax.GetSize()
+        work_geo = (work_ct.GetOrigin(), work_ct.GetSpacing(), work_ct.GetDirection())
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
-        spacing = tuple(reversed(work_ct.GetSpacing()))
+        del ct_ax, work_ct
+        spacing = tuple(reversed(work_geo[1]))
         plane = estimate_midplane(ct_hu, spacing)  # the plane is reported, and never used untrusted
         info["midplane"] = plane.to_dict()
         if self.pre.mirror_channels:  # hemispheric comparison
@@ -169,20 +178,30 @@ class Synthesizer:
         y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane)
         prob = None
         if logits is not None and return_probability:
-            prob = self.probability(logits) * brain
-        if resampled:
-            y = sitk.GetArrayFromImage(resample_to(ct_ax, copy_geometry(y, work_ct)))
-            if prob is not None:
-                prob = sitk.GetArrayFromImage(resample_to(ct_ax, copy_geometry(prob, work_ct)))
-        if self.pre.mask_output:
-            y *= brain_ax
-        out = from_axial(copy_geometry(y.astype(np.float32), ct_ax), ct)
-        out = label_synthetic(sitk.Cast(out, sitk.sitkFloat32))
-        m = copy_geometry(brain_native, ct)
+            prob = np.clip(self.probability(logits) * brain, 0.0, 1.0)
+        del ct_hu
+
+        def to_ct(a: np.ndarray) -> sitk.Image:
+            """Work-grid array -> float32 image on the CT's own grid, 0 outside the brain mask (in SimpleITK, so
+            the full-resolution result exists once, not as several numpy copies)."""
+            img = sitk.GetImageFromArray(a.astype(np.float32, copy=False))
+            if resampled:
+                img.SetOrigin(work_geo[0])
+                img.SetSpacing(work_geo[1])
+                img.SetDirection(work_geo[2])
+                img = sitk.Resample(img, list(ax_size), sitk.Transform(), sitk.sitkLinear, ref_ax.GetOrigin(),
+                                    ref_ax.GetSpacing(), ref_ax.GetDirection(), 0.0, sitk.sitkFloat32)
+            else:
+                img.CopyInformation(mask_ax)
+            if self.pre.mask_output:
+                img = sitk.Mask(img, mask_ax, 0.0, 0)
+            return from_axial(img, ct)
+
+        out = label_synthetic(to_ct(y))
+        del y
         prob_img = None
         if prob is not None:
-            prob = np.clip(prob * brain_ax, 0.0, 1.0).astype(np.float32)
-            prob_img = label_synthetic(from_axial(copy_geometry(prob, ct_ax), ct), PROBABILITY_NOTE)
+            prob_img = label_synthetic(to_ct(prob), PROBABILITY_NOTE)
             info["probability"] = {"temperature": self.temperature,
                                    "note": "calibrated on phantom validation cases only; a low probability never "
                                            "rules out an infarct"}
@@ -198,7 +217,7 @@ class Synthesizer:
                 "model_format": self.model_format,
                 "mixed_precision": self.amp,
                 "resampled_inplane_mm": list(self.pre.inplane_spacing) if resampled else None,
-                "brain_ml": round(float(brain_native.sum()) * float(np.prod(ct.GetSpacing())) / 1000.0, 1),
+                "brain_ml": brain_ml,
             }
         )
         return (out, m, info, prob_img) if return_probability else (out, m, info)

@@ -54,6 +54,8 @@ def ct_brain_mask(ct: sitk.Image, erode_mm: float = 3.0) -> sitk.Image:
 BRAIN_ML_RANGE = (500.0, 3000.0)
 MAX_HEAD_WIDTH_MM = 280.0
 MIN_SKULL_FRACTION = 0.25
+#: voxel pitch (mm) the head check works at (every n-th voxel of finer images)
+COARSE_MM = 2.0
 
 
 def check_head_ct(ct: sitk.Image, brain: np.ndarray) -> dict:
@@ -63,11 +65,18 @@ def check_head_ct(ct: sitk.Image, brain: np.ndarray) -> dict:
     * body wider than ``MAX_HEAD_WIDTH_MM`` in the slices that hold the mask (heads are ~140-200 mm wide);
     * the mask not enclosed by bone: less than ``MIN_SKULL_FRACTION`` of the 3-12 mm shell around it in its
       axial slices is bone (> 300 HU), i.e. no skull.
-    ``brain`` is the mask as a (z, y, x) array on ``ct``'s grid. Returns the measured values."""
-    sp = np.array(ct.GetSpacing(), float)  # x, y, z
-    a = sitk.GetArrayViewFromImage(ct)
-    b = np.asarray(brain) > 0
-    ml = float(b.sum()) * float(np.prod(sp)) / 1000.0
+    ``brain`` is the mask as a (z, y, x) array on ``ct``'s grid. Returns the measured values.
+
+    Width and skull shell are measured on every n-th voxel per axis (about ``COARSE_MM`` apart, no interpolation):
+    a 0.5 mm thin-slice series took 80 s for the shell's morphology at full resolution, about 1 s this way."""
+    sp_full = np.array(ct.GetSpacing(), float)  # x, y, z
+    b_full = np.asarray(brain) > 0
+    ml = float(b_full.sum()) * float(np.prod(sp_full)) / 1000.0
+    step = [max(1, int(COARSE_MM // s)) for s in sp_full[::-1]]  # numpy (z, y, x) strides
+    sl = tuple(slice(None, None, k) for k in step)
+    a = sitk.GetArrayViewFromImage(ct)[sl]
+    b = b_full[sl]
+    sp = sp_full * np.array(step[::-1], float)
     facts = {"brain_ml": round(ml, 1)}
     if not BRAIN_ML_RANGE[0] <= ml <= BRAIN_ML_RANGE[1]:
         raise InputError(f"CT: the brain mask is {ml:.0f} mL, outside the {BRAIN_ML_RANGE[0]:.0f}-{BRAIN_ML_RANGE[1]:.0f} mL of an "

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Thin-slice CT through `jmmda infer`: wall time and peak memory of the whole command.
+
+    python benchmarks/thin_slice.py [--slices 320] [--matrix 512] [--auto-mask] [--ras]
+
+Builds a 512 x 512 x 320 (0.45 x 0.5 x 0.5 mm) CT from sample case phantom_003 (linear up-sampling + 6 HU
+noise) and its brain mask, in LPS order (as DICOM series are read) or RAS (``--ras``: the NIfTI habit, one more
+re-orientation copy each way), runs `jmmda infer` in a fresh process and samples its resident memory every 20 ms.
+Targets of the pose/series issue: <= 30 s wall and <= 1.5 GB peak on the 2-core development machine.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(tmp: Path, slices: int, matrix: int, ras: bool):
+    ct = sitk.ReadImage(str(ROOT / "sample_data/studies/phantom_003.nii.gz"))
+    m = sitk.ReadImage(str(ROOT / "sample_data/studies/labels/brainmask/phantom_003.nii.gz"))
+    ext = [s * n for s, n in zip(ct.GetSpacing(), ct.GetSize())]
+    ref = sitk.Image([matrix, matrix, slices], sitk.sitkInt16)
+    ref.SetSpacing((ext[0] / matrix, ext[1] / matrix, ext[2] / slices))
+    ref.SetDirection(ct.GetDirection())
+    ref.SetOrigin(ct.GetOrigin())
+    thin = sitk.GetArrayFromImage(sitk.Resample(ct, ref, sitk.Transform(), sitk.sitkLinear, -1024)).astype(np.float32)
+    thin += np.random.default_rng(0).normal(0, 6, thin.shape).astype(np.float32)
+    out = sitk.GetImageFromArray(np.round(thin).astype(np.int16))
+    out.CopyInformation(ref)
+    mask = sitk.Resample(m, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if not ras:
+        out, mask = sitk.DICOMOrient(out, "LPS"), sitk.DICOMOrient(mask, "LPS")
+    sitk.WriteImage(out, str(tmp / "ct.nii.gz"))
+    sitk.WriteImage(mask, str(tmp / "mask.nii.gz"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--slices", type=int, default=320)
+    p.add_argument("--matrix", type=int, default=512)
+    p.add_argument("--auto-mask", action="store_true", help="let jmmda infer compute the brain mask")
+    p.add_argument("--ras", action="store_true")
+    p.add_argument("--model", default=str(ROOT / "apps/ct2dwi/model/jmmda_demo.pt"))
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        build(tmp, a.slices, a.matrix, a.ras)
+        cmd = [sys.executable, "-m", "jmmda_model.cli", "infer", "--model", a.model, "--ct", str(tmp / "ct.nii.gz"),
+               "--out", str(tmp / "thin_synthetic.nii.gz"), "--device", "cpu"]
+        if not a.auto_mask:
+            cmd += ["--mask", str(tmp / "mask.nii.gz")]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read().decode()
+    if proc.returncode:
+        print(err[-2000:], file=sys.stderr)
+        return proc.returncode
+    print(f"{a.matrix}x{a.matrix}x{a.slices} {'RAS' if a.ras else 'LPS'} {'auto mask' if a.auto_mask else 'mask given'}: "
+          f"wall {wall:.1f} s (target 30), peak RSS {peak / 2**30:.2f} GiB (target 1.5); "
+          f"{'MET' if wall <= 30 and peak <= 1.5 * 2**30 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
