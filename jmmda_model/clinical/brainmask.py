@@ -14,13 +14,20 @@ def _largest_component(mask: sitk.Image) -> sitk.Image:
     return sitk.Cast(rel == 1, sitk.sitkUInt8)
 
 
-def ct_brain_mask(ct: sitk.Image, erode_mm: float = 3.0) -> sitk.Image:
+def ct_brain_mask(ct: sitk.Image, erode_mm: float = 3.0, coarse_mm: float = 1.0) -> sitk.Image:
     """Brain (parenchyma + CSF spaces) inside the skull of a non-contrast head CT in HU.
 
     Steps: smooth; soft-tissue/CSF range (-20..100 HU) excluding a dilated bone mask (>250 HU);
     erode to cut the scalp and bridges, keep the largest component, dilate back, restrict to
     soft tissue, then fill holes slice by slice (ventricles) and in 3-D.
+
+    Images finer than ``coarse_mm`` are first averaged down by whole factors (BinShrink) and the mask is put back
+    on the CT grid by nearest neighbour: a 0.5 mm thin-slice series is 8x fewer voxels to process.
     """
+    factors = [max(1, int(coarse_mm // s)) for s in ct.GetSpacing()]
+    if max(factors) > 1:
+        coarse = ct_brain_mask(sitk.BinShrink(sitk.Cast(ct, sitk.sitkFloat32), factors), erode_mm, coarse_mm=0.0)
+        return sitk.Cast(sitk.Resample(coarse, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0), sitk.sitkUInt8)
     img = sitk.Cast(ct, sitk.sitkFloat32)
     sp = img.GetSpacing()
     smooth = sitk.SmoothingRecursiveGaussian(img, sigma=[min(s, 1.5) for s in sp])

@@ -25,7 +25,8 @@ def realm():
 
 @pytest.fixture(scope="module")
 def realm_server(tmp_path_factory, realm):
-    env = {**AUTH_ENV, "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3"}
+    env = {**AUTH_ENV, "MONAI_LABEL_AUTH_REALM_URI": realm.uri, "MONAI_LABEL_AUTH_TIMEOUT": "3",
+           "CT2DWI_AUTH_REFETCH_S": "1"}  # refetch after a failed signature at most every second (default 10)
     s = sample_server(tmp_path_factory.mktemp("authsec"), n=1, env=env).wait(path="/auth/")
     s.key = realm.key
     yield s
@@ -76,7 +77,7 @@ def test_key_rotation_is_picked_up_without_restart(realm_server, realm):
     old = realm_server.key
     assert get_info(realm_server.url, token(old, ["monailabel-user"])).status_code == 200
     new = realm.set_key()
-    time.sleep(11)  # the server re-fetches a key after a failed signature at most every 10 s
+    time.sleep(1.5)  # the server re-fetches a key after a failed signature at most every CT2DWI_AUTH_REFETCH_S
     assert get_info(realm_server.url, token(new, ["monailabel-user"])).status_code == 200
     assert get_info(realm_server.url, token(old, ["monailabel-user"])).status_code == 401
     realm_server.key = new
@@ -85,7 +86,7 @@ def test_key_rotation_is_picked_up_without_restart(realm_server, realm):
 def test_unreachable_realm_is_503_not_500(realm_server, realm):
     realm.up = False
     try:
-        time.sleep(11)
+        time.sleep(1.5)
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         r = get_info(realm_server.url, token(other, ["monailabel-user"]))  # forces a key fetch
         assert r.status_code == 503 and "cannot be reached" in r.json()["detail"]
@@ -116,7 +117,7 @@ def test_malformed_or_foreign_realm_key_is_503_and_not_cached(realm_server, real
     try:
         for served in ("bm90IGEga2V5", base64.b64encode(ec_der).decode()):  # garbage; an EC key while RS256 is pinned
             realm.key_b64 = served
-            time.sleep(11)  # a failed signature refetches at most every 10 s
+            time.sleep(1.5)  # a failed signature refetches at most every CT2DWI_AUTH_REFETCH_S
             other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             r = get_info(realm_server.url, token(other, ["monailabel-user"]))  # forces a key fetch
             assert r.status_code == 503, r.text

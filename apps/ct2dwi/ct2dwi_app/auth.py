@@ -7,7 +7,7 @@
   MONAI_LABEL_AUTH_REALM_URI), ``aud`` must hold ``CT2DWI_AUTH_AUDIENCE`` (default the client id,
   MONAI_LABEL_AUTH_CLIENT_ID; in Keycloak add an audience mapper for it).
 * The realm key is cached for ``CT2DWI_AUTH_KEY_TTL`` seconds (default 300) and fetched again at once when a
-  signature fails (key rotation), at most every 10 s. An unreachable realm, or one that serves a key that is
+  signature fails (key rotation), at most every ``CT2DWI_AUTH_REFETCH_S`` seconds (default 10). An unreachable realm, or one that serves a key that is
   not a valid public key of the pinned algorithms' type, answers 503 (not 500) and nothing is cached. The fetch
   has a short timeout (at most 5 s) and runs outside the cache lock, so a slow realm does not queue every request.
 * Roles: ``monailabel-admin`` implies ``monailabel-user`` (roles are otherwise not hierarchical).
@@ -66,7 +66,8 @@ class _KeyCache:
         ttl = float(os.environ.get("CT2DWI_AUTH_KEY_TTL", "300"))
         with self.lock:
             age = time.monotonic() - self.fetched
-            if self.key is not None and age <= ttl and not (refresh and age > 10):
+            refetch = float(os.environ.get("CT2DWI_AUTH_REFETCH_S", "10"))
+            if self.key is not None and age <= ttl and not (refresh and age > refetch):
                 return self.key
         key = self._fetch()  # outside the lock: a slow realm delays only the requests that need a new key
         with self.lock:
