@@ -146,13 +146,26 @@ def metadata(ck: dict, size_divisor: int, source: Path) -> dict:
                     "value_range": [0, 1],
                     "is_patch_data": False,
                     "channel_def": {"0": SYNTHETIC_LABEL},
-                }
+                },
+                **({"infarct_probability": {
+                    "type": "probabilities",
+                    "format": "segmentation",
+                    "modality": "MR",
+                    "num_channels": 1,
+                    "spatial_shape": shape,
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "SYNTHETIC infarct probability (AI; sigmoid(lesion logit / temperature), "
+                                         "temperature-calibrated on phantoms; a low value never rules out an infarct)"},
+                    "from_network": "the second value of forward(x, return_aux=True): lesion logits",
+                }} if gcfg.get("residual_prior") or gcfg.get("aux_lesion") else {}),
             },
         },
     }
 
 
-def inference_config(gcfg: dict, pre: dict, card: dict) -> dict:
+def inference_config(gcfg: dict, pre: dict, card: dict, calibration: dict | None = None) -> dict:
     return {
         "imports": ["$import jmmda_model.bundle"],
         "bundle_root": ".",
@@ -167,6 +180,7 @@ def inference_config(gcfg: dict, pre: dict, card: dict) -> dict:
             "weights": "$@bundle_root + '/models/model.pt'",
             "preprocess": pre,
             "model_card": card,
+            "calibration": calibration or {},
             "device": "@device",
         },
         "run": ["$@inferer.run(@image, @mask, @output_dir)"],
@@ -192,6 +206,8 @@ def _readme(ck: dict, meta: dict, size_divisor: int) -> str:
         "```",
         "",
         "`--mask ''` computes a brain mask from the CT. The result equals `jmmda infer` with the source checkpoint.",
+        "Models with a lesion head also write `SYNTHETIC_INFARCT_PROBABILITY_*.nii.gz` (the calibrated infarct",
+        "probability, calibrated on phantoms only: a low probability never rules out an infarct).",
         "`models/model.ts` is the same generator as TorchScript (`jmmda infer --model models/model.ts` also runs it).",
         "",
         "## Input and output",
@@ -225,7 +241,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, overwrite: bool = Fal
             (tmp / sub).mkdir()
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2))
         (tmp / "configs" / "inference.json").write_text(
-            json.dumps(inference_config(ck["generator_config"], ck["preprocess"], ck.get("model_card", {})), indent=2))
+            json.dumps(inference_config(ck["generator_config"], ck["preprocess"], ck.get("model_card", {}),
+                                        ck.get("lesion_calibration")), indent=2, default=str))
         torch.save(net.state_dict(), tmp / "models" / "model.pt")
         export_torchscript(checkpoint, tmp / "models" / "model.ts")
         (tmp / "docs" / "README.md").write_text(_readme(ck, meta, int(net.size_divisor)))
@@ -244,7 +261,7 @@ class BundleInferer:
     """The bundle's inference: ``network`` (from ``network_def``) with ``weights``, then the ``jmmda infer`` pipeline."""
 
     def __init__(self, network: torch.nn.Module, weights: str, preprocess: dict, model_card: dict | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", calibration: dict | None = None):
         from .inference import Synthesizer
 
         try:
@@ -253,7 +270,8 @@ class BundleInferer:
         except Exception as exc:
             raise InputError(f"bundle weights {weights} cannot be loaded into network_def: {exc}") from exc
         self.synthesizer = Synthesizer(None, device=device, network=network.eval(),
-                                       meta={"preprocess": preprocess, "model_card": model_card or {}})
+                                       meta={"preprocess": preprocess, "model_card": model_card or {},
+                                             "lesion_calibration": calibration or {}})
 
     def run(self, image: str, mask: str | None, output_dir: str) -> Path:
         from .clinical.imageio import read_image, write_image
@@ -262,10 +280,13 @@ class BundleInferer:
             raise InputError("no input CT: pass --image <file or DICOM folder>")
         ct = read_image(image, "CT")
         m = read_image(mask, "brain mask") if mask else None
-        out, _, info = self.synthesizer(ct, m)
+        out, _, info, prob = self.synthesizer(ct, m, return_probability=True)
         name = Path(image).name
         stem = strip_image_ext(name) or name  # a DICOM folder keeps its name
         dst = write_image(out, Path(output_dir) / f"SYNTHETIC_DWI_{stem or 'case'}.nii.gz")
+        if prob is not None:  # the second output (network_data_format.outputs.infarct_probability)
+            info["probability_file"] = write_image(
+                prob, Path(output_dir) / f"SYNTHETIC_INFARCT_PROBABILITY_{stem or 'case'}.nii.gz").name
         info["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         (dst.parent / f"{dst.name[: -len('.nii.gz')]}.json").write_text(json.dumps(info, indent=1, default=str))
         return dst

@@ -33,9 +33,13 @@ def reference(tmp_path_factory):
     """`jmmda infer` with the demo checkpoint on the sample case."""
     out = tmp_path_factory.mktemp("ref") / "SYNTHETIC_ref.nii.gz"
     r = _py("-m", "jmmda_model.cli", "infer", "--model", str(DEMO_MODEL), "--ct", str(CT), "--mask", str(MASK),
-            "--out", str(out), "--device", "cpu")
+            "--out", str(out), "--device", "cpu", "--save-probability", str(out.with_name("SYNTHETIC_ref_prob.nii.gz")))
     assert r.returncode == 0, r.stderr[-2000:]
+    REFERENCE["probability"] = sitk.ReadImage(str(out.with_name("SYNTHETIC_ref_prob.nii.gz")))
     return sitk.ReadImage(str(out))
+
+
+REFERENCE: dict = {}  # the reference run's infarct-probability map
 
 
 def _same(a: sitk.Image, b: sitk.Image, tol: float):
@@ -105,6 +109,9 @@ def _bundle_checks(bundle: Path, tmp_path: Path, reference):
             "--image", str(CT), "--mask", str(MASK), "--output_dir", str(out), "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     _same(reference, sitk.ReadImage(str(out / f"SYNTHETIC_DWI_{CASE}.nii.gz")), 1e-6)
+    # the second output: declared in the metadata, written by the run, equal to jmmda infer --save-probability
+    assert "infarct_probability" in json.loads(meta.read_text())["network_data_format"]["outputs"]
+    _same(REFERENCE["probability"], sitk.ReadImage(str(out / f"SYNTHETIC_INFARCT_PROBABILITY_{CASE}.nii.gz")), 1e-6)
     readme = (bundle / "docs" / "README.md").read_text()
     assert "SYNTHETIC" in readme and "not for diagnosis" in readme and "phantom" in readme
     assert "Apache" in (bundle / "LICENSE").read_text()
