@@ -147,9 +147,16 @@ def cmd_export_dicom(a):
     from .clinical.imageio import read_image
 
     syn = read_image(a.synthetic, "synthetic DWI")
+    prob = read_image(a.probability, "probability map") if a.probability else None  # read before writing anything
     paths = export_synthetic_dwi(syn, a.ct_dicom, a.out, checkpoint=a.checkpoint, series_uid=a.series_uid,
                                  burn_in=not a.no_burn_in)
     print(f"wrote {len(paths)} SYNTHETIC DWI instances to {a.out}")
+    if prob is not None:
+        from .clinical.dicom import export_probability_map
+
+        pm = export_probability_map(prob, a.ct_dicom, a.out, checkpoint=a.checkpoint, series_uid=a.series_uid)
+        paths.append(pm)
+        print(f"wrote the infarct-probability Parametric Map {pm}")
     if a.stow:
         n = stow(paths, a.stow, a.user, a.password)
         print(f"stored {n} instances at {a.stow}")
@@ -267,6 +274,8 @@ def build_parser():
     ex.add_argument("--ct-dicom", required=True, help="folder with the source CT DICOM series")
     ex.add_argument("--out", required=True)
     ex.add_argument("--checkpoint", default="")
+    ex.add_argument("--probability", default=None,
+                    help="also write this infarct-probability map (jmmda infer --save-probability) as a DICOM Parametric Map")
     ex.add_argument("--stow", default=None, help="DICOMweb root for STOW-RS, e.g. http://pacs:8042/dicom-web")
     ex.add_argument("--series-uid", default=None, help="the CT series to use when the folder holds several")
     ex.add_argument("--no-burn-in", action="store_true", help="do not burn 'SYNTHETIC - NOT FOR DIAGNOSIS' into the pixels")

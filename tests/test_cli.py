@@ -75,16 +75,20 @@ def test_infer_from_dicom_folder_and_naming_rule(trained, tmp_path, capsys):
     assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", tmp_path / "dwi.nii.gz") == 2
     assert "must contain 'synthetic'" in capsys.readouterr().err
     out = tmp_path / "case_synthetic_dwi.nii.gz"
-    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", out, "--save-mask", tmp_path / "m.nii.gz") == 0
+    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", out, "--save-mask", tmp_path / "m.nii.gz",
+                 "--save-probability", tmp_path / "case_synthetic_prob.nii.gz") == 0
     img = read(out)
     assert img.GetSize() == ct.GetSize() and np.allclose(img.GetOrigin(), ct.GetOrigin(), atol=1e-3)
     assert "SYNTHETIC" in img.GetMetaData("descrip")
     info = json.loads(capsys.readouterr().out)
     assert info["mask_source"] == "automatic (CT)"
     # DICOM export of that result, referencing the CT series
-    assert jmmda("export-dicom", "--synthetic", out, "--ct-dicom", tmp_path / "ctdcm", "--out", tmp_path / "syndcm") == 0
+    assert jmmda("export-dicom", "--synthetic", out, "--ct-dicom", tmp_path / "ctdcm", "--out", tmp_path / "syndcm",
+                 "--probability", tmp_path / "case_synthetic_prob.nii.gz") == 0
     ds = pydicom.dcmread(sorted((tmp_path / "syndcm").iterdir())[0])
     assert "SYNTHETIC" in ds.SeriesDescription
+    pm = pydicom.dcmread(tmp_path / "syndcm" / "SYNTHETIC_INFARCT_PROBABILITY.dcm")
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and "SYNTHETIC" in pm.SeriesDescription
 
 
 def test_errors_exit_2_with_message(trained, tmp_path, capsys):

@@ -28,6 +28,9 @@ def write_series(folder: Path, n=20, rows=48, cols=48, spacing=lambda k: (0.5, 0
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "CT", "X", study, SERIES
+        ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20260101", "120000", "1", "", ""
+        ds.SeriesNumber, ds.Manufacturer = 3, "pydicom test writer"
         ds.FrameOfReferenceUID, ds.InstanceNumber = frame, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         sx, sy = spacing(k)

@@ -336,15 +336,7 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
     ct_dir = Path(ct_dicom_dir)
     ref_img, src = _read_series(ct_dir, series_uid)
     synthetic = sitk.DICOMOrient(synthetic, orientation_code(ref_img))  # any axis order / flip of the same grid
-    if not (synthetic.GetSize() == ref_img.GetSize()
-            and np.allclose(synthetic.GetOrigin(), ref_img.GetOrigin(), atol=1e-2)
-            and np.allclose(synthetic.GetSpacing(), ref_img.GetSpacing(), atol=1e-3)
-            and np.allclose(synthetic.GetDirection(), ref_img.GetDirection(), atol=1e-4)):
-        raise InputError(
-            f"the synthetic DWI is not on the CT series' grid (size {synthetic.GetSize()} vs {ref_img.GetSize()} slices/pixels, "
-            f"origin {tuple(round(v, 2) for v in synthetic.GetOrigin())} vs {tuple(round(v, 2) for v in ref_img.GetOrigin())}); "
-            "it must be computed from this CT series - a shifted or resampled result would be misaligned"
-        )
+    _require_ct_grid(synthetic, ref_img, "the synthetic DWI")
     tilted = "gantry tilt" in (ref_img.GetMetaData("jmmda_dicom_notes") if ref_img.HasMetaDataKey("jmmda_dicom_notes") else "")
     iop, positions, pixel_spacing, thickness = _geometry(ref_img)
     arr = sitk.GetArrayFromImage(synthetic).astype(np.float64)
@@ -430,6 +422,88 @@ def export_synthetic_dwi(synthetic: sitk.Image, ct_dicom_dir: str | Path, out_di
         ds.save_as(p, write_like_original=False)
         paths.append(p)
     return paths
+
+
+PROBABILITY_SERIES_DESCRIPTION = "SYNTHETIC AI infarct probability - NOT FOR DIAGNOSIS"
+
+
+def export_probability_map(probability: sitk.Image, ct_dicom_dir: str | Path, out_dir: str | Path,
+                           model_name: str = "JMMDA-GAN", checkpoint: str = "", series_uid: str | None = None,
+                           temperature: float | None = None) -> Path:
+    """Writes the infarct-probability map as a DICOM **Parametric Map** (highdicom), float 0..1 per voxel, one
+    frame per CT slice, referencing the CT series (same patient, study and frame of reference; source images per
+    frame); labelled as AI-derived and synthetic: series description and content description say so, content
+    qualification RESEARCH. The map must lie on the CT series' grid; gantry-tilted series are refused (the frames
+    would not sit on the source slices' planes)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from .. import __version__
+
+    ct_dir = Path(ct_dicom_dir)
+    ref_img, src = _read_series(ct_dir, series_uid)
+    notes = ref_img.GetMetaData("jmmda_dicom_notes") if ref_img.HasMetaDataKey("jmmda_dicom_notes") else ""
+    if "gantry tilt" in notes:
+        raise InputError("the probability map cannot be written for a gantry-tilted CT series (its frames would not lie "
+                         "on the source slices); export the NIfTI map instead")
+    prob = sitk.DICOMOrient(probability, orientation_code(ref_img))
+    _require_ct_grid(prob, ref_img, "the probability map")
+    arr = sitk.GetArrayFromImage(prob).astype(np.float32)
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise InputError("the probability map must hold finite values in [0, 1]")
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="INFARCTP",
+        lut_explanation=("SYNTHETIC AI infarct probability, phantom-calibrated"
+                         + (f", T={temperature:.3f}" if temperature else ""))[:64],
+        unit=codes.UCUM.NoUnits, value_range=(0.0, 1.0), slope=1.0, intercept=0.0)
+    iop, _, pixel_spacing, step = _geometry(ref_img)
+    geometry = {  # from the series' own positions (a source may lack SliceThickness)
+        "pixel_measures": hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in pixel_spacing], slice_thickness=step,
+                                                   spacing_between_slices=step),
+        "plane_orientation": hd.PlaneOrientationSequence(coordinate_system="PATIENT", image_orientation=iop),
+        "plane_positions": [hd.PlanePositionSequence(coordinate_system="PATIENT",
+                                                     image_position=[float(v) for v in d.ImagePositionPatient]) for d in src],
+    }
+    try:
+        pm = _parametric_map(hd, src, arr, mapping, model_name, checkpoint, __version__, geometry)
+    except (AttributeError, ValueError, TypeError) as exc:  # highdicom needs a complete patient/study/series module
+        raise InputError(f"cannot build the Parametric Map from CT series {src[0].SeriesInstanceUID}: {exc}") from exc
+    pm.SeriesDescription = PROBABILITY_SERIES_DESCRIPTION
+    pm.Laterality = ""  # Type 2C: a paired body part is not imaged (brain)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "SYNTHETIC_INFARCT_PROBABILITY.dcm"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pm.save_as(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _parametric_map(hd, src, arr, mapping, model_name, checkpoint, version, geometry):
+    return hd.pm.ParametricMap(
+        source_images=src, pixel_array=arr, series_instance_uid=hd.UID(), series_number=int(getattr(src[0], "SeriesNumber", 1) or 1) + 2000,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="JMMDA-GAN (software)",
+        manufacturer_model_name=f"{model_name}{' ' + checkpoint if checkpoint else ''}"[:64],
+        software_versions=f"jmmda {version}", device_serial_number="none",
+        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+        window_center=0.5, window_width=1.0,
+        content_description=("SYNTHETIC AI-derived infarct probability; a low value never rules out an infarct; "
+                             "not for diagnosis")[:64],
+        content_creator_name="JMMDA-GAN^", content_label="INFARCT_PROB", content_qualification="RESEARCH",
+        **geometry,
+    )
+
+
+def _require_ct_grid(img: sitk.Image, ref_img: sitk.Image, what: str) -> None:
+    if not (img.GetSize() == ref_img.GetSize()
+            and np.allclose(img.GetOrigin(), ref_img.GetOrigin(), atol=1e-2)
+            and np.allclose(img.GetSpacing(), ref_img.GetSpacing(), atol=1e-3)
+            and np.allclose(img.GetDirection(), ref_img.GetDirection(), atol=1e-4)):
+        raise InputError(
+            f"{what} is not on the CT series' grid (size {img.GetSize()} vs {ref_img.GetSize()} slices/pixels, "
+            f"origin {tuple(round(v, 2) for v in img.GetOrigin())} vs {tuple(round(v, 2) for v in ref_img.GetOrigin())}); "
+            "it must be computed from this CT series - a shifted or resampled result would be misaligned"
+        )
 
 
 def burn_in_text(plane: np.ndarray, text: str, value: int, avoid: np.ndarray | None = None) -> np.ndarray | None:
