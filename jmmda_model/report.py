@@ -162,23 +162,37 @@ def sensitivity_table(sens: dict) -> str:
     )
 
 
-def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str = ""):
-    """PIL image CT (W80 L40) | real DWI | SYNTHETIC DWI of one slice, labelled; for the training page."""
+def sample_strip(ct: np.ndarray, real: np.ndarray, syn: np.ndarray, title: str = "", lesion: np.ndarray | None = None,
+                 prob: np.ndarray | None = None):
+    """PIL image CT (W80 L40) | real DWI | SYNTHETIC DWI (| infarct probability) of one slice, labelled, with the
+    true lesion outlined in cyan on every panel; for the training page."""
     from PIL import Image, ImageDraw
+    from scipy import ndimage as ndi
 
     def gray(a, lo, hi):
-        return np.clip((np.asarray(a, np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+        g = np.clip((np.asarray(a, np.float32) - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+        return np.stack([g, g, g], -1)
 
     panels = [gray(ct, 0.0, 80.0), gray(real, 0.0, 0.8), gray(syn, 0.0, 0.8)]
-    h, w = panels[0].shape
-    strip = Image.new("L", (3 * w + 8, h + 30), 0)
-    for i, p in enumerate(panels):
-        strip.paste(Image.fromarray(p), (i * (w + 4), 16))
+    labels = ["CT", "real DWI", "SYNTHETIC DWI"]
+    if prob is not None:  # "hot" colours: black -> red -> yellow -> white
+        p = np.clip(np.asarray(prob, np.float32), 0, 1)
+        panels.append((np.stack([np.clip(3 * p, 0, 1), np.clip(3 * p - 1, 0, 1), np.clip(3 * p - 2, 0, 1)], -1) * 255)
+                      .astype(np.uint8))
+        labels.append("infarct prob. (0-1)")
+    if lesion is not None and np.asarray(lesion).any():
+        les = np.asarray(lesion) > 0
+        edge = les & ~ndi.binary_erosion(les)
+        for pnl in panels:
+            pnl[edge] = (0, 255, 255)
+    h, w = panels[0].shape[:2]
+    strip = Image.new("RGB", (len(panels) * (w + 4) + 4, h + 30), (0, 0, 0))
+    for i, pnl in enumerate(panels):
+        strip.paste(Image.fromarray(pnl), (i * (w + 4), 16))
     draw = ImageDraw.Draw(strip)
-    for i, label in enumerate(("CT", "real DWI", "SYNTHETIC DWI")):
-        draw.text((i * (w + 4) + 2, 2), label, fill=255)
-    if title:
-        draw.text((2, h + 18), title, fill=200)
+    for i, label in enumerate(labels):
+        draw.text((i * (w + 4) + 2, 2), label, fill=(255, 255, 255))
+    draw.text((2, h + 18), (title + "   cyan: true lesion outline") if lesion is not None else title, fill=(200, 200, 200))
     return strip.resize((strip.width * 2, strip.height * 2), Image.NEAREST)
 
 

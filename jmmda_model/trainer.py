@@ -239,7 +239,6 @@ class Trainer:
             per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx, ct_hu=c.ct_hu,
                                             target_unclipped=c.dwi_unclipped))
             logits.append(lg)
-        self._sample(val_cases)
         prob = {}
         if self.has_lesion_head and logits[0] is not None:
             # temperature scaling of the lesion probability on the validation cases (in-brain voxels)
@@ -251,6 +250,7 @@ class Trainer:
                   for lg, c in zip(logits, val_cases)]
             prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
                     "prob_sensitivity_at_2fp": _froc_sensitivity(pm, 2.0)}
+        self._sample(val_cases)  # after the calibration: the sample's probability panel uses this epoch's temperature
         lesions = [x for m in per_case for x in m.pop("lesion_detail")]
         keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
         out = {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
@@ -268,8 +268,13 @@ class Trainer:
         c = next((v for v in val_cases if v.lesion.any()), val_cases[0])
         per_slice = (c.lesion if c.lesion.any() else c.brain).reshape(c.brain.shape[0], -1).sum(1)
         k = int(per_slice.argmax())
-        y = predict_slices(self.G, case_input(c, self.pre)[k : k + 1], self.device, amp=self.amp)[0] * c.brain[k]
-        img = sample_strip(c.ct_hu[k], c.dwi[k], y, f"{c.id} slice {k}  epoch {self.epoch}")
+        y, lg = predict_slices(self.G, case_input(c, self.pre)[k : k + 1], self.device, amp=self.amp, with_logits=True)
+        prob = None
+        if lg is not None:
+            t = float((getattr(self, "_val_calibration", None) or {}).get("temperature", 1.0))
+            prob = 1.0 / (1.0 + np.exp(-np.clip(lg[0] / t, -60, 60))) * c.brain[k]
+        img = sample_strip(c.ct_hu[k], c.dwi[k], y[0] * c.brain[k], f"{c.id} slice {k}  epoch {self.epoch}",
+                           lesion=c.lesion[k], prob=prob)
         folder = self.out / "samples"
         folder.mkdir(exist_ok=True)
         for name in (f"epoch_{self.epoch:03d}.png", "latest.png"):

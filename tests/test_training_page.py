@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -218,6 +219,10 @@ def test_training_page_in_chromium(vserver, tmp_path):
         assert _served(vserver.url) == 0
         drv.save_screenshot(str(tmp_path / "training_page.png"))
         assert (tmp_path / "training_page.png").stat().st_size > 10000
+        shots = os.environ.get("CT2DWI_SCREENSHOT_DIR")  # keep the screenshot where a person can look at it
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "training_page.png", Path(shots) / "training_page.png")
         logs = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")]
         assert all(("401" in e["message"] or "404" in e["message"] or "409" in e["message"] or "422" in e["message"]) for e in logs), logs
     finally:
