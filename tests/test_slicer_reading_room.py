@@ -314,3 +314,42 @@ def test_extension_configures_with_cmake_against_a_stub_slicer(tmp_path):
     meta = dict(line.split("=", 1) for line in (build / "metadata.txt").read_text().splitlines())
     assert meta["EXTENSION_CATEGORY"] and "SYNTHETIC" in meta["EXTENSION_DESCRIPTION"]
     assert (ROOT / "LICENSE").exists() and "Apache" in (ROOT / "LICENSE").read_text()
+
+
+def test_probability_overlay_colour_bar_threshold_and_suspected_infarct_segment(tmp_path):
+    """Probability-map issue, Slicer part (MRML level): the map over the CT and the synthetic DWI with the hot
+    colour table and a colour bar, voxels below the slider's threshold hidden, a 'suspected infarct' segment with its
+    volume in mL that follows the threshold, and the SYNTHETIC banner on every view that shows the map."""
+    import SimpleITK as sitk
+
+    scene = _scene()
+    ct = mrml.read_volume(scene, SAMPLE / "phantom_001.nii.gz", "CT")
+    ref = sitk.ReadImage(str(SAMPLE / "phantom_001.nii.gz"))
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "labels" / "lesion" / "phantom_001.nii.gz"))) > 0
+    prob = np.where(lesion, 0.9, 0.1).astype(np.float32)
+    prob[:2] = 0.6  # two slices of middling probability
+    img = sitk.GetImageFromArray(prob)
+    img.CopyInformation(ref)
+    path = tmp_path / "SYNTHETIC_INFARCT_PROBABILITY.nii.gz"
+    sitk.WriteImage(img, str(path))
+    node = mrml.load_probability(scene, path, ct, {"probability": {"temperature": 0.79}}, threshold=0.5)
+    assert node.GetAttribute(mrml.SYNTHETIC_ATTRIBUTE) == "true"
+    disp = node.GetDisplayNode()
+    assert disp.GetColorNode().GetName() == mrml.PROBABILITY_COLOR_NAME and disp.GetApplyThreshold()
+    assert disp.GetLowerThreshold() == pytest.approx(0.5)
+    syn = mrml.load_synthetic(scene, _result_file(tmp_path, ct, scene), ct)
+    mrml.show_probability_overlay(scene, node, {"Red": ct, "Yellow": syn}, opacity=0.6)
+    assert set(mrml.views_showing_synthetic(scene)) >= {"Red", "Yellow"}  # the banner covers the overlay too
+    legend = mrml.probability_color_bar(scene, node)
+    assert legend.GetPrimaryDisplayNode() is disp and "SYNTHETIC" in legend.GetTitleText()
+    assert mrml.probability_color_bar(scene, node) is legend  # made once
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    seg, ml = mrml.suspected_infarct_segment(scene, node, 0.5)
+    assert ml == pytest.approx(float(((prob >= 0.5)).sum()) * voxel_ml, rel=1e-6)
+    assert seg.GetSegmentation().GetNumberOfSegments() == 1
+    assert "SYNTHETIC" in seg.GetSegmentation().GetNthSegment(0).GetName()
+    seg2, ml2 = mrml.suspected_infarct_segment(scene, node, 0.8, reuse=seg)  # the slider moved: same node, fewer mL
+    mrml.set_probability_threshold(node, 0.8)
+    assert seg2 is seg and ml2 == pytest.approx(float(lesion.sum()) * voxel_ml, rel=1e-6) and ml2 < ml
+    assert disp.GetLowerThreshold() == pytest.approx(0.8)
+    assert scene.GetFirstNodeByName("ct2dwi_suspected_infarct_tmp") is None  # no helper node left behind

@@ -96,6 +96,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showOutlineCheckBox.connect("toggled(bool)", self.onOutlineToggled)
         self.ui.sideBySideRadio.connect("toggled(bool)", self.onLayoutChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onLayoutChanged)
+        self.ui.showProbabilityCheckBox.connect("toggled(bool)", self.onProbabilityChanged)
+        self.ui.probabilityThresholdSlider.connect("valueChanged(double)", self.onProbabilityChanged)
         self.ui.ctPresetComboBox.connect("currentIndexChanged(int)", self.onCtPreset)
         self.ui.dwiPresetComboBox.connect("currentIndexChanged(int)", self.onDwiPreset)
         self.ui.crosshairCheckBox.connect("toggled(bool)", self.onCrosshair)
@@ -248,7 +250,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._inputs = (ct, mask_label, self.ui.outlineSelector.currentNode() or mask_label)
         self._saveParameters()
         self._startJob(self.runner, "Synthesizing DWI",
-                       lambda cancel: client.infer(ct_path, mask_path, out_dir=files.path, cancel=cancel),
+                       lambda cancel: client.infer(ct_path, mask_path, out_dir=files.path, cancel=cancel, probability=True),
                        self._onSynthesized, files)
 
     def onCancel(self):
@@ -262,6 +264,14 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self.logic.showResult(path, ct, mask_label, info, outline if self.ui.showOutlineCheckBox.checked else None,
                                      overlay=self.ui.overlayRadio.checked, opacity=self.ui.opacitySlider.value)
         self._result = node
+        self._probability, self._suspected = None, None
+        if info.get("probability_path"):
+            self._probability = mrml.load_probability(slicer.mrmlScene, info["probability_path"], ct, info,
+                                                      self.ui.probabilityThresholdSlider.value)
+            mrml.probability_color_bar(slicer.mrmlScene, self._probability)
+            self.onProbabilityChanged()
+        else:
+            self.ui.suspectedInfarctLabel.text = "This model gives no infarct-probability map."
         self._saveParameters()
         self.ui.dwiPresetComboBox.clear()
         for name in self.logic.dwiPresets(node, mask_label):
@@ -272,6 +282,23 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return f"Done: '{node.GetName()}' ({info.get('mask_source', '')} mask, model {info.get('checkpoint', '')}, {info.get('device', '')})"
 
     # ------------------------------------------------------------------ view and save
+    def onProbabilityChanged(self, *_):
+        """Checkbox and threshold slider: the overlay over the CT (Red) and the synthetic DWI (Yellow), voxels below
+        the threshold hidden, and the 'suspected infarct' segment with its volume, refilled in the same node."""
+        prob = getattr(self, "_probability", None)
+        if prob is None or self._inputs is None:
+            return
+        t = self.ui.probabilityThresholdSlider.value
+        mrml.set_probability_threshold(prob, t)
+        self._suspected, ml = mrml.suspected_infarct_segment(slicer.mrmlScene, prob, t, reuse=getattr(self, "_suspected", None))
+        if self.ui.showProbabilityCheckBox.checked:
+            mrml.show_probability_overlay(slicer.mrmlScene, prob, {"Red": self._inputs[0], "Yellow": self._result})
+        else:
+            self.onLayoutChanged()
+        self.ui.suspectedInfarctLabel.text = (f"Suspected infarct (AI, p >= {t:.2f}): {ml:.1f} mL. SYNTHETIC; calibrated on "
+                                              "phantoms only; a low probability never rules out an infarct.")
+        self.logic.updateBanners(BANNER)
+
     def onOutlineToggled(self, checked):
         if self._inputs is not None:
             mrml.set_outline(slicer.mrmlScene, self._inputs[2] if checked else None)

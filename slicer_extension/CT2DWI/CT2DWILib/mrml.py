@@ -323,3 +323,125 @@ def remember(param, role: str, node=None, **values) -> None:
         param.SetNodeReferenceID(role, node.GetID() if node is not None else None)
     for k, v in values.items():
         param.SetParameter(k, str(v))
+
+
+# ---------------------------------------------------------------- infarct probability (AI, SYNTHETIC)
+PROBABILITY_COLOR_NAME = "CT2DWI infarct probability"
+PROBABILITY_ATTRIBUTE = "CT2DWI.InfarctProbability"
+
+
+def probability_color_node(scene):
+    """A 'hot' colour table (black - red - yellow - white over 0..1), made once per scene."""
+    m = _mrml()
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
+        if node.GetName() == PROBABILITY_COLOR_NAME:
+            return node
+    node = m.vtkMRMLColorTableNode()
+    node.SetName(PROBABILITY_COLOR_NAME)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    for k in range(256):
+        p = k / 255.0
+        node.SetColor(k, f"p={p:.2f}", min(1.0, 3 * p), min(1.0, max(0.0, 3 * p - 1)), min(1.0, max(0.0, 3 * p - 2)), 1.0)
+    scene.AddNode(node)
+    return node
+
+
+def load_probability(scene, path: str | Path, ct_node, info: dict | None = None, threshold: float = 0.5):
+    """Loads the server's infarct-probability map as a volume on the CT (tagged SYNTHETIC, so the banner covers
+    every view that shows it), coloured 0..1 with the hot table and shown only at or above ``threshold``."""
+    node = read_volume(scene, path, f"SYNTHETIC infarct probability - {ct_node.GetName()}")
+    if not same_geometry(node, ct_node):
+        scene.RemoveNode(node)
+        raise ValueError("the probability map returned by the server is not on the CT grid; result discarded")
+    node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+    node.SetAttribute(PROBABILITY_ATTRIBUTE, "true")
+    node.SetAttribute("CT2DWI.SourceCT", ct_node.GetID())
+    if info and info.get("probability"):
+        node.SetAttribute("CT2DWI.Temperature", str(info["probability"].get("temperature", "")))
+    node.SetDescription("SYNTHETIC AI infarct probability from " + ct_node.GetName() + " (calibrated on phantoms "
+                        "only; a low probability never rules out an infarct) - not for diagnosis")
+    place_like(node, ct_node)
+    node.CreateDefaultDisplayNodes()
+    disp = node.GetDisplayNode()
+    disp.SetAndObserveColorNodeID(probability_color_node(scene).GetID())
+    disp.AutoWindowLevelOff()
+    disp.SetWindowLevel(1.0, 0.5)
+    set_probability_threshold(node, threshold)
+    return node
+
+
+def set_probability_threshold(prob_node, threshold: float) -> None:
+    """The slider: voxels below ``threshold`` are transparent (the data probe still reads every value)."""
+    t = min(max(float(threshold), 0.0), 1.0)
+    disp = prob_node.GetDisplayNode()
+    disp.AutoThresholdOff()
+    disp.SetLowerThreshold(t)
+    disp.SetUpperThreshold(1.0)
+    disp.ApplyThresholdOn()
+
+
+def show_probability_overlay(scene, prob_node, backgrounds: dict, opacity: float = 0.6) -> None:
+    """The map as the foreground layer over the CT and the synthetic DWI: ``backgrounds`` = {view: volume node}."""
+    for view, base in backgrounds.items():
+        comp = _by_layout_name(scene, "vtkMRMLSliceCompositeNode", view)
+        if comp is None:
+            raise RuntimeError(f"slice view {view} is missing from the scene")
+        comp.SetBackgroundVolumeID(base.GetID())
+        comp.SetForegroundVolumeID(prob_node.GetID())
+        comp.SetForegroundOpacity(min(max(float(opacity), 0.0), 1.0))
+
+
+def probability_color_bar(scene, prob_node):
+    """A colour legend (colour bar) for the map in the slice views, titled as SYNTHETIC; made once per map."""
+    m = _mrml()
+    for i in range(prob_node.GetNumberOfDisplayNodes()):
+        d = prob_node.GetNthDisplayNode(i)
+        if d is not None and d.IsA("vtkMRMLColorLegendDisplayNode"):
+            return d
+    legend = m.vtkMRMLColorLegendDisplayNode()
+    scene.AddNode(legend)
+    legend.SetAndObservePrimaryDisplayNode(prob_node.GetDisplayNode())
+    legend.SetTitleText("SYNTHETIC infarct probability")
+    legend.SetLabelFormat("%.1f")
+    legend.SetVisibility(True)
+    prob_node.AddAndObserveDisplayNodeID(legend.GetID())
+    return legend
+
+
+def suspected_infarct_segment(scene, prob_node, threshold: float = 0.5, reuse=None):
+    """A segmentation with one segment, "suspected infarct (AI, p >= t) - SYNTHETIC", from the voxels at or above
+    ``threshold``; the same node is reused (and refilled) when the slider moves. Returns (node, volume in mL)."""
+    import vtk
+
+    m = _mrml()
+    t = min(max(float(threshold), 0.0), 1.0)
+    mask = (node_array(prob_node) >= t).astype(np.uint8)
+    spacing = prob_node.GetSpacing()
+    ml = float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "ct2dwi_suspected_infarct_tmp")
+    try:
+        from vtk.util import numpy_support
+
+        img = vtk.vtkImageData()
+        img.SetDimensions(prob_node.GetImageData().GetDimensions())
+        img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+        label.SetAndObserveImageData(img)
+        mat = vtk.vtkMatrix4x4()
+        prob_node.GetIJKToRASMatrix(mat)
+        label.SetIJKToRASMatrix(mat)
+        seg = reuse if reuse is not None else scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        seg.SetName(f"SYNTHETIC suspected infarct - {prob_node.GetAttribute('CT2DWI.SourceCT') or ''}".strip(" -"))
+        seg.GetSegmentation().RemoveAllSegments()
+        if mask.any():
+            m.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, seg)
+            segment = seg.GetSegmentation().GetNthSegment(0)
+            segment.SetName(f"suspected infarct (AI, p >= {t:.2f}) - SYNTHETIC, {ml:.1f} mL")
+            segment.SetColor(1.0, 0.8, 0.0)
+        seg.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+        seg.SetAttribute("CT2DWI.Threshold", f"{t:.3f}")
+        seg.SetAttribute("CT2DWI.VolumeMl", f"{ml:.2f}")
+    finally:
+        scene.RemoveNode(label)
+    return seg, ml
