@@ -11,7 +11,7 @@ runtime = [
 
 setup(
     name="jmmda-model",
-    version="0.1.0",
+    version="0.2.0",
     description="JMMDA-GAN CT-to-DWI synthesis (research use; output is synthetic, not for diagnosis)",
     long_description=(here / "README.md").read_text() if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

@@ -2,6 +2,6 @@
 
 Research software. Every image it produces is SYNTHETIC and not for diagnosis.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 SYNTHETIC_LABEL = "SYNTHETIC DWI - not for diagnosis"

@@ -227,3 +227,79 @@ def test_training_page_in_chromium(vserver, tmp_path):
         assert all(("401" in e["message"] or "404" in e["message"] or "409" in e["message"] or "422" in e["message"]) for e in logs), logs
     finally:
         drv.quit()
+
+
+class PrefixProxy:
+    """A reverse proxy on loopback that serves the server under /ct2dwi/ (as nginx does with
+    ``location /ct2dwi/ { proxy_pass http://127.0.0.1:8000/; proxy_set_header Host $host; }``)."""
+
+    def __init__(self, backend: str, prefix: str = "/ct2dwi"):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(backend)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self):
+                if not self.path.startswith(prefix + "/"):
+                    self.send_error(404)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
+                conn.request(self.command, self.path[len(prefix):], body=body or None, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}{prefix}"
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_training_page_works_behind_a_path_prefix(vserver):
+    """Deployment issue: the page calls the API relative to where it is served, so a reverse proxy can mount the
+    server under a prefix; reads and a write (promote) go through the proxy."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    proxy = PrefixProxy(vserver.url)
+    drv = _driver()
+    try:
+        drv.get(f"{proxy.url}/ui/?token={vserver.token}")
+        wait = WebDriverWait(drv, 120, poll_frequency=0.5)
+        wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
+        wait.until(lambda d: d.find_elements(By.ID, "version-0"))  # a read through the prefix
+        served = _served(vserver.url)
+        others = [v["id"] for v in requests.get(f"{vserver.url}/train/ct2dwi/versions", timeout=30).json()["versions"]
+                  if v["id"] != served]
+        if others:  # a write through the prefix (the page's own origin): serve another version, then restore
+            drv.find_element(By.ID, f"promote-{others[0]}").click()
+            wait.until(lambda d: "served" in d.find_element(By.ID, f"version-{others[0]}").get_attribute("class"))
+            assert _served(vserver.url) == others[0]
+            requests.post(f"{vserver.url}/train/ct2dwi/versions/{served}/promote", timeout=30)
+    finally:
+        drv.quit()
+        proxy.stop()

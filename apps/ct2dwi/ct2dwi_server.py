@@ -40,6 +40,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,6 +58,7 @@ from monailabel.utils.async_tasks.task import AsyncTask
 
 from ct2dwi_app import auth
 from ct2dwi_app.datastore import is_safe_name
+from ct2dwi_app import observe
 from ct2dwi_app.infer import NoModelError
 from ct2dwi_app.train import validate_options
 from ct2dwi_app.uploads import BodyLimit, ScratchSpace, save_upload
@@ -64,7 +66,7 @@ from jmmda_model.checkpoint import CheckpointError
 from jmmda_model.clinical.geometry import same_geometry
 from jmmda_model.clinical.imageio import read_image
 from jmmda_model.errors import InputError
-from jmmda_model.inference import DeviceError
+from jmmda_model.inference import DeviceError, pick_device
 
 log = logging.getLogger(__name__)
 MODEL = "ct2dwi"
@@ -212,6 +214,7 @@ app.add_middleware(LocalToken)
 app.add_middleware(SameOriginWrites)
 app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts())
 app.add_middleware(FrameDeny)
+app.add_middleware(observe.Observe)  # outermost: every answer is counted and logged, refusals too
 
 USER = Depends(auth.require(auth.USER))
 ADMIN = Depends(auth.require(auth.ADMIN))
@@ -248,6 +251,43 @@ def auth_info():
             "realm": settings.MONAI_LABEL_AUTH_REALM_URI if settings.MONAI_LABEL_AUTH_ENABLE else None}
 
 
+# ---------------------------------------------------------------- health, readiness, metrics
+@app.get("/healthz", summary="Liveness: the process answers (no auth, nothing else)")
+def healthz():
+    return {"status": "ok"}
+
+
+@app.get("/readyz", summary="Readiness: a model is loaded and the datastore answers (no auth; no details)")
+def readyz():
+    problems = []
+    inst = _instance()
+    task = inst.infer_task(MODEL)
+    try:
+        if task is None:
+            problems.append("model")
+        else:
+            task.synthesizer()
+    except Exception:  # noqa: BLE001 - readiness says no, the reason goes to the server log only
+        log.exception("readiness: the model cannot be loaded")
+        problems.append("model")
+    try:
+        inst.datastore().list_images()
+    except Exception:  # noqa: BLE001
+        log.exception("readiness: the datastore does not answer")
+        problems.append("datastore")
+    if problems:
+        return JSONResponse({"ready": False, "failing": problems}, status_code=503)
+    return {"ready": True}
+
+
+@app.get("/metrics", summary="Prometheus metrics (admin)", response_class=PlainTextResponse)
+def metrics(user=ADMIN):
+    observe.QUEUE.set(SLOTS.waiting)
+    observe.RUNNING.set(SLOTS.active)
+    observe.TRAINING.set(1 if _train_running() else 0)
+    return Response(observe.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 # ---------------------------------------------------------------- info
 @app.get("/info/", summary="App, model and trainer info")
 def info(user=USER):
@@ -258,13 +298,14 @@ def info(user=USER):
     return {
         "name": inst.name,
         "description": inst.description,
-        "version": inst.version,
+        "version": observe.software()["jmmda"],
         "labels": [],
         "models": {MODEL: task.info()} if task else {},
         "trainers": {MODEL: trainer.info()} if trainer else {},
         "train_stats": {MODEL: trainer.stats()} if trainer else {},
         "datastore": {"total": status.get("total"), "completed": status.get("completed"),
                       "label_tags": status.get("label_tags", {})},
+        "software": {**observe.software(), "device": _device_used(task) if task is not None else None},
     }
 
 
@@ -357,9 +398,20 @@ def infer(
         mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
         # datastore images get the same header check as uploads: a stored header must not name another file
         want_prob = probability or output == "probability"
-        with SLOTS.slot():
-            out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name, single_file=True,
-                                   probability=want_prob)
+        digest = observe.file_sha256(ct_path) if Path(ct_path).is_file() else "folder:" + observe.hashlib.sha256(
+            str(image).encode()).hexdigest()
+        t0 = time.perf_counter()
+        try:
+            with SLOTS.slot():
+                out, result = task.run(ct_path, mask_path, folder, ct_name=ct_name, mask_name=mask_name,
+                                       single_file=True, probability=want_prob)
+        except BaseException as exc:
+            code = getattr(_http_error(exc), "status_code", 500)
+            observe.audit(_username(user), digest, _served_version(task), _device_used(task), time.perf_counter() - t0,
+                          f"refused {code}" if code < 500 else f"failed {code}")
+            raise
+        observe.audit(_username(user), digest, result.get("version"), str(result.get("device")), time.perf_counter() - t0,
+                      "ok")
         prob_path = Path(result.pop("probability_file")) if result.get("probability_file") else None
         if output == "probability" and prob_path is None:
             raise HTTPException(status_code=409, detail="the served model has no infarct-probability head "
@@ -368,6 +420,27 @@ def infer(
     except BaseException as exc:
         scratch.remove(folder)
         raise _http_error(exc) from exc
+
+
+def _username(user) -> str:
+    return str(getattr(user, "username", None) or "anonymous")
+
+
+def _served_version(task):
+    try:
+        return task.versions.served_id()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _device_used(task) -> str:
+    syn = getattr(task, "_syn", None)
+    if syn is not None:
+        return str(syn.device)
+    try:
+        return str(pick_device(task.device))
+    except Exception:  # noqa: BLE001 - an unusable device is reported by /infer (503)
+        return str(task.device)
 
 
 def _infer_response(out: Path, result: dict, output: str, folder: Path, prob: Path | None = None) -> Response:

@@ -125,3 +125,17 @@ def test_malformed_or_foreign_realm_key_is_503_and_not_cached(realm_server, real
             assert get_info(realm_server.url, token(realm_server.key, ["monailabel-user"])).status_code == 200
     finally:
         realm.key_b64 = good_b64
+
+
+def test_health_routes_need_no_token_and_metrics_need_admin(realm_server):
+    """With sign-in on: a load balancer checks /healthz and /readyz without a token (and learns nothing else);
+    /metrics is for admins."""
+    assert requests.get(f"{realm_server.url}/healthz", timeout=30).json() == {"status": "ok"}
+    r = requests.get(f"{realm_server.url}/readyz", timeout=60)
+    assert r.status_code == 200 and set(r.json()) == {"ready"}
+    assert requests.get(f"{realm_server.url}/metrics", timeout=30).status_code == 401
+    user = token(realm_server.key, ["monailabel-user"])
+    assert requests.get(f"{realm_server.url}/metrics", headers={"Authorization": f"Bearer {user}"}, timeout=30).status_code == 403
+    admin = token(realm_server.key, ["monailabel-admin"])
+    r = requests.get(f"{realm_server.url}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    assert r.status_code == 200 and "ct2dwi_requests_total" in r.text

@@ -9,6 +9,11 @@ let lastSampleEpoch = null;
 
 function token() { return sessionStorage.getItem("ct2dwi-token") || ""; }
 
+// the server's root as seen by the browser: the page lives at <root>ui/, so a reverse proxy may mount the server
+// under any path prefix (e.g. https://host/ct2dwi/) and every call stays relative to it
+const ROOT = new URL("..", window.location.href).pathname;
+function url(path) { return ROOT + path.replace(/^\//, ""); }
+
 // the server's access token arrives once in the address (?token=..., printed at start-up when sign-in is off):
 // keep it for this tab and take it out of the address bar and history
 (function takeTokenFromAddress() {
@@ -25,7 +30,7 @@ async function api(method, path, body) {
   const headers = {};
   if (token()) headers["Authorization"] = "Bearer " + token();
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const r = await fetch(url(path), { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (r.status === 401) throw new Error("401: sign-in required or token invalid/expired — enter a token above");
   if (r.status === 403) throw new Error("403: your account lacks the role for this action");
   if (!r.ok) {
@@ -164,7 +169,7 @@ function startOptions() {
 
 document.addEventListener("DOMContentLoaded", async () => {
   try {
-    const a = await (await fetch("/auth/")).json();
+    const a = await (await fetch(url("/auth/"))).json();
     $("auth-state").textContent = a.enabled ? `This server requires a bearer token from ${a.realm}.` : "Authentication is off on this server (local use): changes use the access token from the address this page was opened with.";
   } catch (e) { $("auth-state").textContent = "Cannot reach the server."; }
   $("token").value = token();
