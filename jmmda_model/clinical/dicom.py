@@ -515,22 +515,27 @@ def burn_in_text(plane: np.ndarray, text: str, value: int, avoid: np.ndarray | N
     from scipy import ndimage as ndi
 
     h, w = plane.shape
-    canvas = Image.new("L", (len(text) * 6 + 4, 12), 0)
-    ImageDraw.Draw(canvas).text((2, 1), text, fill=255)
     busy = np.zeros((h, w), bool) if avoid is None else ndi.binary_dilation(np.asarray(avoid, bool), iterations=2)
-    for scale in range(max(1, int(w * 0.9 // canvas.width)), 0, -1):
-        mark = np.asarray(canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)) > 127
-        mh, mw = mark.shape
-        if mh > h or mw > w:
-            continue
-        x0 = (w - mw) // 2
-        rows_busy = busy[:, x0 : x0 + mw].any(1)
-        for y0 in list(range(1, h - mh)) + [0]:  # top band first, then any free band (below the head)
-            if not rows_busy[y0 : y0 + mh].any():
-                out = plane.copy()
-                region = out[y0 : y0 + mh, x0 : x0 + mw]
-                region[mark] = value
-                return out
+    words = text.split(" - ", 1)
+    layouts = [[text]] + ([words] if len(words) == 2 else [])  # one line, else two (narrow matrices)
+    for lines in layouts:
+        canvas = Image.new("L", (max(len(t) for t in lines) * 6 + 4, 12 * len(lines)), 0)
+        draw = ImageDraw.Draw(canvas)
+        for i, t in enumerate(lines):
+            draw.text((2, 1 + 12 * i), t, fill=255)
+        for scale in range(max(1, int(w * 0.9 // canvas.width)), 0, -1):
+            mark = np.asarray(canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)) > 127
+            mh, mw = mark.shape
+            if mh > h or mw > w:
+                continue
+            x0 = (w - mw) // 2
+            rows_busy = busy[:, x0 : x0 + mw].any(1)
+            for y0 in list(range(1, h - mh)) + [0]:  # top band first, then any free band (below the head)
+                if not rows_busy[y0 : y0 + mh].any():
+                    out = plane.copy()
+                    region = out[y0 : y0 + mh, x0 : x0 + mw]
+                    region[mark] = value
+                    return out
     return None
 
 
