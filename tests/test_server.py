@@ -46,6 +46,7 @@ def test_info_lists_model_and_trainer(server):
 def test_infer_round_trip_with_monailabel_client(server, tmp_path):
     ct, mask, _ = _case(7)
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    client.update_auth({"token_type": "Bearer", "access_token": server.token})  # the token printed at start
     out_path, params = client.infer("ct2dwi", "", {}, label_in=str(mask), file=str(ct))
     assert "SYNTHETIC" in out_path
     out, ref = sitk.ReadImage(out_path), sitk.ReadImage(str(ct))
@@ -189,6 +190,7 @@ def test_training_publishes_model_used_by_next_infer(server):
     published = server.app_dir / "model" / "versions" / "v1" / "model.pt"
     assert not published.exists()
     client = MONAILabelClient(server.url)
+    client.update_auth({"token_type": "Bearer", "access_token": server.token})
     res = client.train_start("ct2dwi", {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 4, "val_fraction": 0.25})
     assert res["status"] in ("SUBMITTED", "RUNNING")
     st = _train_wait(server.url)
@@ -210,7 +212,9 @@ def test_stopped_training_leaves_previous_model_valid(server):
     assert r.status_code == 200
     _train_wait(server.url, timeout=120, want=("RUNNING",))
     time.sleep(8)  # let it write checkpoints mid-run
-    stopped = MONAILabelClient(server.url).train_stop()
+    client = MONAILabelClient(server.url)
+    client.update_auth({"token_type": "Bearer", "access_token": server.token})
+    stopped = client.train_stop()
     assert stopped["status"] == "STOPPED"
     assert requests.get(f"{server.url}/train/", timeout=30).json()["status"] == "STOPPED"
     assert hashlib.sha256(current.read_bytes()).hexdigest() == digest

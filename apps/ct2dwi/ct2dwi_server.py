@@ -93,7 +93,6 @@ app = FastAPI(title="CT-to-DWI (JMMDA-GAN) - SYNTHETIC DWI, not for diagnosis", 
 if _cors_origins():  # closed unless configured: no cross-origin reads of a server on the user's machine
     app.add_middleware(CORSMiddleware, allow_origins=_cors_origins(), allow_credentials=True,
                        allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
-app.add_middleware(BodyLimit)
 
 
 def _allowed_hosts() -> list[str]:
@@ -212,6 +211,7 @@ class LocalToken:
 
 app.add_middleware(LocalToken)
 app.add_middleware(SameOriginWrites)
+app.add_middleware(BodyLimit)  # outside the token checks: an oversized or lying body is refused (413) first
 app.add_middleware(TrustedHostMiddleware, allowed_hosts=_allowed_hosts())
 app.add_middleware(FrameDeny)
 app.add_middleware(observe.Observe)  # outermost: every answer is counted and logged, refusals too
