@@ -144,6 +144,8 @@ def test_apis_importer(tmp_path, sample_cases):
     rep = import_apis(src, store)
     assert rep.imported == ["apis_train_000", "apis_train_001"] and rep.without_dwi == ["apis_train_000"]
     assert "apis_train_001:dwi" in rep.resampled
+    # resampling MR onto CT without registration is said loudly (separate acquisitions: masks may be misaligned)
+    assert "WARNING" in rep.summary() and "WITHOUT registration" in rep.summary() and "--register" in rep.summary()
     found = {c.id: c for c in find_cases(store, require=("brainmask",))}
     assert set(found) == {"apis_train_000", "apis_train_001"}
     ct = read(found["apis_train_001"].ct)

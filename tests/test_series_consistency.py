@@ -141,3 +141,52 @@ def test_lossy_source_stays_lossy(tmp_path):
     syn, _ = _synthetic_on(ct, lambda k, s: np.ones(s, bool))
     ds = pydicom.dcmread(export_synthetic_dwi(syn, ct, tmp_path / "out", burn_in=False)[0])
     assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+
+
+def test_monochrome1_is_refused_for_what_it_is(tmp_path):
+    import pydicom
+
+    d = write_series(tmp_path / "m1", n=6)
+    for p in d.iterdir():
+        ds = pydicom.dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(p, write_like_original=False)
+    with pytest.raises(InputError, match="PhotometricInterpretation MONOCHROME1: only MONOCHROME2"):
+        read_dicom_series(d)
+
+
+def test_truncated_file_and_undecodable_transfer_syntax_are_named(tmp_path):
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    d = write_series(tmp_path / "trunc", n=6)
+    victim = sorted(d.iterdir())[3]
+    victim.write_bytes(victim.read_bytes()[:-3000])
+    with pytest.raises(InputError, match=r"IM0003\.dcm is truncated"):
+        read_dicom_series(d)
+    d2 = write_series(tmp_path / "j2k", n=6)
+    for p in d2.iterdir():
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(100)])  # not a decodable codestream
+        ds["PixelData"].is_undefined_length = True
+        ds.save_as(p, write_like_original=False)
+    with pytest.raises(InputError, match=r"IM0000\.dcm: its transfer syntax JPEG 2000"):
+        read_dicom_series(d2)
+
+
+def test_enhanced_multiframe_ct_is_named_not_reported_missing(tmp_path):
+    import pydicom
+
+    d = write_series(tmp_path / "mf", n=2)
+    for p in sorted(d.iterdir())[1:]:
+        p.unlink()
+    p = next(d.iterdir())
+    ds = pydicom.dcmread(p)
+    del ds.ImagePositionPatient
+    del ds.ImageOrientationPatient
+    ds.NumberOfFrames = 2
+    ds.PerFrameFunctionalGroupsSequence = [pydicom.Dataset(), pydicom.Dataset()]
+    ds.save_as(p, write_like_original=False)
+    with pytest.raises(InputError, match=r"enhanced \(multi-frame\) DICOM images \(IM0000\.dcm\), which are not supported"):
+        read_dicom_series(d)

@@ -28,9 +28,9 @@ SYNTHETIC_SERIES_DESCRIPTION = "SYNTHETIC DWI (JMMDA-GAN) - NOT FOR DIAGNOSIS"
 DWI_SCALE = 1000.0  # stored value = normalised DWI x 1000
 
 
-def _image_headers(folder: Path):
+def _image_headers(folder: Path, multiframe: list | None = None):
     """(header, path) of every DICOM image in a folder that has a position and an orientation, by file name;
-    files that are not DICOM are skipped."""
+    files that are not DICOM are skipped; enhanced (multi-frame) images are collected in ``multiframe``."""
     for p in sorted(Path(folder).iterdir()):
         if not p.is_file():
             continue
@@ -40,6 +40,8 @@ def _image_headers(folder: Path):
             continue
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
             yield ds, p
+        elif multiframe is not None and ("PerFrameFunctionalGroupsSequence" in ds or int(getattr(ds, "NumberOfFrames", 1) or 1) > 1):
+            multiframe.append(p)
 
 
 def list_series(folder: str | Path) -> list[dict]:
@@ -90,9 +92,14 @@ def _read_series(folder: Path, series_uid: str | None):
     """(volume, its sorted slice headers); the folder's headers are read once."""
     if not folder.is_dir():
         raise InputError(f"DICOM folder not found: {folder}")
-    headers = list(_image_headers(folder))
+    multiframe: list = []
+    headers = list(_image_headers(folder, multiframe))
     series = _summarise(headers)
     if not series:
+        if multiframe:
+            raise InputError(f"{folder} holds enhanced (multi-frame) DICOM images ({multiframe[0].name}"
+                             f"{f' and {len(multiframe) - 1} more' if len(multiframe) > 1 else ''}), which are not "
+                             "supported; export the CT as a classic single-frame series")
         raise InputError(f"no DICOM series found in {folder}")
     if series_uid is None:
         if len(series) > 1:
@@ -101,13 +108,40 @@ def _read_series(folder: Path, series_uid: str | None):
     elif series_uid not in {s["uid"] for s in series}:
         raise InputError(f"series {series_uid} not found in {folder}; it holds: {_series_table(series)}")
     dss, paths, notes = _series_slices(headers, series_uid)
+    photometric = {str(getattr(d, "PhotometricInterpretation", "")).strip() for d in dss}
+    if photometric - {"MONOCHROME2"}:
+        raise InputError(f"DICOM series {series_uid} has PhotometricInterpretation {', '.join(sorted(photometric))}: only "
+                         "MONOCHROME2 CT is supported (MONOCHROME1 inverts the grey scale; colour is not a CT)")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in paths])
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series {series_uid}: {exc}") from exc
+        raise InputError(f"cannot read DICOM series {series_uid}: {_unreadable_reason(paths)}") from exc
     return _apply_geometry(img, dss, notes), dss
+
+
+def _unreadable_reason(paths) -> str:
+    """Which file of a series could not be decoded, and why (truncated pixel data, or a transfer syntax that no
+    decoder here handles)."""
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception as exc:  # noqa: BLE001
+            return f"{Path(p).name} is truncated or corrupt ({exc.__class__.__name__})"
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if "PixelData" not in ds:
+            return f"{Path(p).name} has no pixel data"
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8 * int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        if ts is not None and not ts.is_compressed and len(ds.PixelData) < expected:
+            return f"{Path(p).name} is truncated: {len(ds.PixelData)} of {expected} bytes of pixel data"
+        if ts is not None and ts.is_compressed:
+            try:
+                ds.pixel_array  # noqa: B018 - decodes, or says why not
+            except Exception:  # noqa: BLE001
+                return (f"{Path(p).name}: its transfer syntax {ts.name} ({ts}) cannot be decoded here; "
+                        "convert the series (e.g. dcmdjpeg / gdcmconv --raw) or install a decoder for it")
+    return "the image reader failed on it (no single file could be blamed)"
 
 
 def _series_slices(headers, series_uid: str):
