@@ -7,7 +7,7 @@ import sys
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, SAMPLE
 from server_utils import sample_server
 
 
@@ -150,3 +150,27 @@ def test_changes_need_the_access_token_when_auth_is_off(srv, tmp_path):
     assert requests.get(f"{srv.url}/ui/app.js", timeout=30).status_code == 200  # static code holds no secret
     # the start-up output names the token and the page address
     assert f"/ui/?token={srv.token}" in srv.log()
+
+
+def test_stalled_body_gets_408_and_the_connection_closes(tmp_path):
+    """Round two, item 2: a client that sends headers and part of a body and then stops no longer holds a
+    connection and a request slot open for ever (CT2DWI_BODY_TIMEOUT_S, default 60; 2 s here)."""
+    import socket
+    import time as _time
+
+    s = sample_server(tmp_path, n=1, env={"CT2DWI_BODY_TIMEOUT_S": "2"}).wait()
+    try:
+        t0 = _time.time()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as c:
+            c.sendall(b"POST /infer/ct2dwi HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + s.token.encode()
+                      + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+            reply = c.recv(4096).decode(errors="replace")
+            rest = c.recv(4096)  # the server closes the connection after the 408
+        assert " 408 " in reply.splitlines()[0], reply
+        assert rest == b"" or b"stalled" in rest or "stalled" in reply
+        assert _time.time() - t0 < 20
+        # a normal upload still works on the same server
+        ct = (SAMPLE / "phantom_000.nii.gz").read_bytes()
+        assert requests.post(f"{s.url}/infer/ct2dwi?output=json", files={"file": ("ct.nii.gz", ct)}, timeout=300).status_code == 200
+    finally:
+        s.stop()

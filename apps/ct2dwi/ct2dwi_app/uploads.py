@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -41,12 +42,24 @@ def _too_large_message(limit: int) -> bytes:
     ).encode()
 
 
-class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes, declared or streamed."""
+#: seconds a request body may pause between two chunks (CT2DWI_BODY_TIMEOUT_S): a client that stops sending is
+#: answered 408 and its connection closed, so half-sent uploads cannot pile up
+BODY_TIMEOUT_S = float(os.environ.get("CT2DWI_BODY_TIMEOUT_S", "60"))
 
-    def __init__(self, app, limit: int = MAX_UPLOAD_BYTES):
+
+class BodyTimeout(Exception):
+    pass
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for bodies over ``limit`` bytes, declared or streamed; 408 when the body stops
+    arriving for ``timeout`` seconds (only while the body is incomplete: afterwards receive() passes through,
+    since responses listen on it for the client's disconnect)."""
+
+    def __init__(self, app, limit: int = MAX_UPLOAD_BYTES, timeout: float | None = None):
         self.app = app
         self.limit = limit
+        self.timeout = BODY_TIMEOUT_S if timeout is None else timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -55,10 +68,18 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await self._refuse(send)
-        state = {"seen": 0, "over": False, "started": False}
+        state = {"seen": 0, "over": False, "started": False, "body_done": False, "timed_out": False}
 
         async def counting_receive():
-            message = await receive()
+            if state["body_done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except asyncio.TimeoutError:
+                state["timed_out"] = True
+                raise BodyTimeout() from None
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                state["body_done"] = True
             if message["type"] == "http.request":
                 state["seen"] += len(message.get("body", b""))
                 if state["seen"] > self.limit:
@@ -67,21 +88,28 @@ class BodyLimit:
             return message
 
         async def guarded_send(message):
-            if state["over"]:
-                return  # the 413 below replaces whatever the app tries to answer
+            if state["over"] or state["timed_out"]:
+                return  # the 413 / 408 below replaces whatever the app tries to answer
             if message["type"] == "http.response.start":
                 state["started"] = True
             await send(message)
 
         try:
             await self.app(scope, counting_receive, guarded_send)
-        except BodyTooLarge:
+        except (BodyTooLarge, BodyTimeout):
             pass
         except Exception:
-            if not state["over"]:
+            if not (state["over"] or state["timed_out"]):
                 raise
         if state["over"] and not state["started"]:
             await self._refuse(send)
+        elif state["timed_out"] and not state["started"]:
+            body = json.dumps({"detail": f"request body stalled for more than {self.timeout:g} s "
+                                         "(CT2DWI_BODY_TIMEOUT_S); send it again"}).encode()
+            await send({"type": "http.response.start", "status": 408,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
 
     async def _refuse(self, send):
         body = _too_large_message(self.limit)
