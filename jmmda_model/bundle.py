@@ -82,6 +82,12 @@ def _channel_names(pre: dict) -> dict:
     return {str(i): n for i, n in enumerate(names)}
 
 
+def _tensor(kind: str, fmt: str, shape: list, channels: dict) -> dict:
+    """An output tensor of network_data_format: one float32 MR channel in [0, 1], whole slices."""
+    return {"type": kind, "format": fmt, "modality": "MR", "num_channels": 1, "spatial_shape": shape, "dtype": "float32",
+            "value_range": [0, 1], "is_patch_data": False, "channel_def": channels}
+
+
 def metadata(ck: dict, size_divisor: int, source: Path) -> dict:
     pre, gcfg = ck["preprocess"], ck["generator_config"]
     card = ck.get("model_card", {})
@@ -136,28 +142,11 @@ def metadata(ck: dict, size_divisor: int, source: Path) -> dict:
                 }
             },
             "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "MR",
-                    "num_channels": 1,
-                    "spatial_shape": shape,
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": SYNTHETIC_LABEL},
-                },
+                "pred": _tensor("image", "magnitude", shape, {"0": SYNTHETIC_LABEL}),
                 **({"infarct_probability": {
-                    "type": "probabilities",
-                    "format": "segmentation",
-                    "modality": "MR",
-                    "num_channels": 1,
-                    "spatial_shape": shape,
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "SYNTHETIC infarct probability (AI; sigmoid(lesion logit / temperature), "
-                                         "temperature-calibrated on phantoms; a low value never rules out an infarct)"},
+                    **_tensor("probabilities", "segmentation", shape, {
+                        "0": "SYNTHETIC infarct probability (AI; sigmoid(lesion logit / temperature), "
+                             "temperature-calibrated on phantoms; a low value never rules out an infarct)"}),
                     "from_network": "the second value of forward(x, return_aux=True): lesion logits",
                 }} if gcfg.get("residual_prior") or gcfg.get("aux_lesion") else {}),
             },

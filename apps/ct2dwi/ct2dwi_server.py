@@ -129,6 +129,14 @@ class FrameDeny:
         return await self.app(scope, receive, send_with_headers)
 
 
+async def json_refusal(send, status: int, detail: str) -> None:
+    """Answers an ASGI request from a middleware with ``{"detail": ...}`` and ``status``."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class SameOriginWrites:
     """Pure ASGI middleware: a state-changing request (POST, PUT, PATCH, DELETE) sent by a browser from another
     site is refused with 403. Browsers name the page's origin in ``Origin`` on every cross-origin write (and
@@ -151,13 +159,8 @@ class SameOriginWrites:
             cross = (origin is not None and not same and not allowed) or (
                 origin is None and headers.get("sec-fetch-site") == "cross-site")
             if cross:
-                body = json.dumps({"detail": "cross-site request refused: this server accepts changes only from its "
-                                             "own pages and from API clients"}).encode()
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
+                return await json_refusal(send, 403, "cross-site request refused: this server accepts changes only "
+                                                     "from its own pages and from API clients")
         return await self.app(scope, receive, send)
 
 
@@ -198,14 +201,9 @@ class LocalToken:
                 and not settings.MONAI_LABEL_AUTH_ENABLE):
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             if not _token_ok(_request_token(headers)):
-                body = json.dumps({"detail": "this server's access token is required for changes (authentication is "
-                                             "off): send Authorization: Bearer <token>; the token is printed when the "
-                                             "server starts (CT2DWI_TOKEN)"}).encode()
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
+                return await json_refusal(send, 403, "this server's access token is required for changes "
+                                                     "(authentication is off): send Authorization: Bearer <token>; the "
+                                                     "token is printed when the server starts (CT2DWI_TOKEN)")
         return await self.app(scope, receive, send)
 
 

@@ -301,13 +301,21 @@ PARAMETER_NODE_NAME = "CT2DWI"
 ROLES = ("InputCT", "InputMask", "Outline", "Result", "RealDWI")
 
 
+def _find(scene, cls: str, match):
+    """The first node of class ``cls`` for which ``match(node)`` holds, or None."""
+    for i in range(scene.GetNumberOfNodesByClass(cls)):
+        n = scene.GetNthNodeByClass(i, cls)
+        if match(n):
+            return n
+    return None
+
+
 def parameter_node(scene):
     """The module's parameter node (selections and settings that must survive scene save/load)."""
     m = _mrml()
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode")):
-        n = scene.GetNthNodeByClass(i, "vtkMRMLScriptedModuleNode")
-        if n.GetModuleName() == PARAMETER_NODE_NAME:
-            return n
+    n = _find(scene, "vtkMRMLScriptedModuleNode", lambda x: x.GetModuleName() == PARAMETER_NODE_NAME)
+    if n is not None:
+        return n
     n = m.vtkMRMLScriptedModuleNode()
     n.SetModuleName(PARAMETER_NODE_NAME)
     n.SetName(PARAMETER_NODE_NAME)
@@ -333,10 +341,9 @@ PROBABILITY_ATTRIBUTE = "CT2DWI.InfarctProbability"
 def probability_color_node(scene):
     """A 'hot' colour table (black - red - yellow - white over 0..1), made once per scene."""
     m = _mrml()
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetName() == PROBABILITY_COLOR_NAME:
-            return node
+    node = _find(scene, "vtkMRMLColorTableNode", lambda x: x.GetName() == PROBABILITY_COLOR_NAME)
+    if node is not None:
+        return node
     node = m.vtkMRMLColorTableNode()
     node.SetName(PROBABILITY_COLOR_NAME)
     node.SetTypeToUser()
