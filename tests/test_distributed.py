@@ -239,4 +239,7 @@ def test_monailabel_train_task_multi_gpu_option_runs_the_torchrun_path(small_sto
     out = task({"multi_gpu": True, "nproc_per_node": 2, "device": "cpu", "epochs": 1, "batch_size": 2,
                 "max_steps_per_epoch": 2, "fine_tune": False}, store)
     assert out["processes"] == 2 and out["state"] == "finished" and out["published_version"] == 1
+    # a candidate: nothing is served (no demo here) until an admin promotes it
+    assert versions.served_id() is None and versions.list()[0]["candidate"]
+    versions.promote(1)
     assert versions.served_id() == 1 and ckpt_io.load(versions.path(1))["global_step"] == 2

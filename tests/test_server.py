@@ -196,7 +196,15 @@ def test_training_publishes_model_used_by_next_infer(server):
     st = _train_wait(server.url)
     assert st["status"] == "DONE", st
     assert published.exists()
+    # a finished run is a candidate: still the demo served until an admin promotes it
+    assert requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]["checkpoint"] == "jmmda_demo.pt"
+    listed = requests.get(f"{server.url}/train/ct2dwi/versions", timeout=30).json()["versions"]
+    assert [v["candidate"] for v in listed] == [False, True]
+    assert requests.post(f"{server.url}/train/ct2dwi/versions/1/promote", timeout=60).status_code == 200
     assert requests.get(f"{server.url}/info/", timeout=30).json()["models"]["ct2dwi"]["checkpoint"] == "v1"
+    assert not requests.get(f"{server.url}/train/ct2dwi/versions", timeout=30).json()["versions"][1]["candidate"]
+    audit = [ln for ln in server.log().splitlines() if '"event": "train_start"' in ln or '"event": "promote"' in ln]
+    assert len(audit) >= 2
     r = requests.post(f"{server.url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
     assert r.status_code == 200 and r.json()["checkpoint"] == "v1" and r.json()["version"] == 1
 

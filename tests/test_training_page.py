@@ -203,7 +203,11 @@ def test_training_page_in_chromium(vserver, tmp_path):
         assert int(drv.find_element(By.ID, "loss-chart").get_attribute("data-points")) >= 3
         wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: DONE"))
         wait.until(EC.presence_of_element_located((By.ID, "version-2")))  # published as a new version...
-        assert "served" in drv.find_element(By.ID, "version-2").get_attribute("class")  # ...and served
+        row = drv.find_element(By.ID, "version-2")
+        assert "candidate" in row.get_attribute("class") and "not served until promoted" in row.text  # ...as a candidate
+        assert _served(vserver.url) != 2
+        drv.find_element(By.ID, "promote-2").click()  # the admin promotes it
+        wait.until(lambda d: "served" in d.find_element(By.ID, "version-2").get_attribute("class"))
         # a long run, stopped from the page; the served version stays
         _type(drv, "epochs", "500")
         drv.find_element(By.ID, "start").click()
@@ -303,3 +307,19 @@ def test_training_page_works_behind_a_path_prefix(vserver):
     finally:
         drv.quit()
         proxy.stop()
+
+
+def test_a_candidate_never_goes_live_by_itself(tmp_path):
+    """Deployment issue, item 1: a finished run is published as a candidate; neither publishing nor a missing or
+    damaged pointer serves it; promotion does, and marks it."""
+    demo = tmp_path / "jmmda_demo.pt"
+    shutil.copy(DEMO_MODEL, demo)
+    v = ModelVersions(tmp_path / "model", demo=demo)
+    assert v.publish(demo, {"candidate": True}, promote=False) == 1
+    assert v.served_id() == 0 and v.list()[1]["candidate"]
+    v.pointer.unlink()
+    assert v.served_id() == 0  # no pointer: still not the candidate
+    v.promote(1)
+    assert v.served_id() == 1 and not v.list()[1]["candidate"] and v.meta(1)["ever_served"]
+    v.promote(0)
+    assert v.served_id() == 0 and not v.list()[1]["candidate"]  # once served, an ordinary earlier version

@@ -540,6 +540,7 @@ def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
         res, detail = AsyncTask.run("train", request={"model": MODEL}, params=opts, enqueue=False)
     if res is None:
         raise HTTPException(status_code=409, detail=detail)
+    observe.audit_event("train_start", _username(user), options=opts)
     return _public_task(res)
 
 
@@ -547,6 +548,7 @@ def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
 def train_stop(user=ADMIN):
     with _train_lock:
         res = AsyncTask.stop("train")
+    observe.audit_event("train_stop", _username(user), had_run=bool(res))
     return _public_task(res) if res else {"status": "NONE"}
 
 
@@ -604,7 +606,8 @@ def versions_promote(model: str, vid: int, user=ADMIN):
         record = versions.promote(vid)
     except VersionError as exc:
         raise HTTPException(status_code=404 if isinstance(exc, UnknownVersion) else 409, detail=str(exc)) from exc
-    log.info("user %s promoted model version %s (was %s)", user.username, vid, record.get("previous"))
+    observe.audit_event("promote" if vid > (record.get("previous") or 0) else "rollback", _username(user),
+                        version=vid, previous=record.get("previous"))
     return record
 
 

@@ -86,6 +86,12 @@ def audit(user: str, input_sha256: str, version, device: str, seconds: float, ou
                                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
 
 
+def audit_event(event: str, user: str, **details) -> None:
+    """One JSON line per training start/stop and version promote/rollback: who, when, what."""
+    audit_log.info(json.dumps({"event": event, "user": user, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details},
+                              default=str))
+
+
 def metrics_text() -> bytes:
     return generate_latest(REGISTRY)
 

@@ -195,7 +195,10 @@ class CT2DWITrain(TrainTask):
         if summary["state"] == "finished" and summary["model"]:
             best = next((r for r in reversed(summary["history"]) if r.get("best")), summary["history"][-1] if summary["history"] else {})
             ck = load(summary["model"])
+            # a finished run becomes a CANDIDATE: it goes live only when an admin promotes it (the page compares it
+            # with the served version first)
             published = self.versions.publish(Path(summary["model"]), {
+                "candidate": True,
                 "trained": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "base_version": self.versions.served_id() if opts["fine_tune"] else None,
                 "train_cases": [c.id for c in train],
@@ -206,7 +209,7 @@ class CT2DWITrain(TrainTask):
                 "best_epoch": best.get("epoch"),
                 "validation": best.get("val", {}),
                 "model_card": ck.get("model_card", {}),
-            })
+            }, promote=False)
         return {
             "state": summary["state"],
             "epochs": summary["epoch"],

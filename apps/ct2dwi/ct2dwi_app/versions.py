@@ -92,10 +92,14 @@ class ModelVersions:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("served.json unreadable (%s); serving the newest valid version", exc)
-        ids = self.ids()
+        ids = [v for v in self.ids() if not self._unpromoted_candidate(v)]  # candidates never go live by default
         if ids:
             return ids[-1]
         return 0 if self.demo is not None else None
+
+    def _unpromoted_candidate(self, vid: int) -> bool:
+        m = self.meta(vid)
+        return bool(m.get("candidate")) and not m.get("ever_served")
 
     def served_path(self) -> Path | None:
         vid = self.served_id()
@@ -107,6 +111,8 @@ class ModelVersions:
         out += [{**self.meta(v), "id": v} for v in self.ids()]
         for v in out:
             v["served"] = v["id"] == served
+            # a candidate: published by training and never served yet (it goes live only when an admin promotes it)
+            v["candidate"] = bool(v.get("candidate")) and not v.get("ever_served") and not v["served"]
         return out
 
     # ------------------------------------------------------------------ writing
@@ -133,9 +139,13 @@ class ModelVersions:
                 p.unlink(missing_ok=True)
 
     def publish(self, model_file: str | Path, meta: dict, promote: bool = True) -> int:
-        """Copies a trained checkpoint in as a new version (and serves it); returns its id."""
+        """Copies a trained checkpoint in as a new version (and serves it with ``promote``; otherwise the served
+        version is pinned first, so the new one cannot become served by being the newest); returns its id."""
         load(model_file)  # refuse an unreadable checkpoint before anything is written
         with self._locked():
+            if not promote and not self.pointer.exists() and self.served_id() is not None:
+                _atomic_write_json({"version": self.served_id(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "previous": None}, self.pointer)
             vid = (self.ids() or [0])[-1] + 1
             tmp = self.dir / f".tmp-v{vid}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -170,6 +180,14 @@ class ModelVersions:
         except CheckpointError as exc:
             raise VersionError(f"model version {vid} is unusable: {exc}") from exc
         record = {"version": vid, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "previous": self.served_id()}
+        if vid != 0:  # remembered in the version: it is no longer a candidate
+            meta_path = self.dir / f"v{vid}" / "meta.json"
+            try:
+                m = json.loads(meta_path.read_text())
+                if not m.get("ever_served"):
+                    _atomic_write_json({**m, "ever_served": record["time"]}, meta_path)
+            except (OSError, ValueError):
+                pass
         _atomic_write_json(record, self.pointer)
         return record
 

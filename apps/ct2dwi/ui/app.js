@@ -122,21 +122,32 @@ async function refreshStatus() {
   }
 }
 
+// a candidate is compared with the served version on lesions first (validation of each run; the demo has none)
+function candidateWarning(val, servedVal) {
+  if (val.lesion_sensitivity === undefined || servedVal.lesion_sensitivity === undefined) return "";
+  if (val.lesion_sensitivity < servedVal.lesion_sensitivity) return " — WORSE on lesions than the served version";
+  if ((val.lesions_darker || 0) > (servedVal.lesions_darker || 0)) return " — renders more lesions darker than the served version";
+  return "";
+}
+
 async function refreshVersions() {
   let data;
   try { data = await (await api("GET", `/train/${MODEL}/versions`)).json(); } catch (e) { $("versions-error").textContent = e.message; return; }
   $("versions-error").textContent = "";
   const tbody = $("versions").querySelector("tbody");
   tbody.textContent = "";
+  const servedVal = (data.versions.find((x) => x.served) || {}).validation || {};
   for (const v of data.versions) {
     const tr = document.createElement("tr");
     tr.id = "version-" + v.id;
     if (v.served) tr.className = "served";
+    else if (v.candidate) tr.className = "candidate";
     const val = v.validation || {};
     const cells = [
       v.id === 0 ? "0 (demo)" : String(v.id), v.published || "shipped",
       v.train_cases ? `${v.train_cases.length}/${(v.val_cases || []).length}` : "–", v.steps ?? "–",
-      fmt(val.psnr_brain, 2), val.lesion_sensitivity === undefined ? "–" : fmt(val.lesion_sensitivity, 2), v.served ? "serving" : "",
+      fmt(val.psnr_brain, 2), val.lesion_sensitivity === undefined ? "–" : fmt(val.lesion_sensitivity, 2),
+      v.served ? "serving" : (v.candidate ? "candidate: not served until promoted" + candidateWarning(val, servedVal) : ""),
     ];
     for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
     const td = document.createElement("td");
