@@ -323,3 +323,52 @@ def test_a_candidate_never_goes_live_by_itself(tmp_path):
     assert v.served_id() == 1 and not v.list()[1]["candidate"] and v.meta(1)["ever_served"]
     v.promote(0)
     assert v.served_id() == 0 and not v.list()[1]["candidate"]  # once served, an ordinary earlier version
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_page_from_another_origin_cannot_drive_the_server(tmp_path):
+    """Security round two, item 3: a page served from a second origin on loopback submits a cross-site form
+    (promote) and fires a text/plain fetch (start training) at a server with sign-in off. Chromium sends them
+    with Origin set; the server refuses both (no token, other origin) and nothing changes."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    s = sample_server(tmp_path / "srv", n=1).wait()
+    site = tmp_path / "evil"
+    site.mkdir()
+    (site / "index.html").write_text(f"""<!doctype html><title>evil</title>
+<form id="f" method="POST" action="{s.url}/train/ct2dwi/versions/0/promote" target="sink"></form>
+<iframe name="sink"></iframe><pre id="out">pending</pre>
+<script>
+fetch("{s.url}/train/ct2dwi", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: ""}})
+  .then(() => {{ document.getElementById("out").textContent = "sent"; }})
+  .catch((e) => {{ document.getElementById("out").textContent = "sent (" + e + ")"; }});
+document.getElementById("f").submit();
+</script>""")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(site), **k)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    drv = _driver()
+    try:
+        drv.get(f"http://127.0.0.1:{httpd.server_port}/index.html")  # another origin: another port
+        WebDriverWait(drv, 60).until(lambda d: d.find_element(By.ID, "out").text.startswith("sent"))
+        time.sleep(2)  # let the form post land
+        log = s.log()
+        assert '"path": "/train/ct2dwi", "status": 403' in log  # the fetch arrived and was refused
+        assert '"path": "/train/ct2dwi/versions/0/promote", "status": 403' in log  # so was the form
+        assert requests.get(f"{s.url}/train/", timeout=30).json()["status"] == "NONE"  # no training started
+    finally:
+        drv.quit()
+        httpd.shutdown()
+        s.stop()
