@@ -116,6 +116,8 @@ def main(argv=None):
     # the environment's own tools first: dcmqi's itkimage2segimage (PyPI dcmqi) lies beside this interpreter, so
     # MONAI Label finds it instead of downloading dcmqi from the internet when the datastore is DICOMweb
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    if "--limit_concurrency" not in argv:  # connections + requests at once: half-open clients cannot pile up
+        argv += ["--limit_concurrency", os.environ.get("CT2DWI_MAX_CONNECTIONS", "64")]
     if "--app" not in argv:
         argv = ["--app", HERE] + argv
     if "--uvicorn_app" not in argv:

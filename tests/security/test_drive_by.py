@@ -174,3 +174,33 @@ def test_stalled_body_gets_408_and_the_connection_closes(tmp_path):
         assert requests.post(f"{s.url}/infer/ct2dwi?output=json", files={"file": ("ct.nii.gz", ct)}, timeout=300).status_code == 200
     finally:
         s.stop()
+
+
+def test_half_open_connections_are_bounded(tmp_path):
+    """Round two, item 2: clients that connect and send half a request header hold at most
+    CT2DWI_MAX_CONNECTIONS (64 by default; 8 here) connections; past that the server answers 503 at once instead of
+    accumulating them, and it serves normally again when they go."""
+    import socket
+
+    s = sample_server(tmp_path, n=1, env={"CT2DWI_MAX_CONNECTIONS": "8"}).wait()
+    socks = []
+    try:
+        for _ in range(12):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"GET /info/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its header
+            socks.append(c)
+        r = requests.get(f"{s.url}/healthz", timeout=10)
+        assert r.status_code == 503
+    finally:
+        for c in socks:
+            c.close()
+    try:
+        import time as _time
+
+        for _ in range(50):
+            if requests.get(f"{s.url}/healthz", timeout=10).status_code == 200:
+                break
+            _time.sleep(0.2)
+        assert requests.get(f"{s.url}/healthz", timeout=10).status_code == 200
+    finally:
+        s.stop()
