@@ -127,7 +127,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     from jmmda_model import checkpoint as ckpt_io
     from jmmda_model.data import case_input
     from jmmda_model.inference import predict_slices
-    from jmmda_model.metrics import fit_temperature
+    from jmmda_model.metrics import calibrated_probability, fit_temperature
     from jmmda_model.networks import GeneratorConfig
     from jmmda_model.preprocess import PreprocessConfig
     from jmmda_model.trainer import TrainConfig, Trainer
@@ -161,7 +161,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
         if last and trainer.has_lesion_head:
             lg = [logits_fn(lc)[1] for lc in cal]
             temp = fit_temperature([g[lc.brain > 0] for g, lc in zip(lg, cal)], [lc.lesion[lc.brain > 0] for lc in cal])
-        sig = (lambda g: 1.0 / (1.0 + np.exp(-np.clip(g / temp, -60, 60)))) if temp else None
+        sig = (lambda g: calibrated_probability(g, temp)) if temp else None
         m = evaluate(logits_fn, test, with_prob=sig)
         m.update({"step": trainer.global_step, "wall_s": round(time.time() - t0 + curve.get("wall_before", 0.0), 1)})
         if temp:

@@ -14,12 +14,14 @@ from .clinical.geometry import (
     copy_geometry,
     from_axial,
     resample_inplane,
+    resample_to,
     to_axial,
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
 from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
+from .metrics import calibrated_probability
 from .preprocess import PreprocessConfig, pad_to_multiple
 
 
@@ -118,7 +120,7 @@ class Synthesizer:
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated infarct probability from lesion logits (temperature from the validation cases)."""
-        return (1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))).astype(np.float32)
+        return calibrated_probability(logits, self.temperature)
 
     def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None):
         """Synthetic DWI and lesion logits (or None) of an axial volume on the model's grid, computed in the
@@ -161,11 +163,6 @@ class Synthesizer:
         else:
             work_ct = ct_ax
             brain = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
-        ref_ax = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # the axial grid's geometry, without its voxels
-        ref_ax.SetOrigin(ct_ax.GetOrigin())
-        ref_ax.SetSpacing(ct_ax.GetSpacing())
-        ref_ax.SetDirection(ct_ax.GetDirection())
-        ax_size = ct_ax.GetSize()
         work_geo = (work_ct.GetOrigin(), work_ct.GetSpacing(), work_ct.GetDirection())
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
         del ct_ax, work_ct
@@ -189,8 +186,7 @@ class Synthesizer:
                 img.SetOrigin(work_geo[0])
                 img.SetSpacing(work_geo[1])
                 img.SetDirection(work_geo[2])
-                img = sitk.Resample(img, list(ax_size), sitk.Transform(), sitk.sitkLinear, ref_ax.GetOrigin(),
-                                    ref_ax.GetSpacing(), ref_ax.GetDirection(), 0.0, sitk.sitkFloat32)
+                img = resample_to(mask_ax, img)  # mask_ax carries the CT's axial grid
             else:
                 img.CopyInformation(mask_ax)
             if self.pre.mask_output:

@@ -309,6 +309,11 @@ def fit_temperature(logits: list[np.ndarray], labels: list[np.ndarray], max_voxe
     return float(np.exp(res.x))
 
 
+def calibrated_probability(logits, temperature: float = 1.0) -> np.ndarray:
+    """sigmoid(logits / temperature) as float32 (logits clipped to +-60: no overflow, same values in float32)."""
+    return (1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits) / float(temperature), -60, 60)))).astype(np.float32)
+
+
 def probability_metrics(prob, lesion, brain, spacing_zyx, thresholds=PROB_THRESHOLDS) -> dict:
     """Calibration and lesion-wise detection of an infarct-probability map (z, y, x) inside the brain.
 

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt_io
 from .data import Case, SliceDataset, case_input, load_case
 from .distributed import global_mean, global_sum, rank_and_world
 from .inference import pick_device, predict_slices
-from .metrics import evaluate_volume, fit_temperature, probability_metrics
+from .metrics import calibrated_probability, evaluate_volume, fit_temperature, froc_summary, probability_metrics
 from .networks import (
     GeneratorConfig,
     PatchDiscriminator,
@@ -125,13 +125,6 @@ def soft_dice_loss(prob, target, smooth: float = 1.0):
     return (1.0 - (2.0 * inter + smooth) / (prob.sum(dims) + target.sum(dims) + smooth)).mean()
 
 
-def _froc_sensitivity(per_case: list[dict], max_fp: float) -> float:
-    """Lesion-wise sensitivity at the lowest threshold whose false-positive clusters per case stay <= max_fp."""
-    from .metrics import froc_summary
-
-    return froc_summary(per_case, max_fp)["sensitivity"]
-
-
 def _gan_loss(logits, real: bool, mode: str):
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
     if mode == "lsgan":
@@ -179,6 +172,9 @@ class Trainer:
         self.best = -math.inf
         self.history: list[dict] = []
         self._t_start: float | None = None  # progress / ETA bookkeeping (see _progress)
+        # temperature of the lesion probability: fitted at each validation, kept with the selected epoch
+        self._val_calibration: dict | None = None
+        self.calibration: dict | None = None
         self.ckpt_dir = self.out / "checkpoints"
 
     @property
@@ -211,7 +207,7 @@ class Trainer:
             "best_metric": self.best,
             "history": self.history,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **({"lesion_calibration": self.calibration} if getattr(self, "calibration", None) else {}),
+            **({"lesion_calibration": self.calibration} if self.calibration else {}),
         }
 
     def resume(self, path: str | Path) -> bool:
@@ -246,10 +242,10 @@ class Trainer:
                                 [c.lesion[c.brain > 0] for c in val_cases])
             self._val_calibration = {"temperature": t, "fitted_on": [c.id for c in val_cases],
                                      "epoch": self.epoch}
-            pm = [probability_metrics(1.0 / (1.0 + np.exp(-lg / t)), c.lesion, c.brain, c.spacing_zyx)
+            pm = [probability_metrics(calibrated_probability(lg, t), c.lesion, c.brain, c.spacing_zyx)
                   for lg, c in zip(logits, val_cases)]
             prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
-                    "prob_sensitivity_at_2fp": _froc_sensitivity(pm, 2.0)}
+                    "prob_sensitivity_at_2fp": froc_summary(pm, 2.0)["sensitivity"]}
         self._sample(val_cases)  # after the calibration: the sample's probability panel uses this epoch's temperature
         lesions = [x for m in per_case for x in m.pop("lesion_detail")]
         keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
@@ -271,8 +267,7 @@ class Trainer:
         y, lg = predict_slices(self.G, case_input(c, self.pre)[k : k + 1], self.device, amp=self.amp, with_logits=True)
         prob = None
         if lg is not None:
-            t = float((getattr(self, "_val_calibration", None) or {}).get("temperature", 1.0))
-            prob = 1.0 / (1.0 + np.exp(-np.clip(lg[0] / t, -60, 60))) * c.brain[k]
+            prob = calibrated_probability(lg[0], (self._val_calibration or {}).get("temperature", 1.0)) * c.brain[k]
         img = sample_strip(c.ct_hu[k], c.dwi[k], y[0] * c.brain[k], f"{c.id} slice {k}  epoch {self.epoch}",
                            lesion=c.lesion[k], prob=prob)
         folder = self.out / "samples"
@@ -362,7 +357,7 @@ class Trainer:
                     if score > self.best:
                         self.best = score
                         record["best"] = True
-                        self.calibration = getattr(self, "_val_calibration", None)
+                        self.calibration = self._val_calibration
                 self.history.append(record)
                 state = self.state()
                 ckpt_io.atomic_save(state, last)

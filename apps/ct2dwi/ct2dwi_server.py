@@ -34,6 +34,7 @@ writes. Bad input -> 4xx naming the user's file; no checkpoint -> 503, never ran
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -396,8 +397,8 @@ def infer(
         mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
         # datastore images get the same header check as uploads: a stored header must not name another file
         want_prob = probability or output == "probability"
-        digest = observe.file_sha256(ct_path) if Path(ct_path).is_file() else "folder:" + observe.hashlib.sha256(
-            str(image).encode()).hexdigest()
+        digest = (observe.file_sha256(ct_path) if Path(ct_path).is_file()
+                  else "folder:" + hashlib.sha256(str(image).encode()).hexdigest())
         t0 = time.perf_counter()
         try:
             with SLOTS.slot():
