@@ -106,6 +106,9 @@ def cmd_infer(a):
         raise InputError("output file name must contain 'synthetic' (every synthetic image is labelled as such)")
     if not dst.parent.is_dir():
         raise InputError(f"output folder does not exist: {dst.parent}")
+    if a.save_probability and "synthetic" not in Path(a.save_probability).name.lower():
+        raise InputError("--save-probability: the file name must contain 'synthetic' (every synthetic image is "
+                         "labelled as such)")
     if a.save_probability and not Path(a.save_probability).parent.is_dir():
         raise InputError(f"--save-probability: output folder does not exist: {Path(a.save_probability).parent}")
     syn = Synthesizer(a.model, device=a.device)

@@ -74,6 +74,9 @@ def test_infer_from_dicom_folder_and_naming_rule(trained, tmp_path, capsys):
     write_ct_series(ct, tmp_path / "ctdcm")
     assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", tmp_path / "dwi.nii.gz") == 2
     assert "must contain 'synthetic'" in capsys.readouterr().err
+    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", tmp_path / "x_synthetic.nii.gz",
+                 "--save-probability", tmp_path / "prob.nii.gz") == 2  # the map is synthetic too: its name says so
+    assert "--save-probability" in capsys.readouterr().err and not (tmp_path / "x_synthetic.nii.gz").exists()
     out = tmp_path / "case_synthetic_dwi.nii.gz"
     assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", out, "--save-mask", tmp_path / "m.nii.gz",
                  "--save-probability", tmp_path / "case_synthetic_prob.nii.gz") == 0
