@@ -508,8 +508,11 @@ def export_probability_map(probability: sitk.Image, ct_dicom_dir: str | Path, ou
     out.mkdir(parents=True, exist_ok=True)
     path = out / "SYNTHETIC_INFARCT_PROBABILITY.dcm"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pm.save_as(tmp)
-    os.replace(tmp, path)
+    try:
+        pm.save_as(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
     return path
 
 
