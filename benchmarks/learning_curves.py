@@ -148,13 +148,17 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
                       **train_over)
     trainer = Trainer(cfg, run_dir)
     t0 = time.time()
+    wall_before = curve["points"][-1]["wall_s"] if curve["points"] else 0.0
+    cap_s = args.max_minutes * 60 if args.max_minutes else None
 
     def logits_fn(lc):
         return predict_slices(trainer.G, case_input(lc, trainer.pre), trainer.device, batch_size=16,
                               amp=trainer.amp, with_logits=True)
 
     def on_epoch(record):
-        last = trainer.global_step >= args.steps
+        wall = time.time() - t0 + wall_before
+        capped = cap_s is not None and wall >= cap_s and trainer.global_step < args.steps
+        last = trainer.global_step >= args.steps or capped
         if not last and trainer.global_step < (len(curve["points"]) + 1) * args.eval_every:
             return  # a short epoch (few training slices): evaluate at multiples of --eval-every only
         temp = None
@@ -163,7 +167,10 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
             temp = fit_temperature([g[lc.brain > 0] for g, lc in zip(lg, cal)], [lc.lesion[lc.brain > 0] for lc in cal])
         sig = (lambda g: calibrated_probability(g, temp)) if temp else None
         m = evaluate(logits_fn, test, with_prob=sig)
-        m.update({"step": trainer.global_step, "wall_s": round(time.time() - t0 + curve.get("wall_before", 0.0), 1)})
+        m.update({"step": trainer.global_step, "wall_s": round(time.time() - t0 + wall_before, 1)})
+        if capped:  # the stated wall cap: this evaluation is the run's last; the trainer stops after this epoch
+            curve["capped_at_step"] = trainer.global_step
+            trainer.cfg.max_steps = trainer.global_step
         if temp:
             m["temperature"] = temp
         curve["points"].append(m)
@@ -177,7 +184,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     if done:  # resumed: the checkpoint holds the last evaluated step
         curve["points"] = [p for p in curve["points"] if p["step"] <= max(done)]
     trainer.fit_loaded(train, [], resume=True)
-    curve["wall_s"] = round(time.time() - t0, 1)
+    curve["wall_s"] = round(time.time() - t0 + wall_before, 1)
     curve["steps"] = trainer.global_step
     curve["done"] = True
     curve["params"] = int(sum(p.numel() for p in trainer.G.parameters()))
@@ -209,6 +216,18 @@ def paired_ci(a: list[float], b: list[float]):
     return m, m - half, m + half
 
 
+FLAT = {"qualifying_sensitivity": 0.05, "psnr_brain": 0.2, "false_bright_ml": 2.0}
+
+
+def flattened(runs) -> dict:
+    """Has the curve flattened? Between the last two evaluations (mean over seeds), every measure moved less than
+    FLAT (sensitivity 0.05, PSNR 0.2 dB, false-bright 2 mL). Fewer than two evaluations: unknown (None)."""
+    if any(len(r["points"]) < 2 for r in runs):
+        return {"flat": None, "moves": {}}
+    moves = {k: float(np.nanmean([r["points"][-1][k] - r["points"][-2][k] for r in runs])) for k in FLAT}
+    return {"flat": all(abs(v) < FLAT[k] for k, v in moves.items() if math.isfinite(v)), "moves": moves}
+
+
 def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tuple[dict, str]:
     arms = {}
     for name, runs in results.items():
@@ -223,6 +242,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tup
         if sens2:
             arms[name]["prob_sensitivity_at_2fp"] = (float(np.mean(sens2)), float(np.std(sens2)))
         arms[name]["wall_s_per_run"] = float(np.mean([r.get("wall_s", float("nan")) for r in runs]))
+        arms[name]["steps_reached"] = [r["points"][-1]["step"] for r in runs]
+        arms[name]["flattened"] = flattened(runs)
         arms[name]["params"] = runs[0].get("params")
     arms["lut"] = {k: (lut[k], 0.0) for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker")}
     lines = [f"# Learning curves ({time.strftime('%Y-%m-%d')})", "",
@@ -240,6 +261,16 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tup
     for name, a in arms.items():
         lines.append(f"| {name} | {fmt(a['qualifying_sensitivity'])} | {fmt(a['darker'], 1)} | {fmt(a['false_bright_ml'], 1)} | "
                      f"{fmt(a['psnr_brain'])} | {fmt(a.get('prob_ece'), 3)} | {fmt(a.get('prob_sensitivity_at_2fp'))} |")
+    lines += ["", "Steps reached and whether each curve has flattened (last two evaluations, mean over seeds; flat = "
+              "sensitivity moved < 0.05, PSNR < 0.2 dB, false-bright < 2 mL):", ""]
+    for name, runs in results.items():
+        f = arms[name]["flattened"]
+        capped = [r.get("capped_at_step") for r in runs if r.get("capped_at_step")]
+        state = {None: "unknown (one evaluation)", True: "flat", False: "NOT flat"}[f["flat"]]
+        lines.append(f"- {name}: steps {arms[name]['steps_reached']}"
+                     + (f" (stopped by the wall cap at {capped})" if capped else "")
+                     + f"; {state}" + (" - last moves " + ", ".join(f"{k} {v:+.2f}" for k, v in f["moves"].items())
+                                       if f["moves"] else ""))
     comp = {}
     if "jmmda" in results and "pix2pix" in results:
         def per_case(name, key):
@@ -323,6 +354,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="runs (and phantom builders) in parallel processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="auto")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stated wall cap per run (training + evaluations): the first evaluation after it is the run's "
+                        "last (with the probability metrics), and the report names the step each run stopped at")
     p.add_argument("--report-only", action="store_true",
                    help="no training: summarise the curve.json files and lut.json already in --out (an interrupted "
                         "run's partial curves are reported as partial, with the steps they reached)")
@@ -331,13 +365,32 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.report_only:
+        saved = out / "run_args.json"  # the header states what the interrupted run was asked to do, not defaults
+        if saved.exists():
+            args = argparse.Namespace(**{**json.loads(saved.read_text()), "report_only": True})
         return report_only(args, out)
+    from compare_models import machine as machine_info
+
+    from jmmda_model.checkpoint import write_json_atomic as _wj
+
+    _wj(machine_info(), out / "machine.json")
     import pickle
 
     from jmmda_model.preprocess import PreprocessConfig
     from jmmda_model.prior import TissuePrior
 
-    data_path = out / "phantoms.pkl"
+    # the phantom file names the seeds it holds: a folder reused with other case counts builds its own set
+    data_path = out / f"phantoms_{args.train_cases}_{args.cal_cases}_{args.test_cases}.pkl"
+    prev = out / "run_args.json"
+    if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
+        keys = ("arms", "steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
+                "train_cases", "cal_cases", "test_cases")
+        old = json.loads(prev.read_text())
+        diff = [k for k in keys if k in old and old[k] != getattr(args, k) and k != "arms"]
+        if diff:
+            p.error(f"{out} holds a run with other settings ({', '.join(f'{k}={old[k]}' for k in diff)}); "
+                    "use another --out or the same settings to resume")
+    _wj({k: v for k, v in vars(args).items() if k != "report_only"}, out / "run_args.json")
     if not data_path.exists():
         pre = PreprocessConfig()
         train = make_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.train_cases), pre, args.workers)

@@ -47,7 +47,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Optional
 
-from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -62,7 +63,7 @@ from ct2dwi_app.datastore import is_safe_name
 from ct2dwi_app import observe
 from ct2dwi_app.infer import NoModelError
 from ct2dwi_app.train import validate_options
-from ct2dwi_app.uploads import BodyLimit, ScratchSpace, save_upload
+from ct2dwi_app.uploads import BodyLimit, ScratchSpace, read_form
 from jmmda_model.checkpoint import CheckpointError
 from jmmda_model.clinical.geometry import same_geometry
 from jmmda_model.clinical.imageio import read_image
@@ -367,34 +368,64 @@ def _datastore_image(image_id: str) -> Path:
     return Path(ds.get_image_uri(image_id))
 
 
-@app.post("/infer/{model}", summary="Synthesize a DWI (SYNTHETIC - not for diagnosis)")
-def infer(
+#: the form the upload routes read themselves (uploads.read_form streams files once, straight into the request
+#: folder); described here for the API docs since the routes take no File() parameters
+def _form_doc(files: dict[str, str], required: tuple = (), text: dict | None = None) -> dict:
+    props = {k: {"type": "string", "format": "binary", "description": v} for k, v in files.items()}
+    props.update({k: {"type": "string", "description": v} for k, v in (text or {}).items()})
+    schema = {"type": "object", "properties": props, **({"required": list(required)} if required else {})}
+    return {"requestBody": {"required": bool(required), "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+async def _read_upload_form(request: Request, folder: Path, roles: dict) -> tuple[dict, dict]:
+    try:
+        return await read_form(request, folder, roles)
+    except InputError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+
+INFER_FORM = {"file": ("ct", "CT"), "label": ("mask", "brain mask")}
+
+
+@app.post("/infer/{model}", summary="Synthesize a DWI (SYNTHETIC - not for diagnosis)",
+          openapi_extra=_form_doc({"file": "the CT (.nii.gz, .nii, .nrrd, .mha)",
+                                   "label": "optional brain mask on the CT grid"},
+                                  text={"params": "JSON object; only client_id is accepted"}))
+async def infer(
+    request: Request,
     model: str,
     image: str = "",
     output: str = Query("all", pattern="^(image|json|all|probability)$"),
     probability: bool = False,
-    params: str = Form("{}"),
-    file: Optional[UploadFile] = File(None),
-    label: Optional[UploadFile] = File(None),
     user=USER,
 ):
     task = _instance().infer_task(model) if model == MODEL else None
     if task is None:
         raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server offers {MODEL!r}")
-    _parse_params(params)
-    if file is not None and image:
-        raise HTTPException(status_code=422, detail="send either an uploaded file or an image id, not both")
     scratch: ScratchSpace = app.state.scratch
     folder = scratch.request_dir()
     try:
-        if file is not None:
-            ct_path, ct_name = save_upload(file, folder, "ct", "CT")
+        fields, files = await _read_upload_form(request, folder, INFER_FORM)
+        return await run_in_threadpool(_infer_in_folder, task, folder, fields, files, image, output, probability, user)
+    except BaseException:
+        scratch.remove(folder)
+        raise
+
+
+def _infer_in_folder(task, folder: Path, fields: dict, files: dict, image: str, output: str, probability: bool, user):
+    scratch: ScratchSpace = app.state.scratch
+    try:
+        _parse_params(fields.get("params", "{}"))
+        if "file" in files and image:
+            raise HTTPException(status_code=422, detail="send either an uploaded file or an image id, not both")
+        if "file" in files:
+            ct_path, ct_name = files["file"]
         elif image:
             ct_path = _datastore_image(image)
             ct_name = image
         else:
             raise HTTPException(status_code=422, detail="no CT given: upload it as 'file' or name a datastore image with ?image=")
-        mask_path, mask_name = save_upload(label, folder, "mask", "brain mask") if label is not None else (None, None)
+        mask_path, mask_name = files.get("label", (None, None))
         # datastore images get the same header check as uploads: a stored header must not name another file
         want_prob = probability or output == "probability"
         digest = (observe.file_sha256(ct_path) if Path(ct_path).is_file()
@@ -641,49 +672,67 @@ def datastore_list(output: str = Query("list", pattern="^(list|stats)$"), user=U
     return {"images": {i: sorted(ds.get_labels_by_image_id(i)) for i in sorted(ds.list_images())}}
 
 
-def _stored_upload(upload: UploadFile, what: str, check):
+async def _stored_upload(request: Request, field: str, what: str, check):
+    """Streams the form's ``field`` file into a request folder and checks it (header, voxels, ``check``) in a
+    worker thread; returns (folder, path). The caller removes the folder."""
     scratch: ScratchSpace = app.state.scratch
     folder = scratch.request_dir()
     try:
-        path, name = save_upload(upload, folder, "upload", what)
-        img = read_image(path, what, name=name, single_file=True)
-        check(img, name)
+        _, files = await _read_upload_form(request, folder, {field: ("upload", what)})
+        if field not in files:
+            raise HTTPException(status_code=422, detail=f"no {what} given: upload it as the form field {field!r}")
+        path, name = files[field]
+
+        def verify():
+            try:
+                check(read_image(path, what, name=name, single_file=True), name)
+            except InputError as exc:
+                raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+        await run_in_threadpool(verify)
         return folder, path
-    except BaseException as exc:
+    except BaseException:
         scratch.remove(folder)
-        raise _http_error(exc) from exc
+        raise
 
 
-@app.put("/datastore/", summary="Add a CT to the datastore (admin)")
-def datastore_add_image(image: str, file: UploadFile = File(...), user=ADMIN):
+@app.put("/datastore/", summary="Add a CT to the datastore (admin)",
+         openapi_extra=_form_doc({"file": "the CT (.nii.gz, .nii, .nrrd, .mha)"}, required=("file",)))
+async def datastore_add_image(request: Request, image: str, user=ADMIN):
     _check_name(image, "image id")
     ds = _instance().datastore()
     if image in ds.list_images():
         raise HTTPException(status_code=409, detail=f"image {image!r} already exists")
-    folder, path = _stored_upload(file, "CT", lambda img, name: None)
+    folder, path = await _stored_upload(request, "file", "CT", lambda img, name: None)
     try:
-        ds.add_image(image, str(path), {"user": user.username})
+        await run_in_threadpool(ds.add_image, image, str(path), {"user": user.username})
     finally:
         ScratchSpace.remove(folder)
     return {"image": image}
 
 
-@app.put("/datastore/label", summary="Add a label for a datastore image (admin)")
-def datastore_add_label(image: str, tag: str, label: UploadFile = File(...), user=ADMIN):
+@app.put("/datastore/label", summary="Add a label for a datastore image (admin)",
+         openapi_extra=_form_doc({"label": "the label volume, on the CT grid"}, required=("label",)))
+async def datastore_add_label(request: Request, image: str, tag: str, user=ADMIN):
     _check_name(tag, "label tag")
-    try:
-        ref = read_image(_datastore_image(image), "CT")
-    except InputError as exc:  # the CT already stored is unreadable: a state of the datastore, not of this upload
-        raise HTTPException(status_code=409, detail=f"the stored CT of image {image!r} cannot be read ({exc}); "
-                                                    "replace the image before adding labels") from exc
+
+    def stored_ct():
+        try:
+            return read_image(_datastore_image(image), "CT")
+        except InputError as exc:  # the CT already stored is unreadable: a state of the datastore, not of this upload
+            raise HTTPException(status_code=409, detail=f"the stored CT of image {image!r} cannot be read ({exc}); "
+                                                        "replace the image before adding labels") from exc
+
+    ref = await run_in_threadpool(stored_ct)
 
     def on_ct_grid(img, name):
         if not same_geometry(img, ref):
             raise InputError(f"label {name}: geometry does not match image {image!r}; resample it onto the CT grid")
 
-    folder, path = _stored_upload(label, f"label '{tag}'", on_ct_grid)
+    folder, path = await _stored_upload(request, "label", f"label '{tag}'", on_ct_grid)
     try:
-        label_id = _instance().datastore().save_label(image, str(path), tag, {"user": user.username})
+        label_id = await run_in_threadpool(_instance().datastore().save_label, image, str(path), tag,
+                                           {"user": user.username})
     finally:
         ScratchSpace.remove(folder)
     return {"image": image, "label": label_id, "tag": tag}

@@ -116,6 +116,14 @@ def main(argv=None):
     # the environment's own tools first: dcmqi's itkimage2segimage (PyPI dcmqi) lies beside this interpreter, so
     # MONAI Label finds it instead of downloading dcmqi from the internet when the datastore is DICOMweb
     os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    workers = _option(argv, "--workers", "-w")
+    if workers not in (None, "1"):
+        print("serve.py: refusing --workers other than 1: the inference slots, the training child and the access "
+              "token live in one process; run several servers behind the proxy instead", file=sys.stderr)
+        return 2
+    from ct2dwi_app import httpproto
+
+    httpproto.install()  # request heads time out (CT2DWI_HEADER_TIMEOUT_S): half-open clients are closed
     if "--limit_concurrency" not in argv:  # connections + requests at once: half-open clients cannot pile up
         argv += ["--limit_concurrency", os.environ.get("CT2DWI_MAX_CONNECTIONS", "64")]
     if "--app" not in argv:

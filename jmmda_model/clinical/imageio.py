@@ -55,10 +55,63 @@ def read_image(path: str | Path, what: str = "image", name: str | None = None, s
     else:
         probe_image(path, what, name, single_file=single_file)
         try:
-            img = sitk.ReadImage(str(path))
+            img = _read_float64_nifti_as_float32(path) if _is_float64_nifti(path) else sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported format)") from exc
     check_volume(img, what)
+    return img
+
+
+def _nifti_header(path: Path):
+    """(header, shape, dtype, data offset) of a NIfTI-1/2 file, from its first 540 bytes; None when unreadable
+    (probe_image has already refused such files with a message)."""
+    import nibabel as nib
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(540)
+        hdr_cls = nib.Nifti2Header if len(raw) >= 540 and int.from_bytes(raw[:4], "little") in (540, 540 << 24) else nib.Nifti1Header
+        hdr = hdr_cls.from_fileobj(io.BytesIO(raw))
+        return hdr, tuple(int(s) for s in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype()), int(hdr.get_data_offset())
+    except Exception:  # noqa: BLE001 - nibabel raises many types for a broken header
+        return None
+
+
+def _is_float64_nifti(path: Path) -> bool:
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return False
+    h = _nifti_header(path)
+    return h is not None and h[2].kind == "f" and h[2].itemsize == 8 and len(h[1]) == 3
+
+
+def _read_float64_nifti_as_float32(path: Path) -> sitk.Image:
+    """A float64 NIfTI decoded chunk by chunk straight into float32 (never a float64 copy of the volume): peak
+    memory is the float32 array and the image made from it, 8 bytes per voxel instead of ITK's 8 + 4 + 4.
+    Geometry (qform/sform choice, LPS) comes from ITK's own header reading; scl_slope/scl_inter are applied as
+    ITK applies them."""
+    hdr, shape, dtype, offset = _nifti_header(path)
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()
+    slope, inter = hdr.get_slope_inter()
+    n = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(n, np.float32)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    per = _CHUNK // dtype.itemsize
+    with opener(path, "rb") as f:
+        _read_exact(f, offset)
+        for start in range(0, n, per):
+            k = min(per, n - start)
+            vals = np.frombuffer(_read_exact(f, k * dtype.itemsize), dtype=dtype)
+            if slope is not None and (slope != 1.0 or (inter or 0.0) != 0.0):
+                vals = vals * slope + (inter or 0.0)
+            out[start:start + k] = vals
+    img = sitk.GetImageFromArray(out.reshape(shape[::-1]))  # NIfTI stores x fastest: (z, y, x) in C order
+    del out
+    img.SetOrigin(info.GetOrigin())
+    img.SetSpacing(info.GetSpacing())
+    img.SetDirection(info.GetDirection())
     return img
 
 
@@ -196,7 +249,9 @@ def _scan_nifti(path: Path, what: str, name: str) -> tuple:
             except Exception as exc:  # nibabel raises many types for a broken header
                 raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported NIfTI header)") from exc
             _check_size(shape, 1, what, name)
-            _check_memory(shape, dtype.itemsize, what, name)  # before a byte of voxel data is decompressed
+            # before a byte of voxel data is decompressed; float64 volumes are decoded straight to float32
+            _check_memory(shape, 4 if (dtype.kind == "f" and dtype.itemsize == 8 and len(shape) == 3) else dtype.itemsize,
+                          what, name)
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             pos = len(raw)
             if offset > pos:  # skip header extensions (bounded)

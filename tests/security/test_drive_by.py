@@ -176,31 +176,39 @@ def test_stalled_body_gets_408_and_the_connection_closes(tmp_path):
         s.stop()
 
 
-def test_half_open_connections_are_bounded(tmp_path):
+def test_half_open_connections_are_bounded_and_time_out(tmp_path):
     """Round two, item 2: clients that connect and send half a request header hold at most
     CT2DWI_MAX_CONNECTIONS (64 by default; 8 here) connections; past that the server answers 503 at once instead of
-    accumulating them, and it serves normally again when they go."""
+    accumulating them. And they do not hold them for ever: a connection with no complete request head after
+    CT2DWI_HEADER_TIMEOUT_S (10 s by default; 2 here) is closed by the server, so it serves again while those
+    clients are still connected (the landed server kept 200 half-open connections open)."""
     import socket
+    import time as _time
 
-    s = sample_server(tmp_path, n=1, env={"CT2DWI_MAX_CONNECTIONS": "8"}).wait()
+    s = sample_server(tmp_path, n=1, env={"CT2DWI_MAX_CONNECTIONS": "8", "CT2DWI_HEADER_TIMEOUT_S": "2"}).wait()
     socks = []
     try:
+        t0 = _time.time()
         for _ in range(12):
             c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
             c.sendall(b"GET /info/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its header
             socks.append(c)
         r = requests.get(f"{s.url}/healthz", timeout=10)
         assert r.status_code == 503
+        # the server hangs up on each of them (recv sees the end of the stream; the client never closed)
+        for c in socks[:8]:
+            c.settimeout(15)
+            assert c.recv(4096) == b""
+        assert _time.time() - t0 < 15
+        assert requests.get(f"{s.url}/healthz", timeout=10).status_code == 200
+        # a slow but complete request is not cut: its head arrives in pieces within the timeout
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(b"GET /healthz HTTP/1.1\r\n")
+            _time.sleep(1.0)
+            c.sendall(b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert b" 200 " in c.recv(4096).split(b"\r\n")[0]
+        assert "no complete request head" in s.log()
     finally:
         for c in socks:
             c.close()
-    try:
-        import time as _time
-
-        for _ in range(50):
-            if requests.get(f"{s.url}/healthz", timeout=10).status_code == 200:
-                break
-            _time.sleep(0.2)
-        assert requests.get(f"{s.url}/healthz", timeout=10).status_code == 200
-    finally:
         s.stop()

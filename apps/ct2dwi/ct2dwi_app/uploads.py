@@ -6,8 +6,10 @@
   request gets a sub-folder that is removed on every path (success, 4xx, 5xx, client gone). Folders of
   processes that died (killed mid-request) are swept at start-up, as are ``SYNTHETIC_DWI_*`` results older
   versions left in TMPDIR.
-* ``save_upload``: streams an ``UploadFile`` into a request folder under a fixed name; the client's file
-  name is only used for its suffix (an allowlist) and, cleaned, to name the file in messages.
+* ``read_form``: reads a request's form once, as it arrives: each file part is written straight to its final
+  place in the request folder under a fixed name (no spooled copy in TMPDIR, so an upload takes its size on
+  disk once); the client's file name is only used for its suffix (an allowlist) and, cleaned, to name the file
+  in messages. Text fields are bounded.
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ from jmmda_model.errors import InputError
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("CT2DWI_MAX_UPLOAD_MB", "2048")) * 2**20)
-_CHUNK = 1 << 20
 
 
 class BodyTooLarge(Exception):
@@ -172,22 +173,150 @@ def display_name(filename: str | None, fallback: str) -> str:
     return name or fallback
 
 
-def save_upload(upload, folder: Path, role: str, what: str) -> tuple[Path, str]:
-    """Copies ``upload`` (already bounded by ``BodyLimit``) to ``folder/<role><suffix>``; returns (path, the
-    client's cleaned file name)."""
-    name = display_name(upload.filename, f"uploaded {what}")
+def _upload_target(filename: str | None, folder: Path, role: str, what: str) -> tuple[Path, str]:
+    name = display_name(filename, f"uploaded {what}")
     suffix = image_suffix(name)
     if suffix is None:
         raise InputError(f"{what}: {name}: unsupported file type; send one of {', '.join(UPLOAD_SUFFIXES)}")
-    dest = folder / f"{role}{suffix}"
-    written = 0
-    with open(dest, "xb") as out:
-        while True:
-            chunk = upload.file.read(_CHUNK)
-            if not chunk:
-                break
-            written += len(chunk)
-            out.write(chunk)
-    if written == 0:
-        raise InputError(f"{what}: file is empty: {name}")
-    return dest, name
+    return folder / f"{role}{suffix}", name
+
+
+#: bytes a text field of a form may carry (params JSON and the like)
+MAX_FIELD_BYTES = 1 << 16
+MAX_PARTS = 16
+
+
+class _FormSink:
+    """python-multipart callbacks: file parts named in ``roles`` ({field: (role, what)}) go to
+    ``folder/<role><suffix>`` as they arrive; other parts are text fields, bounded. Errors raise InputError."""
+
+    def __init__(self, folder: Path, roles: dict[str, tuple[str, str]]):
+        self.folder, self.roles = folder, roles
+        self.fields: dict[str, str] = {}
+        self.files: dict[str, tuple[Path, str]] = {}
+        self.parts = 0
+        self._reset()
+
+    def _reset(self):
+        self._headers: dict[str, bytes] = {}
+        self._field, self._value = b"", b""
+        self._name, self._out, self._buf, self._written, self._display = None, None, None, 0, None
+
+    # -- callbacks (run in a worker thread, with parser.write)
+    def on_part_begin(self):
+        self._reset()
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise InputError(f"the form has more than {MAX_PARTS} parts")
+
+    def on_header_field(self, data, start, end):
+        self._field += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self._value += data[start:end]
+
+    def on_header_end(self):
+        self._headers[self._field.decode("latin-1").lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def on_headers_finished(self):
+        from python_multipart.multipart import parse_options_header
+
+        _, opts = parse_options_header(self._headers.get("content-disposition", b""))
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if not name:
+            raise InputError("a form part has no field name")
+        if name in self.fields or name in self.files:
+            raise InputError(f"the form field {display_name(name, 'field')!r} is sent twice")
+        self._name = name
+        filename = opts.get(b"filename")
+        if name in self.roles:
+            role, what = self.roles[name]
+            if filename is None:
+                raise InputError(f"{what}: send it as a file (form field {name!r} with a file name)")
+            dest, self._display = _upload_target(filename.decode("utf-8", "replace"), self.folder, role, what)
+            self._out = open(dest, "xb")
+            self.files[name] = (dest, self._display)
+        else:
+            self._buf = bytearray()
+
+    def on_part_data(self, data, start, end):
+        if self._out is not None:
+            self._out.write(data[start:end])
+            self._written += end - start
+        elif self._buf is not None:
+            self._buf += data[start:end]
+            if len(self._buf) > MAX_FIELD_BYTES:
+                raise InputError(f"form field {display_name(self._name, 'field')!r} exceeds {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self):
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            if self._written == 0:
+                raise InputError(f"{self.roles[self._name][1]}: file is empty: {self._display}")
+        elif self._buf is not None:
+            try:
+                self.fields[self._name] = self._buf.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"form field {display_name(self._name, 'field')!r} is not UTF-8 text") from exc
+        self._reset()
+
+    def close(self):
+        if self._out is not None:
+            self._out.close()
+
+
+async def read_form(request, folder: Path, roles: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
+    """Reads the request's form (multipart/form-data or urlencoded) once, as it streams in (``BodyLimit`` bounds
+    and times it). Returns (text fields, {field: (path, the client's cleaned file name)}). File parts named in
+    ``roles`` ({field: (role, what)}) are written to ``folder/<role><suffix>``; no other copy is made. A body of
+    another content type carries no form (nothing is read)."""
+    from urllib.parse import parse_qsl
+
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+    from starlette.concurrency import run_in_threadpool
+
+    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+    if ctype == b"application/x-www-form-urlencoded":
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FIELD_BYTES:
+                raise InputError(f"the form exceeds {MAX_FIELD_BYTES} bytes; send files as multipart/form-data")
+        try:
+            fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError as exc:
+            raise InputError("the form is not UTF-8 text") from exc
+        if set(fields) & set(roles):
+            raise InputError("files must be sent as multipart/form-data")
+        return fields, {}
+    if ctype != b"multipart/form-data":
+        return {}, {}
+    boundary = opts.get(b"boundary")
+    if not boundary:
+        raise InputError("multipart/form-data without a boundary")
+    sink = _FormSink(folder, roles)
+    callbacks = {k: getattr(sink, k) for k in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field",
+                                              "on_header_value", "on_header_end", "on_headers_finished")}
+    parser = MultipartParser(boundary, callbacks)
+    ended = False
+
+    def on_end():
+        nonlocal ended
+        ended = True
+
+    parser.callbacks["on_end"] = on_end
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                await run_in_threadpool(parser.write, chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise InputError(f"malformed multipart form ({exc})") from exc
+    finally:
+        sink.close()
+    if not ended:
+        raise InputError("the upload is incomplete (the multipart form was not closed); send it again")
+    return sink.fields, sink.files
