@@ -76,6 +76,7 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
         "size_divisor": int(net.size_divisor),
         "input_channels": channels,
         "model_card": ck.get("model_card", {}),
+        "lesion_calibration": ck.get("lesion_calibration", {}),
         "source_checkpoint": checkpoint.name,
         "source_sha256": sha256(checkpoint),
         "output": "SYNTHETIC DWI - not for diagnosis",
@@ -122,3 +123,76 @@ def load_torchscript(path: str | Path, device="cpu") -> tuple[ExportedGenerator,
     if meta.get("format") != TORCHSCRIPT_FORMAT:
         raise ckpt_io.CheckpointError(f"{path.name} is not a JMMDA-GAN TorchScript file (format tag missing)")
     return ExportedGenerator(module.eval(), int(meta["size_divisor"])), meta
+
+
+#: largest member read from an uploaded bundle zip (its weights); bigger, or a ratio past 200:1, is refused
+MAX_BUNDLE_MEMBER = 1 << 30
+
+
+def checkpoint_from_model_file(path: str | Path, out: str | Path, name: str | None = None) -> tuple[Path, str]:
+    """An externally produced model file as a JMMDA-GAN checkpoint: a checkpoint is checked and returned as is;
+    a TorchScript export (``jmmda export-torchscript``) or a MONAI bundle zip (``jmmda export-bundle``, zipped)
+    is rebuilt into a checkpoint at ``out`` - the generator built from its stored configuration, its weights
+    loaded strictly, and (TorchScript) its output compared with the traced module's. Returns (checkpoint path,
+    kind). ``CheckpointError`` names ``name`` (the user's file) for anything else."""
+    import zipfile
+
+    path, out = Path(path), Path(out)
+    name = name or path.name
+    members = ckpt_io.zip_members(path)
+    if not members:
+        raise ckpt_io.CheckpointError(f"{name} is not a model file (a checkpoint, TorchScript export or bundle zip)")
+    if any(m.endswith(f"/extra/{META_NAME}") for m in members):
+        net, meta = load_torchscript(path)
+        gcfg, fresh = meta["generator_config"], build_generator(meta["generator_config"])
+        # a traced module also lists the non-persistent buffers (fixed wavelet filters) the Python model rebuilds
+        fixed = {n for n, _ in fresh.named_buffers()} - set(fresh.state_dict())
+        sd = {k: v for k, v in net.module.state_dict().items() if k not in fixed}
+        rebuilt = _strict(fresh, sd, name)
+        with torch.no_grad():
+            x = _example(rebuilt, int(meta["input_channels"]), (96, 96), 3)
+            diff = float((rebuilt(x) - net(x)).abs().max())
+        if diff > AGREEMENT_TOL:
+            raise ckpt_io.CheckpointError(f"{name}: the rebuilt generator disagrees with the TorchScript module (max |diff| {diff:.3g})")
+        ck = {"generator_config": gcfg, "preprocess": meta["preprocess"], "model_card": meta.get("model_card", {}),
+              "lesion_calibration": meta.get("lesion_calibration", {}), "generator": sd}
+        kind = "torchscript"
+    elif any(m.endswith("configs/inference.json") for m in members):
+        with zipfile.ZipFile(path) as z:
+            def member(suffix):
+                hits = [i for i in z.infolist() if i.filename.endswith(suffix) and not i.is_dir()]
+                if len(hits) != 1:
+                    raise ckpt_io.CheckpointError(f"{name}: a bundle zip needs exactly one {suffix} (found {len(hits)})")
+                i = hits[0]
+                if i.file_size > MAX_BUNDLE_MEMBER or i.file_size > 200 * max(i.compress_size, 1):
+                    raise ckpt_io.CheckpointError(f"{name}: {suffix} is too large or too compressed to be a model")
+                return z.read(i)
+
+            try:
+                conf = json.loads(member("configs/inference.json"))
+                gcfg, inf = conf["network_def"]["cfg"], conf["inferer"]
+                sd = torch.load(io.BytesIO(member("models/model.pt")), map_location="cpu", weights_only=True)
+            except ckpt_io.CheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed bundle in any of many ways
+                raise ckpt_io.CheckpointError(f"{name}: not a JMMDA-GAN bundle ({type(exc).__name__}: {exc})") from exc
+        _strict(build_generator(gcfg), sd, name)
+        ck = {"generator_config": gcfg, "preprocess": inf["preprocess"], "model_card": inf.get("model_card", {}),
+              "lesion_calibration": inf.get("calibration", {}), "generator": sd}
+        kind = "bundle"
+    else:
+        ckpt_io.load(path)
+        load_generator(path)  # the weights fit the stored architecture
+        return path, "checkpoint"
+    ck.update({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "imported_from": f"{kind}: {name}"})
+    ckpt_io.atomic_save(ck, out)
+    load_generator(out)
+    return out, kind
+
+
+def _strict(net, state_dict, name: str):
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError for mismatches, others for garbage
+        raise ckpt_io.CheckpointError(f"{name}: the weights do not fit the stored architecture: {exc}") from exc
+    return net.eval()

@@ -24,6 +24,7 @@ from .metrics import (
     froc_summary,
     pool_reliability,
     probability_metrics,
+    qualifying,
     stratified_sensitivity,
 )
 
@@ -204,6 +205,51 @@ def predict_case(syn: Synthesizer, lc, with_probability: bool = False):
     if not with_probability:
         return y
     return y, (syn.probability(logits) * lc.brain if logits is not None else None)
+
+
+def score_model(model: str | Path, cases: list[Case], device: str | None = None) -> dict:
+    """Lesion metrics first, then image metrics, of ``model`` on ``cases`` through the ``jmmda infer`` pipeline
+    (what ``evaluate_cases`` reports, without files): the server compares a candidate version with the served
+    one on the same cases with this. Cases without a real DWI are skipped."""
+    syn = Synthesizer(model, device=device)
+    rows, lesions = [], []
+    for case in cases:
+        lc = load_case(case, syn.pre)
+        if lc.dwi is None:
+            continue
+        y = predict_case(syn, lc)
+        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
+        lesions += m.pop("lesion_detail")
+        rows.append(m)
+    if not rows:
+        return {"cases": 0}
+    q = [x for x in lesions if qualifying(x)]
+    return {
+        "cases": len(rows),
+        "lesions": len(lesions),
+        "lesion_sensitivity": float(np.mean([x["shown"] for x in lesions])) if lesions else None,
+        "qualifying_lesions": len(q),
+        "qualifying_sensitivity": float(np.mean([x["shown"] for x in q])) if q else None,
+        "lesions_darker": int(sum(x["darker"] for x in lesions)),
+        "false_bright_ml": float(np.mean([r["false_bright_ml"] for r in rows])),
+        "psnr_brain": float(np.mean([r["psnr_brain"] for r in rows])),
+        "ssim_brain": float(np.mean([r["ssim_brain"] for r in rows])),
+    }
+
+
+def lesion_verdict(candidate: dict, served: dict) -> list[str]:
+    """Where ``candidate`` is worse than ``served`` on lesions (empty: not worse): lower sensitivity (all or
+    qualifying lesions), more lesions darker than normal brain, more false-bright brain (> 1 mL per case)."""
+    worse = []
+    for key, label in (("lesion_sensitivity", "shows fewer lesions"), ("qualifying_sensitivity", "shows fewer qualifying lesions")):
+        a, b = candidate.get(key), served.get(key)
+        if a is not None and b is not None and a < b:
+            worse.append(f"{label} ({a:.2f} vs {b:.2f})")
+    if candidate.get("lesions_darker", 0) > served.get("lesions_darker", 0):
+        worse.append(f"renders more lesions darker than normal brain ({candidate['lesions_darker']} vs {served['lesions_darker']})")
+    if candidate.get("false_bright_ml", 0.0) > served.get("false_bright_ml", 0.0) + 1.0:
+        worse.append(f"more false-bright brain ({candidate['false_bright_ml']:.1f} vs {served['false_bright_ml']:.1f} mL per case)")
+    return worse
 
 
 def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, device: str | None = None,

@@ -171,6 +171,8 @@ class Trainer:
         self.global_step = 0
         self.best = -math.inf
         self.history: list[dict] = []
+        #: per-step losses [step, loss_g, loss_d, loss_l1] for the training page, thinned to <= STEP_LOG_MAX points
+        self.step_log: list[list[float]] = []
         self._t_start: float | None = None  # progress / ETA bookkeeping (see _progress)
         # temperature of the lesion probability: fitted at each validation, kept with the selected epoch
         self._val_calibration: dict | None = None
@@ -206,6 +208,7 @@ class Trainer:
             "global_step": self.global_step,
             "best_metric": self.best,
             "history": self.history,
+            "step_log": self.step_log,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **({"lesion_calibration": self.calibration} if self.calibration else {}),
         }
@@ -223,6 +226,7 @@ class Trainer:
             self.global_step = int(ck["global_step"])
             self.best = float(ck.get("best_metric", -math.inf))
             self.history = list(ck.get("history", []))
+            self.step_log = [list(x) for x in ck.get("step_log", [])]
         return True
 
     # ------------------------------------------------------------------ training
@@ -338,6 +342,7 @@ class Trainer:
                         sums[k] += losses[k]
                     n += 1
                     self.global_step += 1
+                    self._log_step(losses)
                     if self.rank == 0:
                         self._progress(status_path, step + 1, per_epoch)
                     if cfg.progress and self.rank == 0:
@@ -370,7 +375,8 @@ class Trainer:
                     for k, v in record.get("val", {}).items():
                         writer.add_scalar(f"val/{k}", v, self.epoch)
                     writer.flush()
-                ckpt_io.write_json_atomic({"state": "running", "epochs": cfg.epochs, **record, "history": self.history}, status_path)
+                ckpt_io.write_json_atomic({"state": "running", "epochs": cfg.epochs, **record, "history": self.history,
+                                           "steps": self.step_log}, status_path)
                 log.info("epoch %d: %s", self.epoch, json.dumps(record, default=float))
                 if self.on_epoch:
                     self.on_epoch(record)
@@ -388,6 +394,7 @@ class Trainer:
             "best_psnr_brain": next((r["val"]["psnr_brain"] for r in reversed(self.history) if r.get("best")), None),
             "best_score": self.best if math.isfinite(self.best) else None,
             "history": self.history,
+            "steps": self.step_log,
             "model": str(self.out / "model.pt") if (self.out / "model.pt").exists() else None,
         }
         if self.rank == 0:
@@ -415,6 +422,15 @@ class Trainer:
         local = cfg.batch_size // self.world
         return DataLoader(Subset(ds, idx), batch_size=local, sampler=sampler, drop_last=len(idx) > cfg.batch_size)
 
+    STEP_LOG_MAX = 2000
+
+    def _log_step(self, losses: dict) -> None:
+        """Keeps every step's losses until STEP_LOG_MAX, then every second one (the curve keeps its shape)."""
+        self.step_log.append([self.global_step] + [round(float(losses.get(k, float("nan"))), 5)
+                                                   for k in ("loss_g", "loss_d", "loss_l1")])
+        if len(self.step_log) > self.STEP_LOG_MAX:
+            self.step_log = self.step_log[::2]
+
     def _progress(self, status_path: Path, step_in_epoch: int, per_epoch: int, every: float = 2.0) -> None:
         """Writes progress and an ETA to status.json at most every ``every`` seconds."""
         now = time.monotonic()
@@ -429,7 +445,7 @@ class Trainer:
         ckpt_io.write_json_atomic({"state": "running", "epoch": self.epoch + 1, "epochs": cfg.epochs, "step_in_epoch": step_in_epoch,
                       "steps_per_epoch": per_epoch, "global_step": self.global_step, "total_steps": total,
                       "seconds_per_step": round(rate, 3), "eta_seconds": round(max(total - self.global_step, 0) * rate, 1),
-                      "history": self.history}, status_path)
+                      "history": self.history, "steps": self.step_log}, status_path)
 
     def _step(self, batch) -> dict:
         cfg = self.cfg

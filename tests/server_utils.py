@@ -219,3 +219,15 @@ class KeycloakRealm:
 ISSUER = "https://sso.test.invalid/realms/monailabel"
 CLAIMS = {"iss": ISSUER, "aud": "monailabel-app"}
 AUTH_ENV = {"MONAI_LABEL_AUTH_ENABLE": "true", "CT2DWI_AUTH_ISSUER": ISSUER}
+
+
+def json_events(log: str, event: str) -> list[dict]:
+    """The JSON audit lines (``{"event": ...}``) of one kind in a server log, parsed."""
+    import json
+
+    out = []
+    for line in log.splitlines():
+        start = line.find('{"event": "' + event + '"')
+        if start >= 0:
+            out.append(json.loads(line[start:]))
+    return out

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from conftest import SAMPLE
-from server_utils import sample_server
+from server_utils import json_events, sample_server
 
 
 @pytest.fixture(scope="module")
@@ -14,15 +14,6 @@ def srv(tmp_path_factory):
     s = sample_server(tmp_path_factory.mktemp("obs"), n=1).wait()
     yield s
     s.stop()
-
-
-def _json_lines(log: str, event: str) -> list[dict]:
-    out = []
-    for line in log.splitlines():
-        start = line.find('{"event": "' + event + '"')
-        if start >= 0:
-            out.append(json.loads(line[start:]))
-    return out
 
 
 def test_health_readiness_info(srv):
@@ -44,7 +35,7 @@ def test_inference_is_audited_and_counted(srv):
     bad = requests.post(f"{srv.url}/infer/ct2dwi?output=json", files={"file": ("patient_y.nii.gz", b"nope")}, timeout=60)
     assert bad.status_code == 422
     log = srv.log()
-    audits = _json_lines(log, "inference")
+    audits = json_events(log, "inference")
     ok = [a for a in audits if a["outcome"] == "ok"]
     refused = [a for a in audits if a["outcome"] == "refused 422"]
     import hashlib
@@ -52,7 +43,7 @@ def test_inference_is_audited_and_counted(srv):
     assert ok and ok[-1]["input_sha256"] == hashlib.sha256(ct.read_bytes()).hexdigest()
     assert ok[-1]["model_version"] == 0 and ok[-1]["device"] == "cpu" and ok[-1]["seconds"] > 0 and ok[-1]["user"]
     assert refused and "patient_y" not in json.dumps(refused) and "patient_x" not in json.dumps(audits)
-    access = _json_lines(log, "access")
+    access = json_events(log, "access")
     assert any(a["path"] == "/infer/ct2dwi" and a["status"] == 200 for a in access)
     assert all("?" not in a["path"] and "token" not in a["path"] for a in access)  # no query strings in the log
     m = requests.get(f"{srv.url}/metrics", timeout=30)

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import DEMO_MODEL
-from server_utils import APP, Server, copy_app, copy_studies, sample_server
+from server_utils import APP, Server, copy_app, copy_studies, json_events, sample_server
 
 sys.path.insert(0, str(APP))
 from ct2dwi_app.versions import ModelVersions, VersionError  # noqa: E402
@@ -200,22 +200,38 @@ def test_training_page_in_chromium(vserver, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "start-error").text == "")
         wait.until(lambda d: int(d.find_element(By.ID, "val-chart").get_attribute("data-points") or 0) >= 1)
         wait.until(lambda d: d.find_element(By.ID, "sample").is_displayed())
-        assert int(drv.find_element(By.ID, "loss-chart").get_attribute("data-points")) >= 3
-        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: DONE"))
+        assert int(drv.find_element(By.ID, "loss-chart").get_attribute("data-points")) >= 3  # per step
+        assert drv.find_element(By.ID, "loss-chart").get_attribute("data-log") == "1"  # losses on a log axis
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Training finished"))
+        assert drv.find_element(By.ID, "run-state").get_attribute("data-task") == "DONE"
         wait.until(EC.presence_of_element_located((By.ID, "version-2")))  # published as a new version...
         row = drv.find_element(By.ID, "version-2")
         assert "candidate" in row.get_attribute("class") and "not served until promoted" in row.text  # ...as a candidate
         assert _served(vserver.url) != 2
-        drv.find_element(By.ID, "promote-2").click()  # the admin promotes it
+        # ...compared with the served version (the demo, v0, here) on the same validation case, lesion metrics first
+        panel = wait.until(EC.presence_of_element_located((By.ID, "comparison-2")))
+        assert f"served v{_served(vserver.url)}" in panel.text and "lesions shown (all)" in panel.text and "in-brain PSNR dB" in panel.text
+        worse = "WARNING" in panel.text
+        drv.find_element(By.ID, "promote-2").click()  # the admin promotes it (confirming when it is worse on lesions)
+        if worse:
+            WebDriverWait(drv, 10).until(EC.alert_is_present()).accept()
         wait.until(lambda d: "served" in d.find_element(By.ID, "version-2").get_attribute("class"))
+        # the TensorBoard logs of the finished run are one click away
+        assert drv.find_element(By.ID, "tensorboard").is_enabled()
         # a long run, stopped from the page; the served version stays
         _type(drv, "epochs", "500")
         drv.find_element(By.ID, "start").click()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: RUNNING"))
-        drv.find_element(By.ID, "start").click()  # a second run while one runs: 409 shown clearly
-        wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "409"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Training is running"))
+        drv.find_element(By.ID, "start").click()  # a second run while one runs: said plainly
+        wait.until(EC.text_to_be_present_in_element((By.ID, "start-error"), "already in progress"))
         drv.find_element(By.ID, "stop").click()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Task: STOPPED"))
+        wait.until(EC.text_to_be_present_in_element((By.ID, "run-state"), "Training was stopped"))
+        wait.until(lambda d: d.find_element(By.ID, "run-state").get_attribute("data-run") == "stopped")  # the run agrees
+        text = drv.find_element(By.TAG_NAME, "main").text
+        assert "Task:" not in text and "DELETE" not in text and "NONE" not in text
+        # the finished run's curves are overlaid (dashed) on the stopped one's
+        drv.find_element(By.ID, "overlay").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#psnr-chart polyline[stroke-dasharray='4 3']"))
         assert _served(vserver.url) == 2
         # roll back to the demo model from the versions table
         drv.find_element(By.ID, "promote-0").click()
@@ -372,3 +388,73 @@ document.getElementById("f").submit();
         drv.quit()
         httpd.shutdown()
         s.stop()
+
+
+@pytest.mark.server
+def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_path):
+    """Deployment issue, item 1: a candidate worse on lesions than the served version is refused promotion (409,
+    naming where it is worse) unless confirmed, and the confirmation is audited; a checkpoint, a TorchScript
+    export and a bundle zip trained elsewhere are published over REST as candidates, compared with the served
+    version on the same validation cases; anything else is 422 and publishes nothing."""
+    import zipfile
+
+    from jmmda_model.bundle import export_bundle
+    from jmmda_model.export import export_torchscript
+
+    model = vserver.app_dir / "model"
+    v = ModelVersions(model, model / "jmmda_demo.pt")
+    served = _served(vserver.url)
+    worse = ["shows fewer lesions (0.00 vs 0.50)"]
+    vid = v.publish(model / "jmmda_demo.pt", {"candidate": True, "comparison": {"worse_on_lesions": worse}}, promote=False)
+    r = requests.post(f"{vserver.url}/train/ct2dwi/versions/{vid}/promote", timeout=30)
+    assert r.status_code == 409 and "worse on lesions" in r.json()["detail"] and "confirm=true" in r.json()["detail"]
+    assert _served(vserver.url) == served
+    r = requests.post(f"{vserver.url}/train/ct2dwi/versions/{vid}/promote?confirm=true", timeout=30)
+    assert r.status_code == 200 and _served(vserver.url) == vid
+    assert any(e.get("confirmed_worse_on_lesions") == worse and e["version"] == vid for e in json_events(vserver.log(), "promote"))
+    requests.post(f"{vserver.url}/train/ct2dwi/versions/{served}/promote", timeout=30)  # as before
+
+    ts = tmp_path / "demo.ts"
+    export_torchscript(model / "jmmda_demo.pt", ts)
+    bundle = export_bundle(model / "jmmda_demo.pt", tmp_path / "bundle")
+    zpath = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in bundle.rglob("*"):
+            if f.is_file():
+                z.write(f, f"jmmda_bundle/{f.relative_to(bundle)}")
+    before = len(v.ids())
+    for path, kind in ((model / "jmmda_demo.pt", "checkpoint"), (ts, "torchscript"), (zpath, "bundle")):
+        with open(path, "rb") as f:
+            r = requests.post(f"{vserver.url}/train/ct2dwi/versions", files={"model": (path.name, f)}, timeout=300)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["candidate"] and body["format"] == kind
+        cmp_ = body["comparison"]
+        assert cmp_["served"]["version"] == served and cmp_["cases"] and cmp_["candidate"]["cases"] == len(cmp_["cases"])
+        # the same model as the served demo: the same numbers, so not worse on lesions
+        assert cmp_["worse_on_lesions"] == [] and abs(cmp_["candidate"]["psnr_brain"] - cmp_["served"]["psnr_brain"]) < 0.05
+        meta = v.meta(body["version"])
+        assert meta["candidate"] and meta["uploaded_file"] == path.name and meta["format"] == kind
+        assert _served(vserver.url) == served  # never live by itself
+    assert len(v.ids()) == before + 3
+    for name, data, expect in (("model.pt", b"not a model", "not a model file"),
+                               ("notes.txt", b"x", "unsupported file type"),
+                               ("demo.zip", zipfile_bytes(), "bundle")):
+        r = requests.post(f"{vserver.url}/train/ct2dwi/versions", files={"model": (name, data)}, timeout=60)
+        assert r.status_code == 422 and expect in r.json()["detail"], (name, r.text)
+    assert len(v.ids()) == before + 3
+    r = requests.post(f"{vserver.url}/train/ct2dwi/versions", files={"model": ("m.pt", b"x")}, timeout=60,
+                      headers={"Authorization": "Bearer wrong-token"})
+    assert r.status_code in (401, 403)
+
+
+def zipfile_bytes() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("b/configs/inference.json", "{}")
+        z.writestr("b/models/model.pt", b"nope")
+    return buf.getvalue()
+

@@ -18,12 +18,21 @@ route                 method     role    what
 /train/ct2dwi/status  GET        user    live run: progress, ETA, losses and validation metrics per epoch, log
 /train/ct2dwi/sample.png GET     user    CT | real DWI | SYNTHETIC DWI of a validation case, latest epoch
 /train/ct2dwi/versions GET       user    model versions (id, time, cases, options, metrics, card; which serves)
-/train/ct2dwi/versions/{id}/promote POST admin serve that version (roll back/forward), no restart
+/train/ct2dwi/versions/{id}/promote POST admin serve that version (roll back/forward), no restart; a candidate worse
+                                         on lesions than the served version needs ``?confirm=true`` (else 409)
+/train/ct2dwi/versions POST      admin   publish a model trained elsewhere (.pt checkpoint, .ts, bundle .zip) as a
+                                         candidate, compared with the served version on the validation cases
+/train/ct2dwi/versions/{id}/compare POST admin compare a version with the one served now, again
+/train/ct2dwi/runs    GET        user    per-epoch and per-step curves of earlier runs and the current one
+/train/ct2dwi/tensorboard.tar.gz GET user the current run's TensorBoard event files
 /ui/                  GET        -       the training page (static HTML/JS/CSS; its API calls carry the token)
 /datastore/           GET        user    image ids and their label tags (``?output=stats``: counts)
 /datastore/           PUT        admin   add a CT (``?image=<id>``)
 /datastore/label      PUT        admin   add a label (``?image=<id>&tag=<tag>``) on the CT's grid
 /logs/                GET        admin   last lines of the server log (``?lines=N``)
+/healthz              GET        -       liveness (nothing else said)
+/readyz               GET        -       readiness: a model is loadable and the datastore answers (200 / 503)
+/metrics              GET        admin   Prometheus metrics (requests, latency, inference queue, training state)
 ====================  =========  ======  =====================================================================
 
 Inference runs in FastAPI's thread pool (0.8.5's async route blocked the event loop). Uploads are bounded while
@@ -86,7 +95,14 @@ async def lifespan(app: FastAPI):
     instance = app_instance()
     instance.server_mode(True)
     instance.on_init_complete()
+    trainer = instance.train_task(MODEL) if hasattr(instance, "train_task") else None
+    if trainer is not None:  # a run the previous server left saying "running" is not running any more
+        from ct2dwi_app.train import settle_status
+
+        if settle_status(trainer.run_dir, "the server stopped during training; start it again with resume to go on"):
+            log.warning("the last training run was interrupted by a server stop; its status now says so")
     yield
+    _stop_training("the server is shutting down")  # the training child never outlives the server
     app.state.scratch.close()
 
 
@@ -559,16 +575,60 @@ def _public_task(t, redact: bool = False):
     return t
 
 
+#: seconds a stopping training child gets to finish its step and write its status before it is killed
+TRAIN_STOP_GRACE_S = float(os.environ.get("CT2DWI_TRAIN_STOP_GRACE_S", "30"))
+
+
+def _stop_training(reason: str) -> dict | None:
+    """Stops the training child: SIGTERM (it stops at its next step and writes status.json "stopped"), then,
+    after CT2DWI_TRAIN_STOP_GRACE_S, kill. Returns the task record (status STOPPED), or None without a run."""
+    import datetime
+    import subprocess
+
+    from monailabel.utils.async_tasks import utils as bg
+
+    procs = dict(bg.background_processes.get("train") or {})
+    if not procs:
+        return None
+    task_id, proc = next(iter(procs.items()))
+    task = next((t for t in bg.background_tasks.get("train", []) if t["id"] == task_id), None)
+    if task is not None:  # set first: the runner thread then keeps it whatever the exit code
+        task["status"] = "STOPPED"
+        task["end_ts"] = datetime.datetime.today().strftime("%Y-%m-%d %H:%M:%S")
+    log.warning("stopping the training run (pid %d): %s", proc.pid, reason)
+    try:
+        proc.terminate()
+        proc.wait(TRAIN_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        log.error("the training run did not stop within %g s; killing it", TRAIN_STOP_GRACE_S)
+        AsyncTask.stop("train")
+    except ProcessLookupError:
+        pass
+    trainer = _instance().train_task(MODEL)
+    if trainer is not None:
+        from ct2dwi_app.train import settle_status
+
+        settle_status(trainer.run_dir, reason, stopped_run=True)
+    return task
+
+
 @app.post("/train/{model}", summary="Start retraining (admin)")
 def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
-    _trainer(model)
+    from ct2dwi_app.train import lock_holder
+
+    trainer = _trainer(model)
     try:
         opts = validate_options(params or {})
     except InputError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     with _train_lock:
         if _train_running():
-            raise HTTPException(status_code=409, detail="a training run is already in progress; stop it (DELETE /train/) or wait")
+            raise HTTPException(status_code=409, detail="a training run is already in progress: stop it or wait for it")
+        holder = lock_holder(trainer.run_dir)
+        if holder is not None:  # e.g. a run a killed server left behind, still stopping
+            raise HTTPException(status_code=409, detail=f"the training run folder is still held by process {holder} "
+                                                        "(a run that is stopping); try again in a few seconds")
+        trainer.mark_starting(opts)
         res, detail = AsyncTask.run("train", request={"model": MODEL}, params=opts, enqueue=False)
     if res is None:
         raise HTTPException(status_code=409, detail=detail)
@@ -579,7 +639,7 @@ def train_start(model: str, params: Optional[dict] = Body(None), user=ADMIN):
 @app.delete("/train/", summary="Stop the running training (admin); the previous model is kept")
 def train_stop(user=ADMIN):
     with _train_lock:
-        res = AsyncTask.stop("train")
+        res = _stop_training(f"Stop by {_username(user)}")
     observe.audit_event("train_stop", _username(user), had_run=bool(res))
     return _public_task(res) if res else {"status": "NONE"}
 
@@ -616,6 +676,29 @@ def train_run_status(model: str, user=USER):
     })
 
 
+@app.get("/train/{model}/runs", summary="Curves of earlier training runs and the current one (overlay)")
+def train_runs(model: str, user=USER):
+    return _finite({"runs": _trainer(model).runs()})
+
+
+@app.get("/train/{model}/tensorboard.tar.gz", summary="The current run's TensorBoard logs (tensorboard --logdir)")
+def train_tensorboard(model: str, user=USER):
+    import io
+    import tarfile
+
+    folder = _trainer(model).run_dir / "tensorboard"
+    events = sorted(p for p in folder.rglob("events.out.tfevents.*") if p.is_file()) if folder.is_dir() else []
+    if not events:
+        raise HTTPException(status_code=404, detail="the current run has written no TensorBoard logs yet")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in events:  # event files only, under a neutral folder name (no server paths)
+            tar.add(f, arcname=f"tensorboard/{f.relative_to(folder)}", recursive=False)
+    return Response(buf.getvalue(), media_type="application/gzip",
+                    headers={"Content-Disposition": 'attachment; filename="ct2dwi_tensorboard.tar.gz"',
+                             "Cache-Control": "no-store"})
+
+
 @app.get("/train/{model}/sample.png", summary="Latest validation sample: CT | real DWI | SYNTHETIC DWI")
 def train_sample(model: str, user=USER):
     f = _trainer(model).run_dir / "samples" / "latest.png"
@@ -630,17 +713,78 @@ def versions_list(model: str, user=USER):
 
 
 @app.post("/train/{model}/versions/{vid}/promote", summary="Serve this model version (admin); atomic, no restart")
-def versions_promote(model: str, vid: int, user=ADMIN):
+def versions_promote(model: str, vid: int, confirm: bool = False, user=ADMIN):
     from ct2dwi_app.versions import UnknownVersion, VersionError
 
     versions = _trainer(model).versions
+    listed = next((v for v in versions.list() if v["id"] == vid), None)
+    worse = ((listed or {}).get("comparison") or {}).get("worse_on_lesions") or []
+    if listed is not None and listed.get("candidate") and worse and not confirm:
+        # the gate: a candidate worse on lesions than the served version goes live only when confirmed
+        raise HTTPException(status_code=409, detail=f"candidate version {vid} is worse on lesions than the served "
+                            f"version: {'; '.join(worse)}. Promote with confirm=true to serve it anyway")
     try:
         record = versions.promote(vid)
     except VersionError as exc:
         raise HTTPException(status_code=404 if isinstance(exc, UnknownVersion) else 409, detail=str(exc)) from exc
     observe.audit_event("promote" if vid > (record.get("previous") or 0) else "rollback", _username(user),
-                        version=vid, previous=record.get("previous"))
+                        version=vid, previous=record.get("previous"), confirmed_worse_on_lesions=worse if confirm else [])
     return record
+
+
+MODEL_FORM = {"model": ("model", "model file", (".pt", ".pth", ".ts", ".zip"))}
+
+
+@app.post("/train/{model}/versions", summary="Publish a model trained elsewhere as a candidate (admin)",
+          openapi_extra=_form_doc({"model": "a JMMDA-GAN checkpoint (.pt), TorchScript export (.ts) or bundle (.zip)"},
+                                  required=("model",)))
+async def versions_publish(request: Request, model: str, user=ADMIN):
+    """Checked and converted like a finished training run's model, compared with the served version on the same
+    validation cases, published as a candidate: it goes live only when promoted."""
+    from ct2dwi_app.candidates import publish_external
+
+    trainer = _trainer(model)
+    scratch: ScratchSpace = app.state.scratch
+    folder = scratch.request_dir()
+    try:
+        _, files = await _read_upload_form(request, folder, MODEL_FORM)
+        if "model" not in files:
+            raise HTTPException(status_code=422, detail="no model given: upload it as the form field 'model'")
+        path, name = files["model"]
+
+        def publish():
+            try:
+                with SLOTS.slot():  # the comparison runs inference: it takes an inference slot
+                    return publish_external(trainer.versions, path, name, folder, _instance().datastore(),
+                                            _username(user), device=_instance().infer_task(MODEL).device)
+            except CheckpointError as exc:
+                raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+        result = await run_in_threadpool(publish)
+    finally:
+        scratch.remove(folder)
+    observe.audit_event("publish", _username(user), version=result["version"], file=name, format=result["format"])
+    return _finite(result)
+
+
+@app.post("/train/{model}/versions/{vid}/compare", summary="Compare a version with the served one again (admin)")
+def versions_compare(model: str, vid: int, user=ADMIN):
+    """Re-runs the comparison of a candidate with the version served now (it may have changed since)."""
+    from ct2dwi_app.candidates import compare_with_served, validation_cases
+    from ct2dwi_app.versions import UnknownVersion
+
+    versions = _trainer(model).versions
+    path = versions.path(vid)
+    if path is None:
+        raise HTTPException(status_code=404, detail=f"model version {vid} does not exist")
+    with SLOTS.slot():
+        comparison = compare_with_served(versions, path, validation_cases(_instance().datastore()),
+                                         device=_instance().infer_task(MODEL).device)
+    try:
+        versions.update_meta(vid, {"comparison": comparison})
+    except UnknownVersion as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return _finite(comparison)
 
 
 # ---------------------------------------------------------------- training page (static, same origin)

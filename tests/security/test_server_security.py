@@ -500,6 +500,14 @@ def test_refuses_public_host_without_auth(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_refuses_more_than_one_worker_process(tmp_path):
+    """Several uvicorn workers would each have their own inference slots, token and training child (and lose the
+    request-head timeout): refused, exit 2."""
+    for opt in (["--workers", "2"], ["--workers=4"], ["-w", "3"]):
+        r = _serve(["--studies", str(tmp_path), "--port", "1", *opt], cwd=tmp_path)
+        assert r.returncode == 2 and "--workers" in r.stderr, (opt, r.stderr[-500:])
+
+
 def test_refuses_hmac_token_algorithms(tmp_path):
     env = {"MONAI_LABEL_AUTH_ENABLE": "true", "CT2DWI_AUTH_ALGORITHMS": "RS256,HS256"}
     r = _serve(["--studies", str(tmp_path), "--port", "1", "--dryrun"], env=env, cwd=tmp_path)

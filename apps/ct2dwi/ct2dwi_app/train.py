@@ -1,20 +1,28 @@
 """MONAI Label train task: retrains JMMDA-GAN on the datastore's paired cases.
 
 Datastore convention: image = CT; labels with tags ``dwi``, ``brainmask`` and (optional) ``lesion``.
-MONAI Label runs this in a subprocess (POST /train/ct2dwi) and kills it on DELETE /train. The run
-folder keeps atomic checkpoints (an interrupted run resumes with ``{"resume": true}``); the new model is
-published only when training finishes, as a new model version (ct2dwi_app/versions.py) that is served at
-once, the previous versions kept for roll-back, so a stopped or crashed training always leaves the served
-model in place and valid. The run's status.json (progress, ETA, losses and validation metrics per epoch) and
+MONAI Label runs this in a subprocess (POST /train/ct2dwi). The run follows the server's life
+(``ServerLifeline``): SIGTERM from the server (Stop on the page, or the server shutting down) and the server's
+disappearance (SIGKILL: this process is re-parented) both stop it at the next step, with status.json saying
+why; a lock in the run folder (``run_lock``) keeps a second run out while one holds it. The run folder keeps
+atomic checkpoints (an interrupted run resumes with ``{"resume": true}``); the new model is published only when
+training finishes, as a *candidate* version (ct2dwi_app/versions.py) evaluated beside the served version on the
+same validation cases; it goes live only when an admin promotes it, so a stopped or crashed training always
+leaves the served model in place and valid. The run's status.json (progress, ETA, losses and validation metrics per epoch) and
 samples/latest.png (CT | real DWI | SYNTHETIC DWI of a validation case) feed the training page.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +31,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from jmmda_model.checkpoint import load
 from jmmda_model.data import Case
-from jmmda_model.distributed import launch
+from jmmda_model.checkpoint import write_json_atomic
+from jmmda_model.distributed import DistributedError, launch
 from jmmda_model.errors import InputError
 from jmmda_model.inference import DeviceError, pick_device
 from jmmda_model.networks import GeneratorConfig
@@ -128,6 +137,126 @@ def datastore_cases(datastore: Datastore) -> list[Case]:
     return cases
 
 
+class RunBusy(RuntimeError):
+    """The run folder is held by a live training process (HTTP 409)."""
+
+
+def _lock_path(run_dir: Path) -> Path:
+    return Path(run_dir).parent / f".{Path(run_dir).name}.lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Exclusive lock of the run folder for this process's lifetime in the block (released by the kernel when the
+    process dies, however it dies); the lock file names the holder's PID."""
+    path = _lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"the training run folder is in use by process {lock_holder(run_dir)}; stop that run or "
+                          "wait for it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing the descriptor releases the lock
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """PID of the live process holding the run folder's lock, or None."""
+    path = _lock_path(run_dir)
+    if not path.exists():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def settle_status(run_dir: Path, reason: str, stopped_run: bool = False) -> dict | None:
+    """A status.json that still says "running" while no process holds the run folder is not true: it becomes
+    "stopped" with ``reason`` (the server calls this at start-up and after a stop). ``stopped_run``: a run was
+    just stopped, so a run that was stopped before it wrote any status gets one too. Returns the new status."""
+    f = Path(run_dir) / "status.json"
+    try:
+        st = json.loads(f.read_text())
+    except FileNotFoundError:
+        if not stopped_run or lock_holder(run_dir) is not None:
+            return None
+        st = {"state": "running", "epoch": 0}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if st.get("state") not in ("running", "starting") or lock_holder(run_dir) is not None:
+        return None
+    st.update({"state": "stopped", "stop_reason": reason, "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json_atomic(st, f)
+    return st
+
+
+class ServerLifeline:
+    """The training child's tie to the server that started it. SIGTERM (the server's Stop, or the server shutting
+    down) and the server's disappearance (killed: this process is re-parented, polled every ``poll`` s) set
+    ``stop``: the trainer stops at its next step, keeps the last completed epoch and writes status.json; child
+    processes (torchrun workers) are terminated. ``reason`` says which."""
+
+    def __init__(self, stop: threading.Event, poll: float = 0.5):
+        self.stop, self.poll = stop, poll
+        self.parent = os.getppid()
+        self.reason: str | None = None
+        self.stop_children = False  # torchrun and its workers (not DataLoader workers: the trainer stops those)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, lambda *a: self._trip("stopped by the server (Stop, or the server shutting down)"))
+        threading.Thread(target=self._watch, name="server-lifeline", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()  # ends the watcher
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old)
+
+    def _watch(self):
+        while not self.stop.wait(self.poll):
+            if os.getppid() != self.parent:
+                self._trip("the server process ended during training (killed)")
+                return
+
+    def _trip(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.warning("training stops: %s", reason)
+        self.stop.set()
+        if not self.stop_children:
+            return
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            try:
+                child.terminate()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _say(text: str) -> None:
+    """A line for the server's task log; the server may be gone (broken pipe): then nobody listens."""
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
 class CT2DWITrain(TrainTask):
     def __init__(self, model_dir: Path, versions):
         super().__init__("Retrain JMMDA-GAN on datastore pairs (image=CT; labels dwi, brainmask[, lesion])")
@@ -151,12 +280,74 @@ class CT2DWITrain(TrainTask):
         except (OSError, json.JSONDecodeError):
             return {"state": "unknown"}
 
+    RUNS_KEPT = 20
+
+    @property
+    def history_dir(self) -> Path:
+        return self.model_dir / "run_history"
+
+    def archive_run(self) -> Path | None:
+        """Keeps the finished/stopped run's curves (its status.json) before a new run replaces the run folder, so
+        the page can overlay earlier runs; the newest RUNS_KEPT are kept."""
+        st = self.run_status()
+        if not st.get("history") and not st.get("steps"):
+            return None
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        ended = time.strftime("%Y%m%dT%H%M%S", time.localtime((self.run_dir / "status.json").stat().st_mtime))
+        dest = self.history_dir / f"run-{ended}.json"
+        write_json_atomic({**st, "ended": ended}, dest)
+        for old in sorted(self.history_dir.glob("run-*.json"))[:-self.RUNS_KEPT]:
+            old.unlink(missing_ok=True)
+        return dest
+
+    def mark_starting(self, opts: dict) -> None:
+        """Called by the server as it starts a run: the previous run's curves are archived and status.json says
+        "starting" at once, so the page never shows the previous run's state for the new one."""
+        if opts.get("resume"):
+            return
+        self.archive_run()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic({"state": "starting", "epochs": opts.get("epochs")}, self.run_dir / "status.json")
+
+    def runs(self) -> list[dict]:
+        """Earlier runs (oldest first) and the current one: id, state, per-epoch history and per-step losses."""
+        out = []
+        for f in sorted(self.history_dir.glob("run-*.json")) if self.history_dir.is_dir() else []:
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            out.append({"id": f.stem, "state": st.get("state"), "history": st.get("history", []),
+                        "steps": st.get("steps", [])})
+        cur = self.run_status()
+        if cur.get("history") or cur.get("steps"):
+            out.append({"id": "current", "state": cur.get("state"), "history": cur.get("history", []),
+                        "steps": cur.get("steps", [])})
+        return out
+
     def stats(self):
         status = {k: v for k, v in self.run_status().items() if k != "history"}
         return {"run": status, "served_version": self.versions.served_id()}
 
     def __call__(self, request, datastore: Datastore):
         opts = validate_options(request)
+        stop = threading.Event()
+        with run_lock(self.run_dir), ServerLifeline(stop) as lifeline:
+            try:
+                result = self._train(opts, datastore, lifeline)
+            except DistributedError:
+                if lifeline.reason is None:
+                    raise
+                result = {"state": "stopped"}
+            if lifeline.reason is not None:
+                st = self.run_status()
+                st.update({"state": "stopped", "stop_reason": lifeline.reason,
+                           "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                write_json_atomic(st, self.run_dir / "status.json")
+                result["stop_reason"] = lifeline.reason
+            return result
+
+    def _train(self, opts: dict, datastore: Datastore, lifeline: ServerLifeline) -> dict:
         cases = datastore_cases(datastore)
         if len(cases) < 2:
             raise InputError(f"training needs at least 2 cases with 'dwi' and 'brainmask' labels; the datastore has {len(cases)}")
@@ -182,19 +373,27 @@ class CT2DWITrain(TrainTask):
             cfg.preprocess = pre
         resume = bool(opts["resume"]) and (self.run_dir / "checkpoints" / "last.pt").exists()
         if not resume and self.run_dir.exists():
+            self.archive_run()
             shutil.rmtree(self.run_dir)
         init_from = base if (opts["fine_tune"] and not resume) else None
         nproc, gpus = process_count(opts)
         if nproc > 1:  # the same torchrun path as `jmmda train --nproc-per-node N` (it checks the batch divides)
             log.info("training in %d DDP processes (torchrun)", nproc)
+            lifeline.stop_children = True
             summary = launch(asdict(cfg), train, val, self.run_dir, nproc, resume=resume, init_from=init_from, gpus=gpus)
         else:
-            trainer = Trainer(cfg, self.run_dir, on_epoch=lambda r: print(f"epoch {r['epoch']}/{cfg.epochs} {json.dumps(r, default=float)}", flush=True))
+            trainer = Trainer(cfg, self.run_dir, stop_event=lifeline.stop,
+                              on_epoch=lambda r: _say(f"epoch {r['epoch']}/{cfg.epochs} {json.dumps(r, default=float)}"))
             summary = trainer.fit(train, val, resume=resume, init_from=init_from)
         published = None
         if summary["state"] == "finished" and summary["model"]:
+            from .candidates import compare_with_served
+
             best = next((r for r in reversed(summary["history"]) if r.get("best")), summary["history"][-1] if summary["history"] else {})
             ck = load(summary["model"])
+            # the served version (the demo included) and the candidate on the same validation cases, same pipeline
+            _say("comparing the candidate with the served version on the validation cases")
+            comparison = compare_with_served(self.versions, summary["model"], val, device=str(opts["device"]))
             # a finished run becomes a CANDIDATE: it goes live only when an admin promotes it (the page compares it
             # with the served version first)
             published = self.versions.publish(Path(summary["model"]), {
@@ -208,6 +407,7 @@ class CT2DWITrain(TrainTask):
                 "steps": summary["global_step"],
                 "best_epoch": best.get("epoch"),
                 "validation": best.get("val", {}),
+                "comparison": comparison,
                 "model_card": ck.get("model_card", {}),
             }, promote=False)
         return {

@@ -173,11 +173,14 @@ def display_name(filename: str | None, fallback: str) -> str:
     return name or fallback
 
 
-def _upload_target(filename: str | None, folder: Path, role: str, what: str) -> tuple[Path, str]:
+def _upload_target(filename: str | None, folder: Path, role: str, what: str,
+                   suffixes: tuple[str, ...] | None = None) -> tuple[Path, str]:
+    """``folder/<role><suffix>`` for an allowed suffix of the client's file name (images by default)."""
     name = display_name(filename, f"uploaded {what}")
-    suffix = image_suffix(name)
+    allowed = suffixes or UPLOAD_SUFFIXES
+    suffix = image_suffix(name) if suffixes is None else next((x for x in allowed if name.lower().endswith(x)), None)
     if suffix is None:
-        raise InputError(f"{what}: {name}: unsupported file type; send one of {', '.join(UPLOAD_SUFFIXES)}")
+        raise InputError(f"{what}: {name}: unsupported file type; send one of {', '.join(allowed)}")
     return folder / f"{role}{suffix}", name
 
 
@@ -187,7 +190,7 @@ MAX_PARTS = 16
 
 
 class _FormSink:
-    """python-multipart callbacks: file parts named in ``roles`` ({field: (role, what)}) go to
+    """python-multipart callbacks: file parts named in ``roles`` ({field: (role, what[, suffixes])}) go to
     ``folder/<role><suffix>`` as they arrive; other parts are text fields, bounded. Errors raise InputError."""
 
     def __init__(self, folder: Path, roles: dict[str, tuple[str, str]]):
@@ -231,10 +234,11 @@ class _FormSink:
         self._name = name
         filename = opts.get(b"filename")
         if name in self.roles:
-            role, what = self.roles[name]
+            role, what, *allowed = self.roles[name]
             if filename is None:
                 raise InputError(f"{what}: send it as a file (form field {name!r} with a file name)")
-            dest, self._display = _upload_target(filename.decode("utf-8", "replace"), self.folder, role, what)
+            dest, self._display = _upload_target(filename.decode("utf-8", "replace"), self.folder, role, what,
+                                                 allowed[0] if allowed else None)
             self._out = open(dest, "xb")
             self.files[name] = (dest, self._display)
         else:

@@ -191,6 +191,17 @@ class ModelVersions:
         _atomic_write_json(record, self.pointer)
         return record
 
+    def update_meta(self, vid: int, patch: dict) -> None:
+        """Merges ``patch`` into a version's meta.json (e.g. a new comparison); the model file is never touched.
+        The demo (version 0) keeps no metadata: nothing is written for it."""
+        if vid == 0:
+            return
+        with self._locked():
+            meta_path = self.dir / f"v{vid}" / "meta.json"
+            if not meta_path.parent.is_dir():
+                raise UnknownVersion(f"model version {vid} does not exist")
+            _atomic_write_json({**self.meta(vid), **patch}, meta_path)
+
     def import_legacy(self, legacy: str | Path) -> int | None:
         """A model published before versions existed (``model/jmmda.pt``) becomes version 1."""
         legacy = Path(legacy)

@@ -44,10 +44,11 @@ async function api(method, path, body) {
 function fmt(v, d) { return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(d); }
 
 // ------------------------------------------------------------------ charts (hand-written SVG)
-const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"];
 
-function drawChart(svg, series, title) {
-  const W = 420, H = 220, L = 44, R = 10, T = 12, B = 28;
+// series: [{name, points: [[x, y]...], dashed}]; opts: {log: y on a log10 axis, x: axis name}
+function drawChart(svg, series, title, opts = {}) {
+  const W = 420, H = 220, L = 48, R = 10, T = 14, B = 28;
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const ns = "http://www.w3.org/2000/svg";
   const el = (name, attrs, text) => {
@@ -57,32 +58,81 @@ function drawChart(svg, series, title) {
     svg.appendChild(e);
     return e;
   };
-  const pts = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])));
-  if (!pts.length) { el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#777" }, "no epochs yet"); return; }
+  const ok = (q) => q[1] !== null && Number.isFinite(q[1]) && (!opts.log || q[1] > 0);
+  const ty = (y) => (opts.log ? Math.log10(y) : y);
+  const pts = series.flatMap((s) => s.points.filter(ok));
+  svg.setAttribute("data-points", String(pts.length));
+  svg.setAttribute("data-series", String(series.filter((s) => s.points.some(ok)).length));
+  svg.setAttribute("data-log", opts.log ? "1" : "0");
+  if (!pts.length) { el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#777" }, "nothing recorded yet"); return; }
   let x0 = Math.min(...pts.map((p) => p[0])), x1 = Math.max(...pts.map((p) => p[0]));
-  let y0 = Math.min(...pts.map((p) => p[1])), y1 = Math.max(...pts.map((p) => p[1]));
+  let y0 = Math.min(...pts.map((p) => ty(p[1]))), y1 = Math.max(...pts.map((p) => ty(p[1])));
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   if (y1 === y0) { y0 -= 1; y1 += 1; }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  const sy = (y) => H - B - ((ty(y) - y0) / (y1 - y0)) * (H - T - B);
+  const label = (v) => (opts.log ? Number(10 ** v).toPrecision(2) : fmt(v, 3));
   el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#999" });
   el("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#999" });
-  el("text", { x: L - 4, y: T + 8, "text-anchor": "end", "font-size": 10 }, fmt(y1, 3));
-  el("text", { x: L - 4, y: H - B, "text-anchor": "end", "font-size": 10 }, fmt(y0, 3));
-  el("text", { x: L, y: H - 8, "font-size": 10 }, "epoch " + x0);
-  el("text", { x: W - R, y: H - 8, "text-anchor": "end", "font-size": 10 }, "epoch " + x1);
+  el("text", { x: L - 4, y: T + 8, "text-anchor": "end", "font-size": 10 }, label(y1));
+  el("text", { x: L - 4, y: H - B, "text-anchor": "end", "font-size": 10 }, label(y0));
+  if (opts.log) el("text", { x: 2, y: H / 2, "font-size": 9, fill: "#555" }, "log");
+  el("text", { x: L, y: H - 8, "font-size": 10 }, `${opts.x || "epoch"} ${x0}`);
+  el("text", { x: W - R, y: H - 8, "text-anchor": "end", "font-size": 10 }, `${opts.x || "epoch"} ${x1}`);
   series.forEach((s, i) => {
-    const p = s.points.filter((q) => q[1] !== null && Number.isFinite(q[1]));
+    const p = s.points.filter(ok);
     if (!p.length) return;
-    el("polyline", { points: p.map((q) => sx(q[0]) + "," + sy(q[1])).join(" "), fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-series": s.name });
-    p.forEach((q) => el("circle", { cx: sx(q[0]), cy: sy(q[1]), r: 2.5, fill: COLORS[i % COLORS.length] }));
-    el("text", { x: L + 6 + i * 90, y: T + 4, "font-size": 10, fill: COLORS[i % COLORS.length] }, s.name);
+    const color = COLORS[i % COLORS.length];
+    el("polyline", { points: p.map((q) => sx(q[0]) + "," + sy(q[1])).join(" "), fill: "none", stroke: color,
+      "stroke-width": s.dashed ? 1.2 : 2, "stroke-dasharray": s.dashed ? "4 3" : "none", "data-series": s.name });
+    if (p.length <= 60) p.forEach((q) => el("circle", { cx: sx(q[0]), cy: sy(q[1]), r: 2.2, fill: color }));
+    el("text", { x: L + 6 + (i % 3) * 120, y: T + 4 + Math.floor(i / 3) * 11, "font-size": 9, fill: color }, s.name);
   });
-  svg.setAttribute("data-points", String(pts.length));
   svg.setAttribute("aria-label", title + ": " + series.map((s) => s.name).join(", "));
 }
 
 // ------------------------------------------------------------------ polling
+// what the run is doing, in words (the task is the server's process; the run is what the run folder says)
+function describeRun(task, run, served) {
+  const status = task.status;
+  const where = () => {
+    let t = "";
+    if (run.epoch !== undefined) t += ` — epoch ${run.epoch} of ${run.epochs}`;
+    if (run.global_step !== undefined) t += `, step ${run.global_step}${run.total_steps ? " of " + run.total_steps : ""}`;
+    return t;
+  };
+  let text;
+  if (status === "SUBMITTED") text = "Training is starting.";
+  else if (status === "RUNNING") {
+    text = "Training is running" + where();
+    if (run.eta_seconds !== undefined) text += `, about ${Math.round(run.eta_seconds)} s left`;
+    text += ".";
+  } else if (status === "STOPPED") {
+    text = "Training was stopped" + where() + ". The last completed epoch is kept: start again with “Resume the stopped run” to go on.";
+  } else if (status === "DONE") {
+    text = run.state === "stopped" ? "Training was stopped" + where() + "."
+      : "Training finished" + where() + ". Its model is a candidate below: compare it with the served version and promote it if it is better.";
+  } else if (status === "ERROR") {
+    text = "Training failed" + where() + ". The served model is unchanged; the log below says why.";
+  } else if (run.state) {
+    const states = { finished: "finished", stopped: "was stopped", failed: "failed", starting: "was starting", running: "is still running in another process" };
+    text = "No training run since the server started. The last run " + (states[run.state] || run.state) + where() + ".";
+  } else text = "No training run yet.";
+  if (run.stop_reason && (status === "STOPPED" || run.state === "stopped")) text += ` Why: ${run.stop_reason}.`;
+  return text + ` Served model: version ${served ?? "none"}.`;
+}
+
+let earlierRuns = [];
+
+function lossSeries(run, dashed, suffix) {
+  const steps = run.steps || [];
+  return ["loss_g", "loss_d", "loss_l1"].map((k, i) => ({ name: k + suffix, dashed, points: steps.map((s) => [s[0], s[i + 1]]) }));
+}
+
+function valSeries(hist, keys, dashed, suffix) {
+  return keys.map((k) => ({ name: k + suffix, dashed, points: hist.filter((h) => h.val).map((h) => [h.epoch, h.val[k]]) }));
+}
+
 async function refreshStatus() {
   let st;
   try {
@@ -91,22 +141,24 @@ async function refreshStatus() {
   } catch (e) { $("auth-error").textContent = e.message; return; }
   const task = st.task || {}, run = st.run || {};
   const hist = run.history || [];
-  let text = `Task: ${task.status || "NONE"}.`;
-  if (run.state) text += ` Run ${run.state}`;
-  if (run.epoch !== undefined) text += `, epoch ${run.epoch}/${run.epochs}`;
-  if (run.global_step !== undefined) text += `, step ${run.global_step}${run.total_steps ? "/" + run.total_steps : ""}`;
-  if (run.eta_seconds !== undefined && task.status === "RUNNING") text += `, about ${Math.round(run.eta_seconds)} s left`;
-  text += `. Served model version: ${st.served_version ?? "none"}.`;
-  $("run-state").textContent = text;
+  $("run-state").textContent = describeRun(task, run, st.served_version);
+  $("run-state").setAttribute("data-task", task.status || "NONE");
+  $("run-state").setAttribute("data-run", run.state || "none");
   const total = run.total_steps || (run.epochs && run.steps_per_epoch ? run.epochs * run.steps_per_epoch : 0);
   $("run-progress").max = total || 1;
   $("run-progress").value = total ? Math.min(run.global_step || 0, total) : (run.state === "finished" ? 1 : 0);
   $("stop").disabled = task.status !== "RUNNING" && task.status !== "SUBMITTED";
   $("log").textContent = (task.details || []).join("\n");
-  drawChart($("loss-chart"), ["loss_g", "loss_d", "loss_l1"].map((k) => ({ name: k, points: hist.map((h) => [h.epoch, h[k]]) })), "training losses");
-  drawChart($("val-chart"), ["psnr_brain", "ssim_brain", "lesion_sensitivity"].map((k) => ({
-    name: k === "psnr_brain" ? "PSNR brain /40" : k, points: hist.filter((h) => h.val).map((h) => [h.epoch, k === "psnr_brain" ? h.val[k] / 40 : h.val[k]]),
-  })), "validation");
+  const overlay = $("overlay").checked ? earlierRuns.filter((r) => r.id !== "current") : [];
+  const log = $("log-scale").checked;
+  drawChart($("loss-chart"), [...lossSeries(run, false, ""), ...overlay.flatMap((r) => lossSeries(r, true, " " + r.id).slice(0, 1))],
+    "training losses per step", { log, x: "step" });
+  const lesionKeys = ["lesion_sensitivity", "prob_sensitivity_at_2fp", "prob_ece"];
+  drawChart($("val-chart"), [...valSeries(hist, lesionKeys, false, ""), ...overlay.flatMap((r) => valSeries(r.history, ["lesion_sensitivity"], true, " " + r.id))],
+    "validation lesion metrics per epoch");
+  drawChart($("psnr-chart"), [...valSeries(hist, ["psnr_brain"], false, ""), ...overlay.flatMap((r) => valSeries(r.history, ["psnr_brain"], true, " " + r.id))],
+    "validation in-brain PSNR (dB) per epoch");
+  $("tensorboard").disabled = !(run.history || []).length;
   const lastVal = hist.filter((h) => h.val).map((h) => h.epoch).pop();
   if (st.sample && lastVal !== lastSampleEpoch) {
     try {
@@ -122,12 +174,66 @@ async function refreshStatus() {
   }
 }
 
-// a candidate is compared with the served version on lesions first (validation of each run; the demo has none)
-function candidateWarning(val, servedVal) {
-  if (val.lesion_sensitivity === undefined || servedVal.lesion_sensitivity === undefined) return "";
-  if (val.lesion_sensitivity < servedVal.lesion_sensitivity) return " — WORSE on lesions than the served version";
-  if ((val.lesions_darker || 0) > (servedVal.lesions_darker || 0)) return " — renders more lesions darker than the served version";
-  return "";
+async function refreshRuns() {
+  try { earlierRuns = (await (await api("GET", `/train/${MODEL}/runs`)).json()).runs || []; } catch (e) { earlierRuns = []; }
+  $("overlay-count").textContent = `(${earlierRuns.filter((r) => r.id !== "current").length} earlier)`;
+}
+
+// ------------------------------------------------------------------ versions: candidates beside the served version
+const CMP_ROWS = [
+  ["lesion_sensitivity", "lesions shown (all)", 2], ["qualifying_sensitivity", "qualifying lesions shown", 2],
+  ["lesions_darker", "lesions darker than normal", 0], ["false_bright_ml", "false-bright mL / case", 1],
+  ["psnr_brain", "in-brain PSNR dB", 2], ["ssim_brain", "in-brain SSIM", 3],
+];
+
+function comparisonTable(v) {
+  const c = v.comparison || {};
+  const wrap = document.createElement("div");
+  wrap.className = "comparison";
+  wrap.id = "comparison-" + v.id;
+  const h = document.createElement("h3");
+  h.textContent = `Candidate version ${v.id} beside the served version` + (c.served ? ` ${c.served.version}` : "");
+  wrap.appendChild(h);
+  if (!c.candidate) {
+    const p = document.createElement("p");
+    p.textContent = c.note || "Not compared yet.";
+    wrap.appendChild(p);
+    return wrap;
+  }
+  const t = document.createElement("table");
+  const cap = document.createElement("caption");
+  cap.textContent = `On the same ${c.cases.length} validation case(s) (${c.cases.join(", ")}), ${c.time}; lesion metrics first.`;
+  t.appendChild(cap);
+  const head = t.createTHead().insertRow();
+  for (const x of ["measure", `candidate v${v.id}`, `served v${c.served ? c.served.version : "–"}`]) {
+    const th = document.createElement("th"); th.scope = "col"; th.textContent = x; head.appendChild(th);
+  }
+  const body = t.createTBody();
+  for (const [k, label, d] of CMP_ROWS) {
+    const r = body.insertRow();
+    r.insertCell().textContent = label;
+    r.insertCell().textContent = fmt(c.candidate[k], d);
+    r.insertCell().textContent = c.served ? fmt(c.served[k], d) : "–";
+  }
+  wrap.appendChild(t);
+  const w = document.createElement("p");
+  w.className = (c.worse_on_lesions || []).length ? "warning" : "ok";
+  w.setAttribute("role", (c.worse_on_lesions || []).length ? "alert" : "status");
+  w.textContent = (c.worse_on_lesions || []).length
+    ? "WARNING: the candidate is worse on lesions than the served version: " + c.worse_on_lesions.join("; ") + ". Promoting it needs a confirmation."
+    : "The candidate is not worse on lesions than the served version on these cases.";
+  wrap.appendChild(w);
+  return wrap;
+}
+
+async function promote(v) {
+  const worse = ((v.comparison || {}).worse_on_lesions || []);
+  let query = "";
+  if (v.candidate && worse.length) {
+    if (!window.confirm(`Version ${v.id} is worse on lesions than the served version:\n${worse.join("\n")}\n\nServe it anyway?`)) return;
+    query = "?confirm=true";
+  }
+  await api("POST", `/train/${MODEL}/versions/${v.id}/promote${query}`);
 }
 
 async function refreshVersions() {
@@ -136,20 +242,23 @@ async function refreshVersions() {
   $("versions-error").textContent = "";
   const tbody = $("versions").querySelector("tbody");
   tbody.textContent = "";
-  const servedVal = (data.versions.find((x) => x.served) || {}).validation || {};
+  const panels = $("comparisons");
+  panels.textContent = "";
   for (const v of data.versions) {
     const tr = document.createElement("tr");
     tr.id = "version-" + v.id;
     if (v.served) tr.className = "served";
     else if (v.candidate) tr.className = "candidate";
-    const val = v.validation || {};
+    const c = v.comparison || {};
+    const worse = (c.worse_on_lesions || []).length;
     const cells = [
-      v.id === 0 ? "0 (demo)" : String(v.id), v.published || "shipped",
+      v.id === 0 ? "0 (demo)" : String(v.id), v.published || "shipped", v.source || (v.train_cases ? "training run" : "–"),
       v.train_cases ? `${v.train_cases.length}/${(v.val_cases || []).length}` : "–", v.steps ?? "–",
-      fmt(val.psnr_brain, 2), val.lesion_sensitivity === undefined ? "–" : fmt(val.lesion_sensitivity, 2),
-      v.served ? "serving" : (v.candidate ? "candidate: not served until promoted" + candidateWarning(val, servedVal) : ""),
+      c.candidate ? `${fmt(c.candidate.lesion_sensitivity, 2)} vs ${fmt((c.served || {}).lesion_sensitivity, 2)}` : "–",
+      c.candidate ? `${fmt(c.candidate.psnr_brain, 2)} vs ${fmt((c.served || {}).psnr_brain, 2)}` : "–",
+      v.served ? "serving" : (v.candidate ? "candidate: not served until promoted" + (worse ? " — WORSE on lesions" : "") : ""),
     ];
-    for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
+    for (const x of cells) { const td = document.createElement("td"); td.textContent = x; tr.appendChild(td); }
     const td = document.createElement("td");
     if (!v.served) {
       const b = document.createElement("button");
@@ -158,13 +267,14 @@ async function refreshVersions() {
       b.setAttribute("aria-label", `Serve model version ${v.id}`);
       b.id = "promote-" + v.id;
       b.addEventListener("click", async () => {
-        try { await api("POST", `/train/${MODEL}/versions/${v.id}/promote`); await refreshVersions(); await refreshStatus(); }
+        try { await promote(v); await refreshVersions(); await refreshStatus(); }
         catch (e) { $("versions-error").textContent = e.message; }
       });
       td.appendChild(b);
     }
     tr.appendChild(td);
     tbody.appendChild(tr);
+    if (v.candidate) panels.appendChild(comparisonTable(v));
   }
 }
 
@@ -190,14 +300,46 @@ document.addEventListener("DOMContentLoaded", async () => {
     ev.preventDefault();
     $("start-error").textContent = "";
     try { await api("POST", `/train/${MODEL}`, startOptions()); lastSampleEpoch = null; await refreshStatus(); }
-    catch (e) { $("start-error").textContent = e.message.startsWith("409") ? "A run is already in progress (409): stop it or wait. " + e.message : e.message; }
+    catch (e) { $("start-error").textContent = e.message.startsWith("409") ? "Not started: " + e.message.replace(/^409: /, "") : e.message; }
+  });
+  $("overlay").addEventListener("change", async () => { await refreshRuns(); await refreshStatus(); });
+  $("log-scale").addEventListener("change", refreshStatus);
+  $("tensorboard").addEventListener("click", async () => {
+    $("tensorboard-error").textContent = "";
+    try {
+      const blob = await (await api("GET", `/train/${MODEL}/tensorboard.tar.gz`)).blob();
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "ct2dwi_tensorboard.tar.gz";
+      a.click();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    } catch (e) { $("tensorboard-error").textContent = e.message; }
+  });
+  $("publish-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    $("publish-error").textContent = "";
+    const f = $("model-file").files[0];
+    if (!f) { $("publish-error").textContent = "Choose a model file first."; return; }
+    const form = new FormData();
+    form.append("model", f, f.name);
+    const headers = token() ? { Authorization: "Bearer " + token() } : {};
+    $("publish-state").textContent = "Checking and comparing the model with the served version…";
+    try {
+      const r = await fetch(url(`/train/${MODEL}/versions`), { method: "POST", headers, body: form });
+      const j = await r.json();
+      if (!r.ok) throw new Error(r.status + ": " + (typeof j.detail === "string" ? j.detail : JSON.stringify(j.detail)));
+      $("publish-state").textContent = `Published as candidate version ${j.version} (${j.format}); compare it below before serving it.`;
+      await refreshVersions();
+    } catch (e) { $("publish-state").textContent = ""; $("publish-error").textContent = e.message; }
   });
   $("stop").addEventListener("click", async () => {
     $("stop-error").textContent = "";
     try { await api("DELETE", "/train/"); await refreshStatus(); } catch (e) { $("stop-error").textContent = e.message; }
   });
+  await refreshRuns();
   await refreshStatus();
   await refreshVersions();
   setInterval(refreshStatus, 2000);
   setInterval(refreshVersions, 5000);
+  setInterval(refreshRuns, 15000);
 });
