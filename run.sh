@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One entry point; each command first makes sure the environment is installed (idempotent).
-#   ./run.sh serve [serve.py / start_server options]   MONAI Label server on 127.0.0.1:8000, demo model, sample data
+#   ./run.sh serve [serve.py / start_server options]   MONAI Label server on 127.0.0.1:8000, demo model, sample data;
+#                                                      state in $CT2DWI_STATE_DIR (default ~/.local/state/ct2dwi)
 #   ./run.sh test  [pytest options]                    the test suite (installs Orthanc, chromium, dicom3tools as root)
 #   ./run.sh setup                                     install only
 #   ./run.sh jmmda COMMAND ...                         the jmmda CLI: train | evaluate | infer | make-sample-data |
 #                                                      import | export-dicom | export-torchscript |
-#                                                      export-bundle  (./run.sh jmmda COMMAND --help)
+#                                                      export-bundle | publish  (./run.sh jmmda COMMAND --help)
 #   ./run.sh bench [options]                           benchmarks/compare_models.py (--help lists its options;
 #                                                      --curves first: the learning-curve benchmark)
 set -euo pipefail
@@ -44,7 +45,10 @@ case "$cmd" in
   setup) setup ;;
   serve)
     setup
-    STUDIES=${STUDIES:-$ROOT/work_dirs/studies}
+    # state (model versions, runs, logs, scratch, the datastore) outside the code tree: apps/ct2dwi/serve.py --help
+    STATE=${CT2DWI_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/ct2dwi}
+    export CT2DWI_STATE_DIR=$STATE
+    STUDIES=${STUDIES:-$STATE/studies}
     if [ ! -d "$STUDIES" ]; then
       mkdir -p "$(dirname "$STUDIES")"
       cp -r sample_data/studies "$STUDIES"
@@ -79,7 +83,7 @@ case "$cmd" in
     exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,10p' "$0" ;;
+    sed -n '2,11p' "$0" ;;
   *)
-    echo "unknown command: $cmd" >&2; sed -n '2,10p' "$0" >&2; exit 2 ;;
+    echo "unknown command: $cmd" >&2; sed -n '2,11p' "$0" >&2; exit 2 ;;
 esac

@@ -9,6 +9,8 @@
     export-dicom      synthetic DWI -> DICOM MR series in the CT's study (burned-in SYNTHETIC; --stow to a PACS)
     export-torchscript  checkpoint -> TorchScript file (checked against the model; jmmda infer / the server run it)
     export-bundle     checkpoint -> MONAI Bundle folder (configs, models/model.pt + model.ts, docs, LICENSE)
+    publish           a model trained elsewhere (.pt, .ts, bundle .zip) -> a CANDIDATE version on a running server
+                      (checked here, compared there with the served version; served only when an admin promotes it)
 
 Exit codes: 0 success, 1 a distributed training worker failed (the last checkpoint stays valid; rerun to resume),
 2 refused input or arguments (the message names the file), 3 PACS/DICOMweb failure.
@@ -188,6 +190,47 @@ def cmd_export_bundle(a):
     return 0
 
 
+def cmd_publish(a):
+    """A model trained elsewhere -> a candidate version on a running server (POST /train/ct2dwi/versions): checked
+    here first (same check as the server's), then uploaded; the server compares it with the served version."""
+    import os
+    import tempfile
+
+    import requests
+
+    from .export import checkpoint_from_model_file
+
+    src = Path(a.model)
+    if not src.is_file():
+        raise InputError(f"model file not found: {src}")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_from_model_file(src, Path(tmp) / "check.pt")
+    token = a.token or os.environ.get("CT2DWI_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = a.server.rstrip("/") + "/train/ct2dwi/versions"
+    try:
+        with open(src, "rb") as f:
+            r = requests.post(url, files={"model": (src.name, f)}, headers=headers, timeout=a.timeout)
+    except requests.RequestException as exc:
+        raise PacsError(f"cannot reach the server at {a.server}: {type(exc).__name__}") from exc
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:300]
+        raise InputError(f"the server refused {src.name} (HTTP {r.status_code}): {detail}")
+    body = r.json()
+    c = body.get("comparison") or {}
+    print(f"published {src.name} ({body['format']}) as candidate version {body['version']}; it is NOT served until "
+          "an admin promotes it")
+    if c.get("candidate") and c.get("served"):
+        for k in ("lesion_sensitivity", "lesions_darker", "false_bright_ml", "psnr_brain"):
+            print(f"  {k}: candidate {c['candidate'].get(k)} | served v{c['served']['version']} {c['served'].get(k)}")
+    if c.get("worse_on_lesions"):
+        print("WARNING: worse on lesions than the served version: " + "; ".join(c["worse_on_lesions"]))
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="jmmda", description="JMMDA-GAN CT-to-DWI synthesis (research use; output is SYNTHETIC)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -296,6 +339,13 @@ def build_parser():
     eb.add_argument("--out", required=True, help="bundle folder to create")
     eb.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     eb.set_defaults(func=cmd_export_bundle)
+
+    pb = sub.add_parser("publish", help="add a model trained elsewhere to a running server as a CANDIDATE version")
+    pb.add_argument("--server", required=True, help="the server's address, e.g. http://127.0.0.1:8000")
+    pb.add_argument("--model", required=True, help="JMMDA-GAN checkpoint (.pt), TorchScript export (.ts) or bundle (.zip)")
+    pb.add_argument("--token", default=None, help="bearer token (default $CT2DWI_TOKEN); an admin's")
+    pb.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the check and comparison")
+    pb.set_defaults(func=cmd_publish)
     return p
 
 

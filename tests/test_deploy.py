@@ -2,8 +2,10 @@
 and podman/docker exist), the systemd unit kills the process group, the nginx example sets body size, timeouts
 and the prefix, the entry point keeps state out of the code tree."""
 import configparser
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,19 +66,66 @@ def test_nginx_example_sets_limits_timeouts_and_prefix():
 
 
 def test_entrypoint_keeps_state_outside_the_code_tree(tmp_path):
-    """The container entry point copies the app's model folder into the state volume once and links the code;
-    run here with a stand-in python that prints its arguments."""
+    """The container entry point (and the systemd unit) keep all state in CT2DWI_STATE_DIR: serve.py --state-dir
+    links the app's code there and copies its model folder once; run here up to MONAI Label's --dryrun."""
+    import sys
+
     state = tmp_path / "state"
-    fake = tmp_path / "venv" / "bin"
-    fake.mkdir(parents=True)
-    (fake / "python").write_text("#!/bin/sh\necho \"$@\"\n")
-    (fake / "python").chmod(0o755)
     script = (DEPLOY / "entrypoint.sh").read_text().replace("/opt/ct2dwi/apps/ct2dwi", str(ROOT / "apps" / "ct2dwi"))
     ep = tmp_path / "entrypoint.sh"
     ep.write_text(script)
-    r = subprocess.run(["bash", str(ep), "--conf", "device", "cpu"], capture_output=True, text=True,
-                       env={"CT2DWI_STATE_DIR": str(state), "JMMDA_VENV": str(tmp_path / "venv"), "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
-    assert f"--app {state}/app" in r.stdout and "--conf device cpu" in r.stdout and "--host 0.0.0.0" in r.stdout
+    venv = Path(sys.executable).parent.parent
+    r = subprocess.run(["bash", str(ep), "--insecure", "--dryrun", "--conf", "device", "cpu"], capture_output=True,
+                       text=True, timeout=180, env={**os.environ, "CT2DWI_STATE_DIR": str(state), "JMMDA_VENV": str(venv)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"state directory {state}" in r.stderr
     assert (state / "app" / "model" / "jmmda_demo.pt").is_file() and not (state / "app" / "model").is_symlink()
-    assert (state / "app" / "serve.py").is_symlink() and (state / "tmp").is_dir()
+    assert (state / "app" / "serve.py").is_symlink() and (state / "tmp").is_dir() and (state / "studies").is_dir()
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
+    assert not list((ROOT / "apps" / "ct2dwi" / "model").glob("versions/v*"))  # nothing written into the code tree
+    unit = (DEPLOY / "ct2dwi.service").read_text()
+    assert "--state-dir /var/lib/ct2dwi" in unit and "ReadWritePaths=/var/lib/ct2dwi\n" in unit
+
+
+@pytest.mark.server
+def test_server_runs_from_a_state_directory(tmp_path):
+    """The non-container install: serve.py --state-dir keeps versions, logs and scratch there (nothing in the code
+    tree); a model published over REST lands in the state directory and the server answers from it."""
+    import sys
+    import time
+
+    import requests
+
+    from server_utils import TOKENS, copy_studies, free_port
+
+    state = tmp_path / "state"
+    copy_studies(state / "studies", n=2)
+    port, token = free_port(), "state-dir-test-token-123456"
+    url = f"http://127.0.0.1:{port}"
+    TOKENS[url] = token
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "apps" / "ct2dwi" / "serve.py"), "--state-dir", str(state),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "CT2DWI_TOKEN": token, "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"})
+    try:
+        for _ in range(240):
+            try:
+                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        with open(ROOT / "apps" / "ct2dwi" / "model" / "jmmda_demo.pt", "rb") as f:
+            r = requests.post(f"{url}/train/ct2dwi/versions", files={"model": ("demo.pt", f)}, timeout=300)
+        assert r.status_code == 200, r.text
+        assert (state / "app" / "model" / "versions" / f"v{r.json()['version']}" / "model.pt").is_file()
+        assert list((state / "app" / "logs").glob("*.log"))
+        assert (state / "tmp" / "ct2dwi-scratch").is_dir()
+        r = requests.post(f"{url}/infer/ct2dwi?image=phantom_000&output=json", timeout=300)
+        assert r.status_code == 200 and r.json()["version"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    assert not list((ROOT / "apps" / "ct2dwi" / "model").glob("versions/v*"))

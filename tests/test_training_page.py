@@ -446,6 +446,17 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
     r = requests.post(f"{vserver.url}/train/ct2dwi/versions", files={"model": ("m.pt", b"x")}, timeout=60,
                       headers={"Authorization": "Bearer wrong-token"})
     assert r.status_code in (401, 403)
+    # the CLI path: checked locally, then the same route
+    cli = [sys.executable, "-m", "jmmda_model.cli", "publish", "--server", vserver.url, "--token", vserver.token]
+    out = subprocess.run([*cli, "--model", str(ts)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "as candidate version" in out.stdout and "NOT served" in out.stdout, out.stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    out = subprocess.run([*cli, "--model", str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "bad.pt" in out.stderr
+    out = subprocess.run([*cli[:5], "http://127.0.0.1:1", "--model", str(ts)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3 and "cannot reach" in out.stderr
+    assert len(v.ids()) == before + 4 and _served(vserver.url) == served
 
 
 def zipfile_bytes() -> bytes:

@@ -3,8 +3,13 @@
 
     python apps/ct2dwi/serve.py --studies <folder or DICOMweb URL> [--host 127.0.0.1] [--port 8000]
         [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [--conf model_format torchscript]
-        [--insecure]
+        [--insecure] [--state-dir DIR | --app APP_FOLDER]
         [any other monailabel start_server option]
+
+State lives outside the code tree: in ``--state-dir`` (default ``$CT2DWI_STATE_DIR``, else
+``$XDG_STATE_HOME/ct2dwi`` = ``~/.local/state/ct2dwi``) the app's code is linked, its model folder copied once
+(model versions, served.json, training runs and their history are kept there), logs go to ``app/logs``, request
+scratch to ``tmp`` and the datastore defaults to ``studies``. ``--app`` serves an app folder as it is instead.
 
 Secure by default: the host defaults to 127.0.0.1, and a non-loopback host (e.g. 0.0.0.0) is refused while
 authentication is off (MONAI_LABEL_AUTH_ENABLE) unless ``--insecure`` is given. With authentication off every
@@ -18,6 +23,7 @@ CORS is closed unless CT2DWI_CORS_ORIGINS="https://a.example,https://b.example" 
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,8 +58,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: what of the app folder is code (linked into a state directory) and what is state (kept there)
+CODE_ITEMS = ("serve.py", "main.py", "ct2dwi_server.py", "ct2dwi_app", "ui", "bin", "lib")
+
+
+def default_state_dir() -> Path:
+    """$CT2DWI_STATE_DIR, else $XDG_STATE_HOME/ct2dwi (~/.local/state/ct2dwi): model versions, training runs,
+    logs and request scratch live there, outside the code tree."""
+    env = os.environ.get("CT2DWI_STATE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ct2dwi"
+
+
+def prepare_state_dir(state: Path) -> Path:
+    """``state/app``: the app's code linked from this checkout (an upgrade takes effect on restart), its model
+    folder copied once (the shipped demo becomes version 0; versions, served.json and runs are then kept there),
+    logs in ``state/app/logs``; ``state/tmp`` for request scratch, ``state/studies`` for the datastore. Private
+    (0700). Returns the app folder to serve."""
+    import shutil
+
+    state = state.expanduser().resolve()
+    app = state / "app"
+    for sub in (app, state / "tmp", state / "studies"):
+        sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    for item in CODE_ITEMS:
+        src, dst = Path(HERE) / item, app / item
+        if src.exists() and not (dst.is_symlink() and os.readlink(dst) == str(src)):
+            if dst.is_symlink() or dst.is_file():
+                dst.unlink()
+            elif dst.is_dir():
+                shutil.rmtree(dst)
+            dst.symlink_to(src)
+    if not (app / "model").exists():
+        tmp = app / ".model.copying"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(HERE) / "model", tmp, ignore=shutil.ignore_patterns("versions", "served.json", "train_run",
+                                                                                 "run_history", ".*"))
+        os.replace(tmp, app / "model")
+    return app
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    explicit = _option(argv, "--state-dir")
+    argv = [a for i, a in enumerate(argv) if not (a == "--state-dir" or a.startswith("--state-dir=")
+                                                  or (i > 0 and argv[i - 1] == "--state-dir"))]
     insecure = "--insecure" in argv
     argv = [a for a in argv if a != "--insecure"]
     if os.environ.get("MONAI_LABEL_CORS_ORIGINS"):
@@ -121,13 +172,30 @@ def main(argv=None):
         print("serve.py: refusing --workers other than 1: the inference slots, the training child and the access "
               "token live in one process; run several servers behind the proxy instead", file=sys.stderr)
         return 2
+    if "--app" not in argv:  # state outside the code tree (the default), or where --state-dir says
+        state = Path(explicit) if explicit else default_state_dir()
+        try:
+            app_dir = prepare_state_dir(state)
+        except OSError as exc:
+            print(f"serve.py: cannot use the state directory {state}: {exc}", file=sys.stderr)
+            return 2
+        argv = ["--app", str(app_dir)] + argv
+        import tempfile
+
+        os.environ.setdefault("TMPDIR", str(app_dir.parent / "tmp"))  # uploads and scratch in the state directory
+        os.environ.setdefault("CT2DWI_SCRATCH", str(app_dir.parent / "tmp" / "ct2dwi-scratch"))
+        tempfile.tempdir = None
+        if _option(argv, "--studies", "-s") is None:
+            argv += ["--studies", str(app_dir.parent / "studies")]
+        print(f"serve.py: state directory {app_dir.parent} (model versions, runs, logs, scratch)", file=sys.stderr)
+    elif explicit:
+        print("serve.py: give either --app or --state-dir, not both", file=sys.stderr)
+        return 2
     from ct2dwi_app import httpproto
 
     httpproto.install()  # request heads time out (CT2DWI_HEADER_TIMEOUT_S): half-open clients are closed
     if "--limit_concurrency" not in argv:  # connections + requests at once: half-open clients cannot pile up
         argv += ["--limit_concurrency", os.environ.get("CT2DWI_MAX_CONNECTIONS", "64")]
-    if "--app" not in argv:
-        argv = ["--app", HERE] + argv
     if "--uvicorn_app" not in argv:
         argv += ["--uvicorn_app", "ct2dwi_server:app"]
     from monailabel.main import Main

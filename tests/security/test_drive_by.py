@@ -46,6 +46,7 @@ def test_run_sh_serve_host_reaches_the_guard(tmp_path):
     0.0.0.0 with auth off. Now the one --host is the one checked: refused without auth."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONAI_LABEL_AUTH")}
     env["STUDIES"] = str(tmp_path)
+    env["CT2DWI_STATE_DIR"] = str(tmp_path / "state")
     r = subprocess.run(["bash", str(ROOT / "run.sh"), "serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True,
                        text=True, timeout=300, env=env)
     assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr, r.stderr[-2000:]

@@ -488,7 +488,7 @@ def test_one_training_at_a_time_and_stop_starts_nothing(srv):
 def _serve(args, env=None, cwd=None):
     import os
 
-    e = {**os.environ, **(env or {})}
+    e = {**os.environ, "CT2DWI_STATE_DIR": str(Path(cwd or ".") / "state"), **(env or {})}
     return subprocess.run([sys.executable, str(APP / "serve.py"), *args], capture_output=True, text=True, timeout=120,
                           env=e, cwd=cwd)
 
