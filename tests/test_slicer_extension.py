@@ -184,3 +184,9 @@ def test_version_list_and_promote_from_the_module_client(server):
     assert e.value.status == 404
     assert version_label({"id": 3, "published": "2026-01-02T03:04:05", "validation": {"psnr_brain": 25.04, "lesion_sensitivity": 0.5},
                           "served": True}) == "v3 \u2013 2026-01-02 03:04:05 \u2013 PSNR 25.0 dB \u2013 lesions 50% \u2013 [serving]"
+    from CT2DWILib.logic import promotion_warning
+
+    cand = {"id": 4, "candidate": True, "comparison": {"worse_on_lesions": ["shows fewer lesions (0.20 vs 0.50)"]}}
+    assert version_label(cand).endswith("[candidate: WORSE on lesions]")
+    assert promotion_warning(cand) == "Worse on lesions than the served version: shows fewer lesions (0.20 vs 0.50)"
+    assert promotion_warning({**cand, "comparison": {"worse_on_lesions": []}}) == "" and promotion_warning({"id": 0}) == ""

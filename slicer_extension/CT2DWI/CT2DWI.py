@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 from CT2DWILib import BANNER, CT2DWIClient, ServerError
 from CT2DWILib import mrml
 from CT2DWILib.client import default_server_url
-from CT2DWILib.logic import training_summary, version_label
+from CT2DWILib.logic import promotion_warning, training_summary, version_label
 from CT2DWILib.state import JobRunner, TempFolder
 
 SETTINGS_URL = "CT2DWI/ServerURL"
@@ -53,6 +53,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.runner = JobRunner()  # synthesis
         self.train_runner = JobRunner()  # training status / stop / versions (never blocks the GUI)
+        self._versions: dict = {}  # id -> version record of the last list (for the promotion warning)
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_MS)
         self._timer.connect("timeout()", self._poll)
@@ -411,6 +412,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._startJob(self.train_runner, "Reading model versions", lambda cancel: client.versions(), self._onVersions)
 
     def _onVersions(self, versions):
+        self._versions = {v["id"]: v for v in versions}
         self.ui.versionsComboBox.clear()
         for v in versions:
             self.ui.versionsComboBox.addItem(version_label(v), v["id"])
@@ -426,8 +428,12 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         client = self._clientOrReport()
         if client is None:
             return
+        warning = promotion_warning(self._versions.get(vid, {}))
+        if warning and not slicer.util.confirmYesNoDisplay(f"{warning}.\n\nServe model version {vid} anyway?",
+                                                           windowTitle="Candidate worse on lesions"):
+            return
         self._startJob(self.train_runner, f"Serving model version {vid}",
-                       lambda cancel: (client.promote(vid), client.versions())[1], self._onVersions)
+                       lambda cancel: (client.promote(vid, confirm=bool(warning)), client.versions())[1], self._onVersions)
 
 
 class CT2DWILogic(ScriptedLoadableModuleLogic):

@@ -143,9 +143,11 @@ class CT2DWIClient:
         """Model versions on the server (the same list as the training page), the served one flagged."""
         return self._request("GET", f"/train/{MODEL}/versions", timeout=30).json()["versions"]
 
-    def promote(self, version: int) -> dict:
-        """Serves ``version`` (admin); the server switches without a restart."""
-        return self._request("POST", f"/train/{MODEL}/versions/{int(version)}/promote", timeout=60).json()
+    def promote(self, version: int, confirm: bool = False) -> dict:
+        """Serves ``version`` (admin); the server switches without a restart. A candidate worse on lesions than
+        the served version is refused (409) unless ``confirm``."""
+        query = "?confirm=true" if confirm else ""
+        return self._request("POST", f"/train/{MODEL}/versions/{int(version)}/promote{query}", timeout=60).json()
 
     def train_stop(self) -> dict:
         r = self._request("DELETE", "/train/", timeout=60)

@@ -63,7 +63,18 @@ def version_label(v: dict) -> str:
         parts.append(f"lesions {val['lesion_sensitivity']:.0%}")
     if v.get("served"):
         parts.append("[serving]")
+    elif v.get("candidate"):
+        parts.append("[candidate" + (": WORSE on lesions]" if promotion_warning(v) else "]"))
     return " – ".join(parts)
+
+
+def promotion_warning(v: dict) -> str:
+    """Why serving this candidate needs a confirmation ("" when it does not): the server's comparison with the
+    served version on the same validation cases found it worse on lesions."""
+    worse = ((v.get("comparison") or {}).get("worse_on_lesions")) or []
+    if not v.get("candidate") or not worse:
+        return ""
+    return "Worse on lesions than the served version: " + "; ".join(worse)
 
 
 class BackgroundCall:
