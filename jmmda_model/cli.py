@@ -119,12 +119,14 @@ def cmd_infer(a):
     if a.save_probability and not syn.has_probability:
         raise InputError(f"--save-probability: the model {Path(a.model).name} has no lesion-probability head "
                          "(trained with --recipe legacy, or a TorchScript export)")
-    out, m, info, prob = syn(ct, mask, return_probability=True)
+    out, m, info, *prob = syn(ct, mask, return_probability=bool(a.save_probability))  # prob: [image] when asked
+    del ct, mask  # thin-slice series: the inputs go before the outputs are compressed and written
     write_image(out, dst)
+    del out
     if a.save_mask:
         write_image(m, a.save_mask)
     if a.save_probability:
-        write_image(prob, a.save_probability)
+        write_image(prob[0], a.save_probability)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -120,10 +120,12 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
 
 
 def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spacing_zyx=None,
-                mirror_hu: np.ndarray | None = None) -> np.ndarray:
+                mirror_hu: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
     """(z, y, x) -> (z, C, y, x). Channels: CT windows of slices z-k..z+k (k = ``pre.context_slices``, edge
     slices repeated); with ``pre.mirror_channels`` the same of (CT - mirrored CT) x ``mirror_gain`` clipped to
-    +-1; then the brain mask of slice z; with ``pre.tissue_prior`` the prior DWI of slice z last."""
+    +-1; then the brain mask of slice z; with ``pre.tissue_prior`` the prior DWI of slice z last (``prior``: that
+    prior already computed for these slices - it needs the whole volume's brain, so a caller streaming slabs
+    computes it once)."""
     k = int(pre.context_slices)
     n = ct_hu.shape[0]
     near = [np.clip(np.arange(n) + d, 0, n - 1) for d in range(-k, k + 1)]
@@ -140,7 +142,8 @@ def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spa
             raise ValueError("the tissue prior needs the voxel spacing")
         from .prior import TissuePrior
 
-        chans.append(TissuePrior.from_dict(pre.tissue_prior).predict(ct_hu, brain, spacing_zyx)[None])
+        chans.append((TissuePrior.from_dict(pre.tissue_prior).predict(ct_hu, brain, spacing_zyx) if prior is None
+                      else np.asarray(prior, np.float32))[None])
     x = np.concatenate(chans, 0).astype(np.float32, copy=False)
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 

@@ -76,6 +76,19 @@ def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = 
     return (out, logits) if with_logits else out
 
 
+def _release_freed_memory() -> None:
+    """Returns memory the allocator keeps after large temporary arrays to the system (glibc ``malloc_trim``): for a
+    thin-slice series the work stage's freed buffers would otherwise stay resident under the full-resolution
+    output. A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Synthesizer:
     """Loads a trained generator once; thread-safe ``__call__`` per volume."""
 
@@ -122,6 +135,32 @@ class Synthesizer:
         """Calibrated infarct probability from lesion logits (temperature from the validation cases)."""
         return calibrated_probability(logits, self.temperature)
 
+    #: slices whose model input exists at once (thin-slice series: the (z, C, y, x) input of 320 slices is 0.3 GB)
+    SLAB = 32
+
+    def predict_streamed(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, mirror: np.ndarray | None = None):
+        """``predict_slices(model_input(...))`` slab by slab: each slab's input is built with its context slices
+        (and the tissue prior computed once for the whole volume), so the result is the same as building the whole
+        input, at a fraction of the memory. Returns (dwi, logits or None)."""
+        from .prior import TissuePrior
+
+        n, k = ct_hu.shape[0], int(self.pre.context_slices)
+        prior = (TissuePrior.from_dict(self.pre.tissue_prior).predict(ct_hu, brain, spacing_zyx)
+                 if self.pre.tissue_prior is not None else None)
+        y, logits = np.empty(ct_hu.shape, np.float32), None
+        for s in range(0, n, self.SLAB):
+            e = min(n, s + self.SLAB)
+            a, b = max(0, s - k), min(n, e + k)
+            x = model_input(ct_hu[a:b], brain[a:b], self.pre, spacing_zyx, None if mirror is None else mirror[a:b],
+                            prior=None if prior is None else prior[a:b])
+            yb, lb = self.predict_slices(x[s - a : e - a], with_logits=True)
+            y[s:e] = yb
+            if lb is not None:
+                if logits is None:
+                    logits = np.empty(ct_hu.shape, np.float32)
+                logits[s:e] = lb
+        return y, logits
+
     def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None):
         """Synthetic DWI and lesion logits (or None) of an axial volume on the model's grid, computed in the
         canonical pose (``clinical.midplane.canonical_pose``: the slices turned so the mid-sagittal line is vertical
@@ -135,7 +174,7 @@ class Synthesizer:
         c_ct = pose.forward(ct_hu, order=1, cval=-1000.0)
         c_brain = (pose.forward(brain, order=0) > 0.5).astype(np.uint8)
         c_mirror = pose.forward(mirror, order=1, cval=-1000.0) if mirror is not None else None
-        y, logits = self.predict_slices(model_input(c_ct, c_brain, self.pre, spacing_zyx, c_mirror), with_logits=True)
+        y, logits = self.predict_streamed(c_ct, c_brain, spacing_zyx, c_mirror)
         y = pose.inverse(y)
         logits = pose.inverse(logits) if logits is not None else None
         return y, logits, pose.to_dict()
@@ -177,6 +216,8 @@ class Synthesizer:
         if logits is not None and return_probability:
             prob = np.clip(self.probability(logits) * brain, 0.0, 1.0)
         del ct_hu
+
+        _release_freed_memory()  # the full-resolution output comes next: hand the work stage's freed heap back first
 
         def to_ct(a: np.ndarray) -> sitk.Image:
             """Work-grid array -> float32 image on the CT's own grid, 0 outside the brain mask (in SimpleITK, so

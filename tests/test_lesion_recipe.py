@@ -198,3 +198,23 @@ def test_same_head_anywhere_in_the_image_gives_the_same_synthesis():
         moved, _ = run(dy, dx)
         r = float(np.corrcoef(ref[brain], moved[brain])[0, 1])
         assert r >= 0.99, ((dy, dx), r)
+
+
+def test_slices_are_streamed_to_the_model_with_the_same_result():
+    """Pose/series issue, item 4: the model input is built slab by slab (its context slices and the tissue prior
+    of the whole volume included), never for all slices at once; the answer is the one the whole input gives."""
+    import numpy as np
+
+    from conftest import DEMO_MODEL
+    from jmmda_model.data import model_input
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.phantom import loaded_case
+
+    syn = Synthesizer(DEMO_MODEL, device="cpu")
+    lc = loaded_case(3, syn.pre)
+    y0, l0 = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre, lc.spacing_zyx, lc.mirror_hu), with_logits=True)
+    for slab in (7, 1):
+        syn.SLAB = slab
+        y1, l1 = syn.predict_streamed(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu)
+        np.testing.assert_allclose(y1, y0, atol=1e-5)
+        np.testing.assert_allclose(l1, l0, atol=1e-4)
