@@ -83,3 +83,39 @@ def test_write_datastore_layout(tmp_path):
     write_datastore(tmp_path, 1, first_seed=50, cfg=PhantomConfig(spacing=(5.0, 5.0, 15.0)))
     index = json.loads((tmp_path / "phantom_cases.json").read_text())["cases"]
     assert set(index) == {"phantom_040", "phantom_041", "phantom_050"}
+
+
+def test_fine_grids_are_drawn_coarse_and_upsampled_in_the_same_frame():
+    """Pose/series issue, item 4 (make-sample-data at 0.45 mm in 4 GB): a grid finer than WORK_SPACING is drawn
+    on the working grid and up-sampled slice by slice; the fine volumes cover the same physical box (same centre),
+    their labels the same volume, their intensities the same values at the coarse voxel centres."""
+    import dataclasses
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from jmmda_model import phantom
+
+    coarse_cfg = phantom.PhantomConfig()
+    fine_cfg = dataclasses.replace(coarse_cfg, spacing=(0.9, 0.9, 2.5))
+    case = phantom.make_case(5, coarse_cfg)
+    fine = {tag: (arr, geo) for tag, arr, geo in phantom.on_fine_grid(case, fine_cfg, 5)}
+    assert fine["ct"][0].shape == fine_cfg.grid() and fine["ct"][0].dtype == case["ct"].dtype
+    c_img = phantom.to_image(case["ct"], case)
+    f_img = phantom.to_image(fine["ct"][0], fine["ct"][1])
+    centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in im.GetSize()]))
+    np.testing.assert_allclose(centre(f_img), centre(c_img), atol=1e-6)
+    for tag in ("brainmask", "lesion"):
+        v_c = case[tag].sum() * np.prod(case["spacing"])
+        v_f = fine[tag][0].sum() * np.prod(fine[tag][1]["spacing"])
+        assert abs(v_f - v_c) <= 0.1 * v_c + 50, (tag, v_c, v_f)
+    # sampled back at the coarse voxel centres (nearest fine voxel, half a fine voxel away): the DWI agrees
+    probe = sitk.ResampleImageFilter()
+    probe.SetReferenceImage(c_img)
+    probe.SetInterpolator(sitk.sitkNearestNeighbor)
+    back = sitk.GetArrayFromImage(probe.Execute(phantom.to_image(fine["dwi"][0], fine["dwi"][1])))
+    ref = sitk.GetArrayFromImage(phantom.to_image(case["dwi"], case))
+    brain = sitk.GetArrayFromImage(phantom.to_image(case["brainmask"], case)) > 0
+    assert np.median(np.abs(back[brain].astype(float) - ref[brain])) <= 0.05 * np.median(ref[brain])
+    assert phantom._work_config(dataclasses.replace(coarse_cfg, spacing=(0.45, 0.45, 0.5))).spacing == phantom.WORK_SPACING
+    assert phantom._work_config(coarse_cfg) is coarse_cfg
