@@ -57,33 +57,29 @@ def _gone(proc: psutil.Process, timeout: float) -> bool:
         return False
 
 
-def test_training_stops_with_the_server_and_the_restarted_server_tells_the_truth(tmp_path):
-    srv = sample_server(tmp_path, n=2).wait()
-    app_dir, studies = srv.app_dir, srv.studies
+def _end_server_during_training(srv, sig, reason_word: str, wait_child: float) -> None:
+    """Starts a long run, ends the server with ``sig`` and checks that the child went too and said why."""
     try:
-        # 1. SIGTERM: the server stops its child (which finishes its step and says so) and exits
         child = _start_and_wait_running(srv)
-        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.send_signal(sig)
         srv.proc.wait(60)
-        assert _gone(child, 5), "the training child outlived the server (SIGTERM)"
-        st = _state(app_dir)
-        assert st["state"] == "stopped" and "server" in st["stop_reason"], st
+        assert _gone(child, wait_child), f"the training child outlived the server ({sig!r})"
+        st = _state(srv.app_dir)
+        assert st["state"] == "stopped" and reason_word in st["stop_reason"], st
     finally:
         srv.stop()
 
+
+def test_training_stops_with_the_server_and_the_restarted_server_tells_the_truth(tmp_path):
+    srv = sample_server(tmp_path, n=2).wait()
+    app_dir, studies = srv.app_dir, srv.studies
+    # 1. SIGTERM: the server stops its child (which finishes its step and says so) and exits
+    _end_server_during_training(srv, signal.SIGTERM, "server", wait_child=5)
     srv = Server(app_dir, studies).wait()
-    try:
-        body = _run_status(srv.url)
-        assert body["run"]["state"] == "stopped" and body["task"] == {"status": "NONE"}
-        # 2. SIGKILL: no handler runs in the server; the child sees it re-parented and stops by itself
-        child = _start_and_wait_running(srv)
-        srv.proc.kill()
-        srv.proc.wait(10)
-        assert _gone(child, 30), "the training child outlived the killed server"
-        st = _state(app_dir)
-        assert st["state"] == "stopped" and "killed" in st["stop_reason"], st
-    finally:
-        srv.stop()
+    body = _run_status(srv.url)
+    assert body["run"]["state"] == "stopped" and body["task"] == {"status": "NONE"}
+    # 2. SIGKILL: no handler runs in the server; the child sees it re-parented and stops by itself
+    _end_server_during_training(srv, signal.SIGKILL, "killed", wait_child=30)
 
     srv = Server(app_dir, studies).wait()
     try:

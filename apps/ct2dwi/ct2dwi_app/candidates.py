@@ -9,11 +9,10 @@ going live, promoted only by an admin (with a confirmation when the candidate is
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
-from jmmda_model.export import checkpoint_from_model_file
+from jmmda_model.export import checkpoint_from_model_file, sha256
 from jmmda_model.report import lesion_verdict, score_model
 
 from .train import datastore_cases
@@ -43,14 +42,6 @@ def compare_with_served(versions, model_path: str | Path, cases: list, device: s
             "worse_on_lesions": lesion_verdict(cand, served) if served else []}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def publish_external(versions, upload: Path, name: str, folder: Path, datastore, user: str,
                      device: str = "auto") -> dict:
     """Checks, converts, compares and publishes ``upload`` as a candidate; returns its id and the comparison.
@@ -64,7 +55,7 @@ def publish_external(versions, upload: Path, name: str, folder: Path, datastore,
         "candidate": True,
         "source": f"uploaded by {user}",
         "uploaded_file": name,
-        "uploaded_sha256": _sha256(upload),
+        "uploaded_sha256": sha256(upload),
         "format": kind,
         "comparison": comparison,
         "model_card": card,
