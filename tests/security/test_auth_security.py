@@ -59,6 +59,13 @@ def test_admin_implies_user(realm_server):
     r = requests.put(f"{realm_server.url}/datastore/label?image=phantom_000&tag=x", headers={"Authorization": f"Bearer {user}"},
                      files={"label": ("m.nii.gz", (SAMPLE / "labels" / "brainmask" / "phantom_000.nii.gz").read_bytes())}, timeout=30)
     assert r.status_code == 403
+    # the deployment issue's new admin routes: a user token cannot publish, compare or force a promotion
+    hdr = {"Authorization": f"Bearer {user}"}
+    r = requests.post(f"{realm_server.url}/train/ct2dwi/versions", headers=hdr, files={"model": ("m.pt", b"x")}, timeout=30)
+    assert r.status_code == 403
+    for path in ("/train/ct2dwi/versions/0/compare", "/train/ct2dwi/versions/0/promote?confirm=true"):
+        assert requests.post(f"{realm_server.url}{path}", headers=hdr, timeout=30).status_code == 403, path
+    assert requests.get(f"{realm_server.url}/train/ct2dwi/runs", headers=hdr, timeout=30).status_code == 200
 
 
 def test_hs256_token_signed_with_the_public_key_is_refused(realm_server, realm):
