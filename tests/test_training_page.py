@@ -212,6 +212,9 @@ def test_training_page_in_chromium(vserver, tmp_path):
         panel = wait.until(EC.presence_of_element_located((By.ID, "comparison-2")))
         assert f"served v{_served(vserver.url)}" in panel.text and "lesions shown (all)" in panel.text and "in-brain PSNR dB" in panel.text
         worse = "WARNING" in panel.text
+        # the served version's row shows its own numbers from that comparison (the demo is no row of dashes)
+        served_row = drv.find_element(By.ID, f"version-{_served(vserver.url)}").text
+        assert "(as compared)" in served_row
         drv.find_element(By.ID, "promote-2").click()  # the admin promotes it (confirming when it is worse on lesions)
         if worse:
             WebDriverWait(drv, 10).until(EC.alert_is_present()).accept()

@@ -244,6 +244,15 @@ async function refreshVersions() {
   tbody.textContent = "";
   const panels = $("comparisons");
   panels.textContent = "";
+  // a version that is not a candidate shows its own numbers from the newest comparison it took part in (as the
+  // served side), so the served version - the demo included - is never a row of dashes once anything was compared
+  const asServed = {};
+  for (const x of data.versions) {
+    const c = x.comparison || {};
+    if (c.served && (!asServed[c.served.version] || asServed[c.served.version].time < c.time)) {
+      asServed[c.served.version] = { ...c.served, time: c.time, cases: c.cases };
+    }
+  }
   for (const v of data.versions) {
     const tr = document.createElement("tr");
     tr.id = "version-" + v.id;
@@ -254,8 +263,10 @@ async function refreshVersions() {
     const cells = [
       v.id === 0 ? "0 (demo)" : String(v.id), v.published || "shipped", v.source || (v.train_cases ? "training run" : "–"),
       v.train_cases ? `${v.train_cases.length}/${(v.val_cases || []).length}` : "–", v.steps ?? "–",
-      c.candidate ? `${fmt(c.candidate.lesion_sensitivity, 2)} vs ${fmt((c.served || {}).lesion_sensitivity, 2)}` : "–",
-      c.candidate ? `${fmt(c.candidate.psnr_brain, 2)} vs ${fmt((c.served || {}).psnr_brain, 2)}` : "–",
+      c.candidate ? `${fmt(c.candidate.lesion_sensitivity, 2)} vs ${fmt((c.served || {}).lesion_sensitivity, 2)}`
+        : (asServed[v.id] ? fmt(asServed[v.id].lesion_sensitivity, 2) + " (as compared)" : "–"),
+      c.candidate ? `${fmt(c.candidate.psnr_brain, 2)} vs ${fmt((c.served || {}).psnr_brain, 2)}`
+        : (asServed[v.id] ? fmt(asServed[v.id].psnr_brain, 2) + " (as compared)" : "–"),
       v.served ? "serving" : (v.candidate ? "candidate: not served until promoted" + (worse ? " — WORSE on lesions" : "") : ""),
     ];
     for (const x of cells) { const td = document.createElement("td"); td.textContent = x; tr.appendChild(td); }
