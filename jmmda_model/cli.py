@@ -345,7 +345,7 @@ def build_parser():
     pb = sub.add_parser("publish", help="add a model trained elsewhere to a running server as a CANDIDATE version")
     pb.add_argument("--server", required=True, help="the server's address, e.g. http://127.0.0.1:8000")
     pb.add_argument("--model", required=True, help="JMMDA-GAN checkpoint (.pt), TorchScript export (.ts) or bundle (.zip)")
-    pb.add_argument("--token", default=None, help="bearer token (default $CT2DWI_TOKEN); an admin's")
+    pb.add_argument("--token", default=None, help="bearer token (default $CT2DWI_TOKEN); an admin's. Write --token=T when T starts with -")
     pb.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the check and comparison")
     pb.set_defaults(func=cmd_publish)
     return p

@@ -402,7 +402,6 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
     import zipfile
 
     from jmmda_model.bundle import export_bundle
-    from jmmda_model.export import export_torchscript
 
     model = vserver.app_dir / "model"
     v = ModelVersions(model, model / "jmmda_demo.pt")
@@ -417,9 +416,9 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
     assert any(e.get("confirmed_worse_on_lesions") == worse and e["version"] == vid for e in json_events(vserver.log(), "promote"))
     requests.post(f"{vserver.url}/train/ct2dwi/versions/{served}/promote", timeout=30)  # as before
 
-    ts = tmp_path / "demo.ts"
-    export_torchscript(model / "jmmda_demo.pt", ts)
     bundle = export_bundle(model / "jmmda_demo.pt", tmp_path / "bundle")
+    ts = tmp_path / "demo.ts"
+    shutil.copy(bundle / "models" / "model.ts", ts)  # the bundle's TorchScript export (one trace, not two)
     zpath = tmp_path / "bundle.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         for f in bundle.rglob("*"):
@@ -440,6 +439,11 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
         assert meta["candidate"] and meta["uploaded_file"] == path.name and meta["format"] == kind
         assert _served(vserver.url) == served  # never live by itself
     assert len(v.ids()) == before + 3
+    # compared again with the version served now (here the same one): stored in the version's record
+    last = v.ids()[-1]
+    r = requests.post(f"{vserver.url}/train/ct2dwi/versions/{last}/compare", timeout=300)
+    assert r.status_code == 200 and r.json()["served"]["version"] == served and v.meta(last)["comparison"] == r.json()
+    assert requests.post(f"{vserver.url}/train/ct2dwi/versions/999/compare", timeout=30).status_code == 404
     for name, data, expect in (("model.pt", b"not a model", "not a model file"),
                                ("notes.txt", b"x", "unsupported file type"),
                                ("demo.zip", zipfile_bytes(), "bundle")):
@@ -450,7 +454,7 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
                       headers={"Authorization": "Bearer wrong-token"})
     assert r.status_code in (401, 403)
     # the CLI path: checked locally, then the same route
-    cli = [sys.executable, "-m", "jmmda_model.cli", "publish", "--server", vserver.url, "--token", vserver.token]
+    cli = [sys.executable, "-m", "jmmda_model.cli", "publish", "--server", vserver.url, f"--token={vserver.token}"]
     out = subprocess.run([*cli, "--model", str(ts)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "as candidate version" in out.stdout and "NOT served" in out.stdout, out.stderr
     bad = tmp_path / "bad.pt"
