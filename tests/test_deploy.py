@@ -76,7 +76,8 @@ def test_entrypoint_keeps_state_outside_the_code_tree(tmp_path):
     ep.write_text(script)
     venv = Path(sys.executable).parent.parent
     r = subprocess.run(["bash", str(ep), "--insecure", "--dryrun", "--conf", "device", "cpu"], capture_output=True,
-                       text=True, timeout=180, env={**os.environ, "CT2DWI_STATE_DIR": str(state), "JMMDA_VENV": str(venv)})
+                       text=True, timeout=180, cwd=tmp_path,  # MONAI Label's --dryrun writes .env into the cwd
+                       env={**os.environ, "CT2DWI_STATE_DIR": str(state), "JMMDA_VENV": str(venv)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"state directory {state}" in r.stderr
     assert (state / "app" / "model" / "jmmda_demo.pt").is_file() and not (state / "app" / "model").is_symlink()
