@@ -228,7 +228,7 @@ def flattened(runs) -> dict:
     return {"flat": all(abs(v) < FLAT[k] for k, v in moves.items() if math.isfinite(v)), "moves": moves}
 
 
-def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tuple[dict, str]:
+def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None) -> tuple[dict, str]:
     arms = {}
     for name, runs in results.items():
         finals = [r["points"][-1] for r in runs]
@@ -251,7 +251,9 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float) -> tup
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
              f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
-             f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; wall {wall / 60:.1f} min.", "",
+             f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
+             + (f"wall {wall / 60:.1f} min." if wall is not None else "wall not known to --report-only (see the run's log)."),
+             "",
              "| arm | qualifying lesions shown | darker (all lesions, sum over test set) | false-bright mL/case | in-brain PSNR dB | prob. ECE | prob. sens. at <=2 FP/case |",
              "|---|---|---|---|---|---|---|"]
 
@@ -369,11 +371,12 @@ def main(argv=None):
         if saved.exists():
             args = argparse.Namespace(**{**json.loads(saved.read_text()), "report_only": True})
         return report_only(args, out)
-    from compare_models import machine as machine_info
+    from compare_models import machine as machine_info  # same hardware record as the main benchmark
 
-    from jmmda_model.checkpoint import write_json_atomic as _wj
+    from jmmda_model.checkpoint import write_json_atomic
 
-    _wj(machine_info(), out / "machine.json")
+    mach = machine_info()
+    write_json_atomic(mach, out / "machine.json")
     import pickle
 
     from jmmda_model.preprocess import PreprocessConfig
@@ -383,14 +386,14 @@ def main(argv=None):
     data_path = out / f"phantoms_{args.train_cases}_{args.cal_cases}_{args.test_cases}.pkl"
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
-        keys = ("arms", "steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
+        keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases")
         old = json.loads(prev.read_text())
-        diff = [k for k in keys if k in old and old[k] != getattr(args, k) and k != "arms"]
+        diff = [k for k in keys if k in old and old[k] != getattr(args, k)]
         if diff:
             p.error(f"{out} holds a run with other settings ({', '.join(f'{k}={old[k]}' for k in diff)}); "
                     "use another --out or the same settings to resume")
-    _wj({k: v for k, v in vars(args).items() if k != "report_only"}, out / "run_args.json")
+    write_json_atomic({k: v for k, v in vars(args).items() if k != "report_only"}, out / "run_args.json")
     if not data_path.exists():
         pre = PreprocessConfig()
         train = make_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.train_cases), pre, args.workers)
@@ -409,8 +412,6 @@ def main(argv=None):
         p.error(f"unknown arms {unknown}; known: {ALL_ARMS}")
     table = TissuePrior().fit(train)
     lut = evaluate(lambda lc: (table.predict(lc.ct_hu, lc.brain, lc.spacing_zyx), None), test)
-    from jmmda_model.checkpoint import write_json_atomic
-
     write_json_atomic({k: v for k, v in lut.items() if k != "per_case"}, out / "lut.json")
     print(f"[lut] sens {lut['qualifying_sensitivity']:.2f} ({lut['qualifying_lesions']}) darker {lut['darker']} "
           f"false-bright {lut['false_bright_ml']:.1f} mL PSNR {lut['psnr_brain']:.2f}", flush=True)
@@ -427,15 +428,8 @@ def main(argv=None):
         for job in jobs:
             name, seed, curve = _run_job(job)
             results[name].append(curve)
-    from compare_models import (
-        machine as machine_info,  # same hardware record as the main benchmark
-    )
-
-    mach = machine_info()
     summary, md = summarise(results, lut, args, mach, time.time() - t0)
     plot(results, lut, out / "learning_curves.png")
-    from jmmda_model.checkpoint import write_json_atomic
-
     write_json_atomic({"args": vars(args), "machine": mach, "lut": {k: v for k, v in lut.items() if k != "per_case"},
                        "runs": results, "summary": summary, "wall_s": time.time() - t0}, out / "curves.json")
     (out / "curves.md").write_text(md)
@@ -452,7 +446,7 @@ def report_only(args, out: Path) -> int:
             results.setdefault(name, []).append(c)
     lut = json.loads((out / "lut.json").read_text())
     machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
-    summary, md = summarise(results, lut, args, machine, 0.0)
+    summary, md = summarise(results, lut, args, machine, None)
     partial = {n: [r["points"][-1]["step"] for r in runs if not r.get("done")] for n, runs in results.items()}
     partial = {n: v for n, v in partial.items() if v}
     if partial:

@@ -181,8 +181,7 @@ def checkpoint_from_model_file(path: str | Path, out: str | Path, name: str | No
               "lesion_calibration": inf.get("calibration", {}), "generator": sd}
         kind = "bundle"
     else:
-        ckpt_io.load(path)
-        load_generator(path)  # the weights fit the stored architecture
+        load_generator(path)  # a readable checkpoint whose weights fit its stored architecture
         return path, "checkpoint"
     ck.update({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "imported_from": f"{kind}: {name}"})
     ckpt_io.atomic_save(ck, out)

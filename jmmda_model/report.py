@@ -207,19 +207,25 @@ def predict_case(syn: Synthesizer, lc, with_probability: bool = False):
     return y, (syn.probability(logits) * lc.brain if logits is not None else None)
 
 
-def score_model(model: str | Path, cases: list[Case], device: str | None = None) -> dict:
-    """Lesion metrics first, then image metrics, of ``model`` on ``cases`` through the ``jmmda infer`` pipeline
-    (what ``evaluate_cases`` reports, without files): the server compares a candidate version with the served
-    one on the same cases with this. Cases without a real DWI are skipped."""
-    syn = Synthesizer(model, device=device)
-    rows, lesions = [], []
+def scored_cases(syn: Synthesizer, cases, with_probability: bool = False):
+    """Each case with a real DWI through the ``jmmda infer`` pipeline: yields (case, loaded case, synthetic DWI,
+    calibrated probability or None, metrics, lesion details); cases without a real DWI are skipped."""
     for case in cases:
         lc = load_case(case, syn.pre)
         if lc.dwi is None:
             continue
-        y = predict_case(syn, lc)
+        y, prob = predict_case(syn, lc, with_probability=True) if with_probability else (predict_case(syn, lc), None)
         m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
-        lesions += m.pop("lesion_detail")
+        yield case, lc, y, prob, m, m.pop("lesion_detail")
+
+
+def score_model(model: str | Path, cases: list[Case], device: str | None = None) -> dict:
+    """Lesion metrics first, then image metrics, of ``model`` on ``cases`` through the ``jmmda infer`` pipeline
+    (what ``evaluate_cases`` reports, without files): the server compares a candidate version with the served
+    one on the same cases with this. Cases without a real DWI are skipped."""
+    rows, lesions = [], []
+    for _, _, _, _, m, detail in scored_cases(Synthesizer(model, device=device), cases):
+        lesions += detail
         rows.append(m)
     if not rows:
         return {"cases": 0}
@@ -260,13 +266,8 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
     out.mkdir(parents=True, exist_ok=True)
     syn = Synthesizer(model, device=device)
     rows, panels, lesions, prob_metrics = [], [], [], []
-    for case in tqdm(cases, desc="evaluating", unit="case", disable=not progress, dynamic_ncols=True):
-        lc = load_case(case, syn.pre)
-        if lc.dwi is None:
-            continue
-        y, prob = predict_case(syn, lc, with_probability=True)
-        m = evaluate_volume(y, lc.dwi, lc.brain, lc.lesion, lc.spacing_zyx, ct_hu=lc.ct_hu, target_unclipped=lc.dwi_unclipped)
-        detail = m.pop("lesion_detail")
+    progress_cases = tqdm(cases, desc="evaluating", unit="case", disable=not progress, dynamic_ncols=True)
+    for case, lc, y, prob, m, detail in scored_cases(syn, progress_cases, with_probability=True):
         lesions += [{"case": case.id, "index": i + 1, **x} for i, x in enumerate(detail)]
         rows.append({"case": case.id, **m})
         if prob is not None:

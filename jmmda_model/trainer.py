@@ -171,7 +171,7 @@ class Trainer:
         self.global_step = 0
         self.best = -math.inf
         self.history: list[dict] = []
-        #: per-step losses [step, loss_g, loss_d, loss_l1] for the training page, thinned to <= STEP_LOG_MAX points
+        #: per-step losses [step, loss_g, loss_d, loss_l1] for the training page, thinned past STEP_LOG_MAX points
         self.step_log: list[list[float]] = []
         self._t_start: float | None = None  # progress / ETA bookkeeping (see _progress)
         # temperature of the lesion probability: fitted at each validation, kept with the selected epoch
@@ -425,7 +425,8 @@ class Trainer:
     STEP_LOG_MAX = 2000
 
     def _log_step(self, losses: dict) -> None:
-        """Keeps every step's losses until STEP_LOG_MAX, then every second one (the curve keeps its shape)."""
+        """Logs every step's losses; each time the log passes STEP_LOG_MAX points every second one is dropped, so
+        it stays bounded with older stretches thinner than the newest (the curve keeps its shape)."""
         self.step_log.append([self.global_step] + [round(float(losses.get(k, float("nan"))), 5)
                                                    for k in ("loss_g", "loss_d", "loss_l1")])
         if len(self.step_log) > self.STEP_LOG_MAX:

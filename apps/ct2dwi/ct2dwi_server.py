@@ -71,6 +71,7 @@ from ct2dwi_app import auth
 from ct2dwi_app.datastore import is_safe_name
 from ct2dwi_app import observe
 from ct2dwi_app.infer import NoModelError
+from ct2dwi_app.candidates import MODEL_SUFFIXES
 from ct2dwi_app.train import validate_options
 from ct2dwi_app.uploads import BodyLimit, ScratchSpace, read_form
 from jmmda_model.checkpoint import CheckpointError
@@ -95,7 +96,7 @@ async def lifespan(app: FastAPI):
     instance = app_instance()
     instance.server_mode(True)
     instance.on_init_complete()
-    trainer = instance.train_task(MODEL) if hasattr(instance, "train_task") else None
+    trainer = instance.train_task(MODEL)
     if trainer is not None:  # a run the previous server left saying "running" is not running any more
         from ct2dwi_app.train import settle_status
 
@@ -732,7 +733,7 @@ def versions_promote(model: str, vid: int, confirm: bool = False, user=ADMIN):
     return record
 
 
-MODEL_FORM = {"model": ("model", "model file", (".pt", ".pth", ".ts", ".zip"))}
+MODEL_FORM = {"model": ("model", "model file", MODEL_SUFFIXES)}
 
 
 @app.post("/train/{model}/versions", summary="Publish a model trained elsewhere as a candidate (admin)",

@@ -55,51 +55,61 @@ def read_image(path: str | Path, what: str = "image", name: str | None = None, s
     else:
         probe_image(path, what, name, single_file=single_file)
         try:
-            img = _read_float64_nifti_as_float32(path) if _is_float64_nifti(path) else sitk.ReadImage(str(path))
+            header = _nifti_header(path) if path.name.lower().endswith((".nii", ".nii.gz")) else None
+            if header is not None and _decoded_as_float32(header[1], header[2]):
+                img = _read_float64_nifti_as_float32(path, header)
+            else:
+                img = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported format)") from exc
     check_volume(img, what)
     return img
 
 
-def _nifti_header(path: Path):
-    """(header, shape, dtype, data offset) of a NIfTI-1/2 file, from its first 540 bytes; None when unreadable
-    (probe_image has already refused such files with a message)."""
+def _opener(path: Path):
+    """gzip.open for .gz files, else open (both stream: nothing is decompressed ahead)."""
+    return gzip.open if path.name.lower().endswith(".gz") else open
+
+
+def _parse_nifti_header(raw: bytes):
+    """(header, shape, dtype, data offset) from a NIfTI-1/2 file's first 540 bytes; nibabel's exception when broken."""
     import nibabel as nib
 
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    hdr_cls = nib.Nifti2Header if len(raw) >= 540 and int.from_bytes(raw[:4], "little") in (540, 540 << 24) else nib.Nifti1Header
+    hdr = hdr_cls.from_fileobj(io.BytesIO(raw))
+    return hdr, tuple(int(s) for s in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype()), int(hdr.get_data_offset())
+
+
+def _nifti_header(path: Path):
+    """``_parse_nifti_header`` of a file; None when unreadable (probe_image has already refused such files with a
+    message)."""
     try:
-        with opener(path, "rb") as f:
-            raw = f.read(540)
-        hdr_cls = nib.Nifti2Header if len(raw) >= 540 and int.from_bytes(raw[:4], "little") in (540, 540 << 24) else nib.Nifti1Header
-        hdr = hdr_cls.from_fileobj(io.BytesIO(raw))
-        return hdr, tuple(int(s) for s in hdr.get_data_shape()), np.dtype(hdr.get_data_dtype()), int(hdr.get_data_offset())
+        with _opener(path)(path, "rb") as f:
+            return _parse_nifti_header(f.read(540))
     except Exception:  # noqa: BLE001 - nibabel raises many types for a broken header
         return None
 
 
-def _is_float64_nifti(path: Path) -> bool:
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
-        return False
-    h = _nifti_header(path)
-    return h is not None and h[2].kind == "f" and h[2].itemsize == 8 and len(h[1]) == 3
+def _decoded_as_float32(shape, dtype) -> bool:
+    """A 3-D float64 NIfTI is decoded straight to float32 (``_read_float64_nifti_as_float32``); the memory budget
+    counts it at 4 bytes per voxel."""
+    return dtype.kind == "f" and dtype.itemsize == 8 and len(shape) == 3
 
 
-def _read_float64_nifti_as_float32(path: Path) -> sitk.Image:
+def _read_float64_nifti_as_float32(path: Path, header) -> sitk.Image:
     """A float64 NIfTI decoded chunk by chunk straight into float32 (never a float64 copy of the volume): peak
     memory is the float32 array and the image made from it, 8 bytes per voxel instead of ITK's 8 + 4 + 4.
     Geometry (qform/sform choice, LPS) comes from ITK's own header reading; scl_slope/scl_inter are applied as
-    ITK applies them."""
-    hdr, shape, dtype, offset = _nifti_header(path)
+    ITK applies them. ``header``: the file's ``_nifti_header``."""
+    hdr, shape, dtype, offset = header
     info = sitk.ImageFileReader()
     info.SetFileName(str(path))
     info.ReadImageInformation()
     slope, inter = hdr.get_slope_inter()
     n = int(np.prod(shape, dtype=np.int64))
     out = np.empty(n, np.float32)
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     per = _CHUNK // dtype.itemsize
-    with opener(path, "rb") as f:
+    with _opener(path)(path, "rb") as f:
         _read_exact(f, offset)
         for start in range(0, n, per):
             k = min(per, n - start)
@@ -232,26 +242,18 @@ def _refuse_detached(path: Path, what: str, name: str) -> None:
 
 
 def _scan_nifti(path: Path, what: str, name: str) -> tuple:
-    import nibabel as nib
-
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with _opener(path)(path, "rb") as f:
             raw = f.read(540)
             if len(raw) < 348:
                 raise InputError(f"{what}: {name} is truncated or corrupt (shorter than a NIfTI header)")
-            hdr_cls = nib.Nifti2Header if len(raw) >= 540 and int.from_bytes(raw[:4], "little") in (540, 540 << 24) else nib.Nifti1Header
             try:
-                hdr = hdr_cls.from_fileobj(io.BytesIO(raw))
-                shape = tuple(int(s) for s in hdr.get_data_shape())
-                dtype = np.dtype(hdr.get_data_dtype())
-                offset = int(hdr.get_data_offset())
+                _, shape, dtype, offset = _parse_nifti_header(raw)
             except Exception as exc:  # nibabel raises many types for a broken header
                 raise InputError(f"{what}: cannot read {name} as a medical image (corrupt or unsupported NIfTI header)") from exc
             _check_size(shape, 1, what, name)
             # before a byte of voxel data is decompressed; float64 volumes are decoded straight to float32
-            _check_memory(shape, 4 if (dtype.kind == "f" and dtype.itemsize == 8 and len(shape) == 3) else dtype.itemsize,
-                          what, name)
+            _check_memory(shape, 4 if _decoded_as_float32(shape, dtype) else dtype.itemsize, what, name)
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             pos = len(raw)
             if offset > pos:  # skip header extensions (bounded)

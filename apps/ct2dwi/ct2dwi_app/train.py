@@ -29,9 +29,8 @@ from pathlib import Path
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from jmmda_model.checkpoint import load
+from jmmda_model.checkpoint import load, write_json_atomic
 from jmmda_model.data import Case
-from jmmda_model.checkpoint import write_json_atomic
 from jmmda_model.distributed import DistributedError, launch
 from jmmda_model.errors import InputError
 from jmmda_model.inference import DeviceError, pick_device
@@ -183,25 +182,30 @@ def lock_holder(run_dir: Path) -> int | None:
     return None
 
 
+def mark_stopped(run_dir: Path, status: dict, reason: str) -> dict:
+    """Writes ``status`` (the run's status.json, or {} when it wrote none) as stopped, with why and when."""
+    st = {**status, "state": "stopped", "stop_reason": reason, "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(st, Path(run_dir) / "status.json")
+    return st
+
+
 def settle_status(run_dir: Path, reason: str, stopped_run: bool = False) -> dict | None:
-    """A status.json that still says "running" while no process holds the run folder is not true: it becomes
-    "stopped" with ``reason`` (the server calls this at start-up and after a stop). ``stopped_run``: a run was
-    just stopped, so a run that was stopped before it wrote any status gets one too. Returns the new status."""
-    f = Path(run_dir) / "status.json"
+    """A status.json that still says "running" (or "starting") while no process holds the run folder is not
+    true: it becomes "stopped" with ``reason`` (the server calls this at start-up and after a stop).
+    ``stopped_run``: a run was just stopped, so a run stopped before it wrote any status gets one too. Returns
+    the new status, or None when nothing was untrue."""
     try:
-        st = json.loads(f.read_text())
+        st = json.loads((Path(run_dir) / "status.json").read_text())
     except FileNotFoundError:
-        if not stopped_run or lock_holder(run_dir) is not None:
+        if not stopped_run:
             return None
         st = {"state": "running", "epoch": 0}
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
     except (OSError, json.JSONDecodeError):
         return None
     if st.get("state") not in ("running", "starting") or lock_holder(run_dir) is not None:
         return None
-    st.update({"state": "stopped", "stop_reason": reason, "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    write_json_atomic(st, f)
-    return st
+    return mark_stopped(run_dir, st, reason)
 
 
 class ServerLifeline:
@@ -300,10 +304,14 @@ class CT2DWITrain(TrainTask):
             old.unlink(missing_ok=True)
         return dest
 
+    def resumes(self, opts: dict) -> bool:
+        """Whether a run with these options goes on from the run folder's checkpoint (else it starts afresh)."""
+        return bool(opts.get("resume")) and (self.run_dir / "checkpoints" / "last.pt").exists()
+
     def mark_starting(self, opts: dict) -> None:
         """Called by the server as it starts a run: the previous run's curves are archived and status.json says
         "starting" at once, so the page never shows the previous run's state for the new one."""
-        if opts.get("resume"):
+        if self.resumes(opts):
             return
         self.archive_run()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -340,10 +348,7 @@ class CT2DWITrain(TrainTask):
                     raise
                 result = {"state": "stopped"}
             if lifeline.reason is not None:
-                st = self.run_status()
-                st.update({"state": "stopped", "stop_reason": lifeline.reason,
-                           "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")})
-                write_json_atomic(st, self.run_dir / "status.json")
+                mark_stopped(self.run_dir, self.run_status(), lifeline.reason)
                 result["stop_reason"] = lifeline.reason
             return result
 
@@ -371,9 +376,9 @@ class CT2DWITrain(TrainTask):
         )
         if pre is not None:
             cfg.preprocess = pre
-        resume = bool(opts["resume"]) and (self.run_dir / "checkpoints" / "last.pt").exists()
+        resume = self.resumes(opts)
         if not resume and self.run_dir.exists():
-            self.archive_run()
+            self.archive_run()  # a no-op after the server's mark_starting; kept for a run started another way
             shutil.rmtree(self.run_dir)
         init_from = base if (opts["fine_tune"] and not resume) else None
         nproc, gpus = process_count(opts)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from jmmda_model.clinical.imageio import UPLOAD_SUFFIXES, image_suffix
+from jmmda_model.clinical.imageio import UPLOAD_SUFFIXES
 from jmmda_model.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def _upload_target(filename: str | None, folder: Path, role: str, what: str,
     """``folder/<role><suffix>`` for an allowed suffix of the client's file name (images by default)."""
     name = display_name(filename, f"uploaded {what}")
     allowed = suffixes or UPLOAD_SUFFIXES
-    suffix = image_suffix(name) if suffixes is None else next((x for x in allowed if name.lower().endswith(x)), None)
+    suffix = next((x for x in allowed if name.lower().endswith(x)), None)
     if suffix is None:
         raise InputError(f"{what}: {name}: unsupported file type; send one of {', '.join(allowed)}")
     return folder / f"{role}{suffix}", name
@@ -193,11 +193,12 @@ class _FormSink:
     """python-multipart callbacks: file parts named in ``roles`` ({field: (role, what[, suffixes])}) go to
     ``folder/<role><suffix>`` as they arrive; other parts are text fields, bounded. Errors raise InputError."""
 
-    def __init__(self, folder: Path, roles: dict[str, tuple[str, str]]):
+    def __init__(self, folder: Path, roles: dict[str, tuple]):
         self.folder, self.roles = folder, roles
         self.fields: dict[str, str] = {}
         self.files: dict[str, tuple[Path, str]] = {}
         self.parts = 0
+        self.ended = False  # the closing boundary arrived
         self._reset()
 
     def _reset(self):
@@ -266,15 +267,18 @@ class _FormSink:
                 raise InputError(f"form field {display_name(self._name, 'field')!r} is not UTF-8 text") from exc
         self._reset()
 
+    def on_end(self):
+        self.ended = True
+
     def close(self):
         if self._out is not None:
             self._out.close()
 
 
-async def read_form(request, folder: Path, roles: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
+async def read_form(request, folder: Path, roles: dict[str, tuple]) -> tuple[dict, dict]:
     """Reads the request's form (multipart/form-data or urlencoded) once, as it streams in (``BodyLimit`` bounds
     and times it). Returns (text fields, {field: (path, the client's cleaned file name)}). File parts named in
-    ``roles`` ({field: (role, what)}) are written to ``folder/<role><suffix>``; no other copy is made. A body of
+    ``roles`` ({field: (role, what[, suffixes])}) are written to ``folder/<role><suffix>``; no other copy is made. A body of
     another content type carries no form (nothing is read)."""
     from urllib.parse import parse_qsl
 
@@ -303,15 +307,8 @@ async def read_form(request, folder: Path, roles: dict[str, tuple[str, str]]) ->
         raise InputError("multipart/form-data without a boundary")
     sink = _FormSink(folder, roles)
     callbacks = {k: getattr(sink, k) for k in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field",
-                                              "on_header_value", "on_header_end", "on_headers_finished")}
+                                              "on_header_value", "on_header_end", "on_headers_finished", "on_end")}
     parser = MultipartParser(boundary, callbacks)
-    ended = False
-
-    def on_end():
-        nonlocal ended
-        ended = True
-
-    parser.callbacks["on_end"] = on_end
     try:
         async for chunk in request.stream():
             if chunk:
@@ -321,6 +318,6 @@ async def read_form(request, folder: Path, roles: dict[str, tuple[str, str]]) ->
         raise InputError(f"malformed multipart form ({exc})") from exc
     finally:
         sink.close()
-    if not ended:
+    if not sink.ended:
         raise InputError("the upload is incomplete (the multipart form was not closed); send it again")
     return sink.fields, sink.files
