@@ -144,18 +144,23 @@ def checkpoint_from_model_file(path: str | Path, out: str | Path, name: str | No
         raise ckpt_io.CheckpointError(f"{name} is not a model file (a checkpoint, TorchScript export or bundle zip)")
     if any(m.endswith(f"/extra/{META_NAME}") for m in members):
         net, meta = load_torchscript(path)
-        gcfg, fresh = meta["generator_config"], build_generator(meta["generator_config"])
-        # a traced module also lists the non-persistent buffers (fixed wavelet filters) the Python model rebuilds
-        fixed = {n for n, _ in fresh.named_buffers()} - set(fresh.state_dict())
-        sd = {k: v for k, v in net.module.state_dict().items() if k not in fixed}
-        rebuilt = _strict(fresh, sd, name)
-        with torch.no_grad():
-            x = _example(rebuilt, int(meta["input_channels"]), (96, 96), 3)
-            diff = float((rebuilt(x) - net(x)).abs().max())
+        try:
+            gcfg, fresh = meta["generator_config"], build_generator(meta["generator_config"])
+            # a traced module also lists the non-persistent buffers (fixed wavelet filters) the Python model rebuilds
+            fixed = {n for n, _ in fresh.named_buffers()} - set(fresh.state_dict())
+            sd = {k: v for k, v in net.module.state_dict().items() if k not in fixed}
+            rebuilt = _strict(fresh, sd, name)
+            with torch.no_grad():
+                x = _example(rebuilt, int(meta["input_channels"]), (96, 96), 3)
+                diff = float((rebuilt(x) - net(x)).abs().max())
+            ck = {"generator_config": gcfg, "preprocess": meta["preprocess"], "model_card": meta.get("model_card", {}),
+                  "lesion_calibration": meta.get("lesion_calibration", {}), "generator": sd}
+        except ckpt_io.CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a tagged file whose metadata or module does not fit, in many ways
+            raise ckpt_io.CheckpointError(f"{name}: not a usable JMMDA-GAN TorchScript export ({type(exc).__name__}: {exc})") from exc
         if diff > AGREEMENT_TOL:
             raise ckpt_io.CheckpointError(f"{name}: the rebuilt generator disagrees with the TorchScript module (max |diff| {diff:.3g})")
-        ck = {"generator_config": gcfg, "preprocess": meta["preprocess"], "model_card": meta.get("model_card", {}),
-              "lesion_calibration": meta.get("lesion_calibration", {}), "generator": sd}
         kind = "torchscript"
     elif any(m.endswith("configs/inference.json") for m in members):
         with zipfile.ZipFile(path) as z:

@@ -446,7 +446,8 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
     assert requests.post(f"{vserver.url}/train/ct2dwi/versions/999/compare", timeout=30).status_code == 404
     for name, data, expect in (("model.pt", b"not a model", "not a model file"),
                                ("notes.txt", b"x", "unsupported file type"),
-                               ("demo.zip", zipfile_bytes(), "bundle")):
+                               ("demo.zip", zipfile_bytes(), "bundle"),
+                               ("tagged.ts", tagged_torchscript_bytes(), "not a usable JMMDA-GAN TorchScript")):
         r = requests.post(f"{vserver.url}/train/ct2dwi/versions", files={"model": (name, data)}, timeout=60)
         assert r.status_code == 422 and expect in r.json()["detail"], (name, r.text)
     assert len(v.ids()) == before + 3
@@ -464,6 +465,20 @@ def test_promotion_gate_and_publishing_a_model_trained_elsewhere(vserver, tmp_pa
     out = subprocess.run([*cli[:5], "http://127.0.0.1:1", "--model", str(ts)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 3 and "cannot reach" in out.stderr
     assert len(v.ids()) == before + 4 and _served(vserver.url) == served
+
+
+def tagged_torchscript_bytes() -> bytes:
+    """A TorchScript file carrying the export's format tag but no generator configuration."""
+    import io
+
+    import torch
+
+    from jmmda_model.export import META_NAME, TORCHSCRIPT_FORMAT
+
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), buf,
+                   _extra_files={META_NAME: json.dumps({"format": TORCHSCRIPT_FORMAT, "size_divisor": 8})})
+    return buf.getvalue()
 
 
 def zipfile_bytes() -> bytes:
