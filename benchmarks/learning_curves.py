@@ -19,6 +19,9 @@ What it runs, exactly:
   synthetic lesion/normal ratio >= 1.3), lesions rendered darker than normal, false-bright mL per case, in-brain
   PSNR; at the last step also the probability map (temperature fitted on the calibration phantoms): ECE and
   lesion-wise sensitivity at <= 2 false-positive clusters (>= 0.5 mL) per case;
+* with the generator weight average on (``--ema``, default 0.999) the raw weights are scored beside it at every
+  evaluation (``raw`` in each point): the report gives both curves' swing and level; ``--rotate-deg`` sets the
+  in-plane rotation augmentation (0: off; ``legacy`` has neither);
 * statistics: mean +- sd over seeds; paired per-case differences jmmda - pix2pix (each case averaged over seeds)
   with 95 % t intervals; an interval containing 0 is reported as a tie.
 
@@ -48,12 +51,14 @@ except ImportError:  # pragma: no cover - only there
 TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False}, "pre": {"mirror_channels": False},
-               "train": {"patch_size": None, "lesion_oversample": 3}},
+               "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0}},
     "jmmda": {"gen": {}, "pre": {}, "train": {}},
     "pix2pix": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {}},
     "unet_prior": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {"lambda_adv": 0.0}},
 }
 ALL_ARMS = "legacy,jmmda,pix2pix,unet_prior,lut"
+#: measures also recorded for the raw (not averaged) weights at each evaluation, when the weight average is on
+RAW_KEYS = ("psnr_brain", "false_bright_ml", "qualifying_sensitivity", "darker", "darker_qualifying")
 
 
 def _load(args_tuple):
@@ -98,6 +103,7 @@ def evaluate(pred_fn, cases, with_prob=None) -> dict:
         per_case.append({"case": lc.id, "psnr_brain": psnr(y, lc.dwi, lc.brain), "false_bright_ml": les["false_bright_ml"],
                          "qualifying": len(q), "shown": sum(x["shown"] for x in q),
                          "darker": sum(x["darker"] for x in les["lesions"]),
+                         "darker_qualifying": sum(x["darker"] for x in q),
                          "mean_ratio_qualifying": float(np.mean([x["ratio_syn"] for x in q])) if q else float("nan")})
         if with_prob is not None and lg is not None:
             prob.append(probability_metrics(with_prob(lg) * lc.brain, lc.lesion, lc.brain, lc.spacing_zyx))
@@ -108,6 +114,7 @@ def evaluate(pred_fn, cases, with_prob=None) -> dict:
         "qualifying_sensitivity": float(np.mean([x["shown"] for x in q_all])) if q_all else float("nan"),
         "qualifying_lesions": len(q_all),
         "darker": int(sum(x["darker"] for x in lesions)),
+        "darker_qualifying": int(sum(x["darker"] for x in q_all)),
         "lesions": len(lesions),
         "shown_ratio": SHOWN_RATIO,
         "per_case": per_case,
@@ -141,7 +148,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     pre = PreprocessConfig(**spec["pre"])
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, **spec["gen"]})
-    train_over = {"patch_size": args.patch_size, **spec["train"]}
+    train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -151,8 +158,8 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     wall_before = curve["points"][-1]["wall_s"] if curve["points"] else 0.0
     cap_s = args.max_minutes * 60 if args.max_minutes else None
 
-    def logits_fn(lc):
-        return predict_slices(trainer.G, case_input(lc, trainer.pre), trainer.device, batch_size=16,
+    def logits_fn(lc, net=None):
+        return predict_slices(net or trainer.G_eval, case_input(lc, trainer.pre), trainer.device, batch_size=16,
                               amp=trainer.amp, with_logits=True)
 
     def on_epoch(record):
@@ -167,6 +174,9 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
             temp = fit_temperature([g[lc.brain > 0] for g, lc in zip(lg, cal)], [lc.lesion[lc.brain > 0] for lc in cal])
         sig = (lambda g: calibrated_probability(g, temp)) if temp else None
         m = evaluate(logits_fn, test, with_prob=sig)
+        if trainer.G_ema is not None:  # the raw weights beside their average, at the same step (paired)
+            raw = evaluate(lambda lc: logits_fn(lc, trainer.G), test)
+            m["raw"] = {k: raw[k] for k in RAW_KEYS}
         m.update({"step": trainer.global_step, "wall_s": round(time.time() - t0 + wall_before, 1)})
         if capped:  # the stated wall cap: this evaluation is the run's last; the trainer stops after this epoch
             curve["capped_at_step"] = trainer.global_step
@@ -228,12 +238,35 @@ def flattened(runs) -> dict:
     return {"flat": all(abs(v) < FLAT[k] for k, v in moves.items() if math.isfinite(v)), "moves": moves}
 
 
+def weight_average_effect(results: dict) -> dict:
+    """Per arm with raw-weight evaluations: for psnr_brain, false_bright_ml and qualifying_sensitivity, the mean
+    absolute change between consecutive evaluations (the swing) and the mean level after the first evaluation, of
+    the averaged and of the raw weights (both over all seeds)."""
+    out = {}
+    for name, runs in results.items():
+        runs = [r for r in runs if len(r["points"]) >= 2 and all("raw" in p for p in r["points"])]
+        if not runs:
+            continue
+        arm = {}
+        for k in ("psnr_brain", "false_bright_ml", "qualifying_sensitivity"):
+            def series(r, raw):
+                return np.array([(p["raw"] if raw else p)[k] for p in r["points"]], float)
+            sw = {raw: float(np.nanmean(np.concatenate([np.abs(np.diff(series(r, raw))) for r in runs]))) for raw in (0, 1)}
+            lv = {raw: float(np.nanmean(np.concatenate([series(r, raw)[1:] for r in runs]))) for raw in (0, 1)}
+            arm[k] = {"swing_ema": sw[0], "swing_raw": sw[1], "level_ema": lv[0], "level_raw": lv[1]}
+        out[name] = arm
+    return out
+
+
 def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None) -> tuple[dict, str]:
     arms = {}
     for name, runs in results.items():
         finals = [r["points"][-1] for r in runs]
         arms[name] = {k: (float(np.nanmean([f[k] for f in finals])), float(np.nanstd([f[k] for f in finals])))
                       for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker")}
+        dq = [f["darker_qualifying"] for f in finals if "darker_qualifying" in f]
+        if dq:
+            arms[name]["darker_qualifying"] = (float(np.mean(dq)), float(np.std(dq)))
         for k in ("prob_ece",):
             vals = [f[k] for f in finals if k in f]
             if vals:
@@ -245,7 +278,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
         arms[name]["steps_reached"] = [r["points"][-1]["step"] for r in runs]
         arms[name]["flattened"] = flattened(runs)
         arms[name]["params"] = runs[0].get("params")
-    arms["lut"] = {k: (lut[k], 0.0) for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker")}
+    arms["lut"] = {k: (lut[k], 0.0) for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker",
+                                               "darker_qualifying") if k in lut}
     lines = [f"# Learning curves ({time.strftime('%Y-%m-%d')})", "",
              f"Ran: {args.steps} steps x batch {args.batch_size} "
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
@@ -254,14 +288,14 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
              f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
              + (f"wall {wall / 60:.1f} min." if wall is not None else "wall not known to --report-only (see the run's log)."),
              "",
-             "| arm | qualifying lesions shown | darker (all lesions, sum over test set) | false-bright mL/case | in-brain PSNR dB | prob. ECE | prob. sens. at <=2 FP/case |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | qualifying lesions shown | darker (all lesions, sum over test set) | darker (qualifying) | false-bright mL/case | in-brain PSNR dB | prob. ECE | prob. sens. at <=2 FP/case |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, d=2):
         return "-" if v is None else f"{v[0]:.{d}f} +- {v[1]:.{d}f}"
 
     for name, a in arms.items():
-        lines.append(f"| {name} | {fmt(a['qualifying_sensitivity'])} | {fmt(a['darker'], 1)} | {fmt(a['false_bright_ml'], 1)} | "
+        lines.append(f"| {name} | {fmt(a['qualifying_sensitivity'])} | {fmt(a['darker'], 1)} | {fmt(a.get('darker_qualifying'), 1)} | {fmt(a['false_bright_ml'], 1)} | "
                      f"{fmt(a['psnr_brain'])} | {fmt(a.get('prob_ece'), 3)} | {fmt(a.get('prob_sensitivity_at_2fp'))} |")
     lines += ["", "Steps reached and whether each curve has flattened (last two evaluations, mean over seeds; flat = "
               "sensitivity moved < 0.05, PSNR < 0.2 dB, false-bright < 2 mL):", ""]
@@ -273,6 +307,15 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
                      + (f" (stopped by the wall cap at {capped})" if capped else "")
                      + f"; {state}" + (" - last moves " + ", ".join(f"{k} {v:+.2f}" for k, v in f["moves"].items())
                                        if f["moves"] else ""))
+    swings = weight_average_effect(results)
+    if swings:
+        lines += ["", "Generator weight average (EMA) against the raw weights of the same runs, at the same steps "
+                  "(swing = mean absolute change between consecutive evaluations, over seeds; level = mean over all "
+                  "evaluations after the first):", ""]
+        for name, sw in swings.items():
+            lines.append(f"- {name}: " + "; ".join(
+                f"{k} swing {v['swing_ema']:.2f} (raw {v['swing_raw']:.2f}), level {v['level_ema']:.2f} (raw {v['level_raw']:.2f})"
+                for k, v in sw.items()))
     comp = {}
     if "jmmda" in results and "pix2pix" in results:
         def per_case(name, key):
@@ -298,7 +341,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
 
         check("qualifying lesions shown >= 85 % (floor 60 %)", j["qualifying_sensitivity"][0] >= 0.85,
               f"{100 * j['qualifying_sensitivity'][0]:.0f} %")
-        check("no lesion darker than normal", j["darker"][0] == 0, f"{j['darker'][0]:.1f} per test set")
+        check("no lesion darker than normal", j["darker"][0] == 0, f"{j['darker'][0]:.1f} per test set"
+              + (f" ({j['darker_qualifying'][0]:.1f} of them qualifying)" if "darker_qualifying" in j else ""))
         check("false-bright <= 5 mL per case", j["false_bright_ml"][0] <= 5, f"{j['false_bright_ml'][0]:.1f} mL")
         check("in-brain PSNR >= table + 1 dB", j["psnr_brain"][0] >= lut["psnr_brain"] + 1.0,
               f"{j['psnr_brain'][0] - lut['psnr_brain']:+.2f} dB vs table")
@@ -309,7 +353,7 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
             check("probability map ECE <= 0.05", j["prob_ece"][0] <= 0.05, f"{j['prob_ece'][0]:.3f}")
         lines += ["", "Targets (jmmda arm, mean over seeds):", ""]
         lines += [f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} - {t['value']}" for t in targets]
-    summary = {"arms": arms, "jmmda_vs_pix2pix": comp, "targets": targets}
+    summary = {"arms": arms, "jmmda_vs_pix2pix": comp, "targets": targets, "weight_average": swings}
     return summary, "\n".join(lines) + "\n"
 
 
@@ -347,6 +391,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=80)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ema", type=float, default=0.999,
+                   help="generator weight average decay (0: off); the raw weights are evaluated beside it")
+    p.add_argument("--rotate-deg", type=float, default=10.0, help="in-plane rotation augmentation (0: off)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -387,7 +434,7 @@ def main(argv=None):
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
-                "train_cases", "cal_cases", "test_cases")
+                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg")
         old = json.loads(prev.read_text())
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)]
         if diff:

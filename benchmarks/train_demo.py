@@ -35,11 +35,14 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop training after this many minutes (the best validated epoch is kept and carded)")
     args = p.parse_args(argv)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from jmmda_model import checkpoint as ckpt_io
     from jmmda_model.networks import GeneratorConfig
     from jmmda_model.preprocess import PreprocessConfig
@@ -80,8 +83,12 @@ def main(argv=None):
                          f"{VAL_SEED0}..{VAL_SEED0 + args.val_cases - 1}; the sample cases (seeds 0-7) are held out",
         "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual, lesion-probability head "
                   "(BCE + Dice; temperature-calibrated on the validation phantoms), lesion-centred 80 px crops "
-                  "(1/3 on lesion voxels), LSGAN + brain-weighted L1 + lesion contrast",
-        "training": f"{summary['global_step']} steps x batch {args.batch_size}, lr {args.lr}, seed 0, on {dev}, "
+                  "(1/3 on lesion voxels), LSGAN + brain-weighted L1 + lesion contrast; "
+                  f"generator weight average (EMA {cfg.ema_decay}) validated and exported; in-plane rotation "
+                  f"augmentation +-{cfg.rotate_deg:g} deg with sub-pixel shifts (p {cfg.rotate_probability:g}), so "
+                  "inference turns each CT to the canonical pose",
+        "training": f"{summary['global_step']} steps x batch {args.batch_size}, lr {args.lr}, seed 0, on {dev}"
+                    f"{f' ({torch.get_num_threads()} threads)' if dev == 'cpu' else ''}, "
                     f"{(time.time() - t0) / 60:.1f} min wall incl. phantom building",
         "selected_epoch": best["epoch"], "selected_step": best["step"],
         "validation_at_selection": {k: best["val"][k] for k in ("psnr_brain", "lesion_sensitivity", "lesions_darker",

@@ -6,12 +6,14 @@ Case layout = MONAI Label local datastore: ``<dir>/<id>.nii.gz`` is the CT and
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .clinical.geometry import resample_inplane, same_geometry, to_axial
@@ -148,16 +150,40 @@ def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spa
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
+def rotate_sample(tensors: list[torch.Tensor], angle_deg: float, dy: float, dx: float, mask_channel: int | None = None):
+    """Turns (input, target, brain, lesion) tensors of one sample by ``angle_deg`` about their centre and shifts
+    them by (dy, dx) pixels, bilinear as the canonical pose's resampling (zero outside). Labels (the brain and
+    lesion tensors, and the input's mask channel) are interpolated then thresholded at 0.5, as the pose does."""
+    a = math.radians(angle_deg)
+    h, w = tensors[0].shape[-2:]
+    theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 2 * dx / w],
+                          [math.sin(a) * w / h, math.cos(a), 2 * dy / h]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, (1, 1, h, w), align_corners=False)
+    out = []
+    for k, t in enumerate(tensors):
+        r = F.grid_sample(t[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        if k >= 2:
+            r = (r > 0.5).float()
+        elif k == 0 and mask_channel is not None:
+            r[mask_channel] = (r[mask_channel] > 0.5).float()
+        out.append(r)
+    return out
+
+
 class SliceDataset(Dataset):
     """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
 
     def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False,
-                 patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3):
+                 patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3, rotate_deg: float = 0.0,
+                 rotate_probability: float = 0.75):
         """``patch_size``: train on square crops of this size instead of whole slices: a ``lesion_patch_fraction``
         of them centred (with jitter) on a lesion voxel of a lesion slice, the rest on a brain voxel of the drawn
-        slice. Deterministic per (epoch_seed, item) like the flip."""
+        slice. ``rotate_deg`` (with ``augment``): with probability ``rotate_probability`` a sample is turned by a
+        random angle within +-rotate_deg and shifted by up to half a pixel, interpolated as the canonical pose
+        interpolates at inference (see :func:`rotate_sample`). Deterministic per (epoch_seed, item) like the flip."""
         self.pre, self.divisor, self.augment = pre, divisor, augment
         self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
+        self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
         for c in cases:
@@ -170,12 +196,14 @@ class SliceDataset(Dataset):
         if not self.items:
             raise InputError("no training slices: every case lacks brain in its axial slices")
         self.epoch_seed = 0
+        self.mask_channel = pre.input_channels  # the brain mask follows the CT channels in the input
 
     def __len__(self):
         return len(self.items)
 
-    def _patch(self, i: int, g: torch.Generator) -> list[np.ndarray]:
-        p = int(self.patch_size)
+    def _patch(self, i: int, g: torch.Generator, margin: int = 0) -> list[np.ndarray]:
+        """A crop of patch_size + 2 * margin pixels (the margin is cut after a rotation)."""
+        p = int(self.patch_size) + 2 * margin
         r = lambda: torch.rand(1, generator=g).item()
         if self.lesion_items and r() < self.lesion_patch_fraction:
             i = self.lesion_items[int(r() * len(self.lesion_items))]
@@ -198,8 +226,17 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(self.epoch_seed * 1_000_003 + i)
-        arrays = self._patch(i, g) if self.patch_size else self.items[i]
+        turn = None
+        if self.augment and self.rotate_deg > 0 and torch.rand(1, generator=g).item() < self.rotate_probability:
+            u = torch.rand(3, generator=g).tolist()
+            turn = ((2 * u[0] - 1) * self.rotate_deg, u[1] - 0.5, u[2] - 0.5)
+        margin = int(math.ceil(self.patch_size * 0.21)) if (turn and self.patch_size) else 0  # sqrt(2)/2 - 1/2
+        arrays = self._patch(i, g, margin) if self.patch_size else self.items[i]
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        if turn is not None:
+            tensors = rotate_sample(tensors, *turn, mask_channel=self.mask_channel)
+            if margin:
+                tensors = [t[..., margin:-margin, margin:-margin] for t in tensors]
         if self.augment:
             # left-right mirror (LPS: last axis is x); every channel flips together, so the mirror-difference
             # channels stay those of the flipped CT

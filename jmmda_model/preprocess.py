@@ -36,9 +36,14 @@ class PreprocessConfig:
     #: the CT->DWI lookup table (prior.TissuePrior.to_dict()) fitted on the training set; when set, the model
     #: input gets the prior as its last channel (generators with ``residual_prior`` predict a residual over it)
     tissue_prior: dict | None = None
+    #: the model was trained with in-plane rotation augmentation (trainer ``rotate_deg``): inference turns each CT
+    #: so its mid-sagittal line is vertical before the network (clinical.midplane.canonical_pose(rotate=True)).
+    #: Set by the trainer; models without it are fed whole-pixel translations only.
+    canonical_rotation: bool = False
 
     #: values of keys added after the first release, for checkpoints written before them
-    LEGACY = {"context_slices": 0, "mirror_channels": False, "mirror_gain": 4.0, "tissue_prior": None}
+    LEGACY = {"context_slices": 0, "mirror_channels": False, "mirror_gain": 4.0, "tissue_prior": None,
+              "canonical_rotation": False}
 
     def to_dict(self):
         return asdict(self)

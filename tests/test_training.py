@@ -156,3 +156,77 @@ def test_cases_at_other_pixel_sizes_are_loaded_at_the_model_spacing(small_store)
     assert lc.image.GetSpacing()[:2] == (1.8, 1.8)
     assert set(np.unique(lc.brain)) == {0, 1} and lc.lesion.sum() > 0
     assert PreprocessConfig(inplane_spacing=None).needs_resampling(sitk.ReadImage(str(case.ct))) is False
+
+
+def test_weight_average_is_what_is_validated_exported_and_resumed(small_store, tmp_path, tiny_gcfg):
+    """The model issue's damping of the step-to-step swings: the generator's exponential weight average is kept
+    beside the raw weights; the checkpoint's "generator" (validated, selected, exported) is the average, the raw
+    weights ("generator_train") go on training, and a resumed run restores both."""
+    cases = find_cases(small_store)
+    t = Trainer(_cfg(tiny_gcfg, epochs=1, ema_decay=0.9), tmp_path / "ema")
+    t.fit(cases[:2], cases[2:])
+    ck = ckpt_io.load(tmp_path / "ema" / "checkpoints" / "last.pt")
+    assert not _weights_equal(ck["generator"], ck["generator_train"])  # the average lags the raw weights
+    assert _weights_equal(ck["generator"], t.G_ema.state_dict()) and _weights_equal(ck["generator_train"], t.G.state_dict())
+    # both are validated; the better one (by the selection score) is model.pt, and the record says which
+    rec = ck["history"][-1]
+    assert rec["weights"] in ("average", "raw") and rec.get("best")
+    exported = ckpt_io.load(tmp_path / "ema" / "model.pt")
+    assert exported["model_card"]["weights"] == rec["weights"]
+    assert _weights_equal(exported["generator"], ck["generator" if rec["weights"] == "average" else "generator_train"])
+    again = Trainer(_cfg(tiny_gcfg, epochs=1, ema_decay=0.9), tmp_path / "ema")
+    again.resume(tmp_path / "ema" / "checkpoints" / "last.pt")
+    assert _weights_equal(again.G_ema.state_dict(), ck["generator"]) and _weights_equal(again.G.state_dict(), ck["generator_train"])
+    # off: one set of weights, as before
+    off = Trainer(_cfg(tiny_gcfg, epochs=1, ema_decay=0.0), tmp_path / "off")
+    off.fit(cases[:1], [])
+    assert off.G_ema is None and "generator_train" not in ckpt_io.load(tmp_path / "off" / "checkpoints" / "last.pt")
+
+
+def test_rotation_augmentation_and_the_canonical_pose_flag(small_store, tmp_path, tiny_gcfg):
+    """Crops turned by up to +-rotate_deg with sub-pixel shifts: labels (brain, lesion, the input's mask channel)
+    stay binary, the crop keeps its size, the draw repeats per (epoch, item), and a model trained so is marked to be
+    fed the canonical (turned) pose at inference; one trained without is not."""
+    from jmmda_model.data import rotate_sample
+
+    pre = PreprocessConfig()
+    cases = [load_case(c, pre) for c in find_cases(small_store)]
+    ds = SliceDataset(cases, pre, 8, augment=True, patch_size=64, rotate_deg=10.0, rotate_probability=1.0)
+    plain = SliceDataset(cases, pre, 8, augment=False, patch_size=64)
+    turned = 0
+    for i in range(0, len(ds), 5):
+        item = ds[i]
+        assert item["input"].shape[-2:] == (64, 64)
+        for t in (item["brain"], item["lesion"], item["input"][ds.mask_channel]):
+            assert set(torch.unique(t).tolist()) <= {0.0, 1.0}
+        assert torch.equal(item["input"], ds[i]["input"])  # deterministic per (epoch_seed, item)
+        turned += not torch.equal(item["brain"], plain[i]["brain"])
+    assert turned > 0
+    # a turn and the opposite turn give back the interior of the image (bilinear twice)
+    x = [torch.from_numpy(cases[0].ct_hu[10:11] / 100.0).float()] + [torch.zeros(1, *cases[0].ct_hu.shape[1:])] * 3
+    back = rotate_sample(rotate_sample(x, 8.0, 0.0, 0.0), -8.0, 0.0, 0.0)[0]
+    inner = (slice(None), slice(30, -30), slice(30, -30))
+    assert float(torch.corrcoef(torch.stack([back[inner].ravel(), x[0][inner].ravel()]))[0, 1]) > 0.95
+    t = Trainer(_cfg(tiny_gcfg, epochs=1), tmp_path / "rot")
+    assert t.pre.canonical_rotation is True
+    assert Trainer(_cfg(tiny_gcfg, epochs=1, rotate_deg=0.0), tmp_path / "norot").pre.canonical_rotation is False
+    assert Trainer(_cfg(tiny_gcfg, epochs=1, augment=False), tmp_path / "noaug").pre.canonical_rotation is False
+    t.fit(find_cases(small_store)[:1], [])
+    assert ckpt_io.load(tmp_path / "rot" / "model.pt")["preprocess"]["canonical_rotation"] is True
+
+
+def test_validation_chooses_the_better_of_raw_and_averaged_weights(small_store, tmp_path, tiny_gcfg, monkeypatch):
+    """Whichever of the two weight sets scores better on validation is exported; the score counts lesions shown,
+    lesions darker than normal and false-bright brain."""
+    pre = PreprocessConfig()
+    val = [load_case(c, pre) for c in find_cases(small_store)[2:]]
+    t = Trainer(_cfg(tiny_gcfg, epochs=1, ema_decay=0.9), tmp_path / "choose")
+    t.out.mkdir()
+    good = {"lesion_sensitivity": 0.5, "lesions_darker": 0.0, "false_bright_ml": 2.0, "psnr_brain": 28.0}
+    bad = {**good, "false_bright_ml": 40.0}
+    assert t._score(good) - t._score(bad) == pytest.approx(19.0)
+    assert t._score({**good, "lesions_darker": 1.0}) == pytest.approx(t._score(good) - 10.0)
+    for raw_better in (True, False):
+        monkeypatch.setattr(t, "_validate", lambda cases, net=None, rb=raw_better: dict(good if (net is t.G) == rb else bad))
+        vm, chosen = t._validate_and_choose(val)
+        assert chosen == ("raw" if raw_better else "average") and vm["false_bright_ml"] == 2.0
