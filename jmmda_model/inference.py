@@ -11,10 +11,14 @@ import torch
 
 from .clinical.brainmask import check_head_ct, ct_brain_mask
 from .clinical.geometry import (
+    OBLIQUE_TOLERANCE_DEG,
     copy_geometry,
     from_axial,
+    inplane_obliquity_deg,
     resample_inplane,
-    resample_to,
+    resample_straight,
+    resample_slabwise,
+    slice_tilt_deg,
     to_axial,
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
@@ -161,22 +165,25 @@ class Synthesizer:
                 logits[s:e] = lb
         return y, logits
 
-    def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None):
+    def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None,
+                       with_logits: bool = True):
         """Synthetic DWI and lesion logits (or None) of an axial volume on the model's grid, computed in the
         canonical pose (``clinical.midplane.canonical_pose``: the slices turned so the mid-sagittal line is vertical
         and centred on a fixed canvas) and mapped back: the same head gives the same answer wherever and however
-        (in plane) it lies in the image. Returns (dwi, logits, pose info)."""
+        (in plane) it lies in the image. Returns (dwi, logits, pose info): logits None without a lesion head, or
+        when ``with_logits`` is False (then they are not mapped back)."""
         if plane is None:
             plane = estimate_midplane(ct_hu, spacing_zyx)
         if mirror is None and self.pre.mirror_channels:
             mirror = mirror_or_self(ct_hu, plane, spacing_zyx)
-        pose = canonical_pose(brain, spacing_zyx, plane, divisor=int(getattr(self.net, "size_divisor", 8)))
+        pose = canonical_pose(brain, spacing_zyx, plane, divisor=int(getattr(self.net, "size_divisor", 8)),
+                              rotate=bool(self.pre.canonical_rotation))
         c_ct = pose.forward(ct_hu, order=1, cval=-1000.0)
         c_brain = (pose.forward(brain, order=0) > 0.5).astype(np.uint8)
         c_mirror = pose.forward(mirror, order=1, cval=-1000.0) if mirror is not None else None
         y, logits = self.predict_streamed(c_ct, c_brain, spacing_zyx, c_mirror)
         y = pose.inverse(y)
-        logits = pose.inverse(logits) if logits is not None else None
+        logits = pose.inverse(logits) if (logits is not None and with_logits) else None  # mapped back only when wanted
         return y, logits, pose.to_dict()
 
     def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None, return_probability: bool = False):
@@ -195,8 +202,22 @@ class Synthesizer:
         m = copy_geometry(brain_native.astype(np.uint8, copy=False), ct)
         del brain_native  # full-resolution arrays are dropped as soon as they are used (thin-slice series)
         ct_ax, mask_ax = to_axial(ct), to_axial(m)
-        resampled = self.pre.needs_resampling(ct_ax)
-        if resampled:  # the network works at its training pixel size
+        # rows turned in the slice plane (an oblique series): straightened first, unless the model turns its input
+        # into the canonical pose itself (one interpolation, not two)
+        turned = inplane_obliquity_deg(ct_ax)
+        straighten = turned > OBLIQUE_TOLERANCE_DEG and not self.pre.canonical_rotation
+        resampled = self.pre.needs_resampling(ct_ax) or straighten
+        tilt = slice_tilt_deg(ct_ax)
+        if tilt > OBLIQUE_TOLERANCE_DEG:
+            info["slice_tilt"] = (f"the slices are angled {tilt:.1f} degrees to the patient's axial plane (gantry tilt or "
+                                  "oblique series): the synthesis is computed on the CT's own slices, not re-sliced")
+        if straighten:
+            work_ct = resample_straight(ct_ax, self.pre.inplane_spacing)
+            brain = (sitk.GetArrayFromImage(resample_straight(mask_ax, self.pre.inplane_spacing, label=True))
+                     > 0.5).astype(np.uint8)
+            info["straightened"] = (f"the image rows are turned {turned:.1f} degrees in the slice plane: the synthesis "
+                                    "was computed on straightened slices and resampled onto the CT grid")
+        elif resampled:  # the network works at its training pixel size
             work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
             brain = (sitk.GetArrayFromImage(resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)) > 0.5).astype(np.uint8)
         else:
@@ -211,7 +232,7 @@ class Synthesizer:
         if self.pre.mirror_channels:  # hemispheric comparison
             info["hemispheric_comparison"] = ("used" if plane.trusted else
                                               f"NOT used (mid-sagittal plane not trusted: {plane.reason})")
-        y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane)
+        y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane, with_logits=return_probability)
         prob = None
         if logits is not None and return_probability:
             prob = np.clip(self.probability(logits) * brain, 0.0, 1.0)
@@ -220,19 +241,19 @@ class Synthesizer:
         _release_freed_memory()  # the full-resolution output comes next: hand the work stage's freed heap back first
 
         def to_ct(a: np.ndarray) -> sitk.Image:
-            """Work-grid array -> float32 image on the CT's own grid, 0 outside the brain mask (in SimpleITK, so
-            the full-resolution result exists once, not as several numpy copies)."""
+            """Work-grid array -> float32 image on the CT's own grid, 0 outside the brain mask. A resampled result is
+            written slab by slab straight onto the CT's grid in its own orientation (no re-orientation copy, no
+            second full-size image for the mask): the full-resolution result exists once."""
             img = sitk.GetImageFromArray(a.astype(np.float32, copy=False))
-            if resampled:
-                img.SetOrigin(work_geo[0])
-                img.SetSpacing(work_geo[1])
-                img.SetDirection(work_geo[2])
-                img = resample_to(mask_ax, img)  # mask_ax carries the CT's axial grid
-            else:
+            if not resampled:
                 img.CopyInformation(mask_ax)
-            if self.pre.mask_output:
-                img = sitk.Mask(img, mask_ax, 0.0, 0)
-            return from_axial(img, ct)
+                if self.pre.mask_output:
+                    img = sitk.Mask(img, mask_ax, 0.0, 0)
+                return from_axial(img, ct)
+            img.SetOrigin(work_geo[0])
+            img.SetSpacing(work_geo[1])
+            img.SetDirection(work_geo[2])
+            return resample_slabwise(img, m if self.pre.mask_output else ct, mask=m if self.pre.mask_output else None)
 
         out = label_synthetic(to_ct(y))
         del y

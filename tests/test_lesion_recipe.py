@@ -169,7 +169,7 @@ def test_series_notes_and_midplane_reach_the_infer_info():
 def test_same_head_anywhere_in_the_image_gives_the_same_synthesis():
     """Pose issue, item 1 (translation part): the head moved by whole pixels inside the image (1-7 pixels, and
     33 pixels = 59.4 mm off-centre on a larger field of view) gives the same synthetic DWI once moved back: the
-    canonical pose places every head on the same canvas pixels. The plain network is not shift-invariant
+    canonical pose places every head on the same canvas pixels (turned by the same angle). The plain network is not shift-invariant
     (stride-8 wavelet steps): fed directly, these shifts agree only at r = 0.98 (measured)."""
     from conftest import DEMO_MODEL, SAMPLE
     from jmmda_model.inference import Synthesizer
@@ -192,10 +192,12 @@ def test_same_head_anywhere_in_the_image_gives_the_same_synthesis():
         return np.roll(sitk.GetArrayFromImage(out), (-dy, -dx), axis=(1, 2)), info
 
     ref, info = run(0, 0)
-    assert info["canonical_pose"]["used_plane"] and info["canonical_pose"]["rotated_deg"] == 0.0
+    assert info["canonical_pose"]["used_plane"]
+    turn = info["canonical_pose"]["rotated_deg"]  # the shipped demo turns the head upright (about 7 deg here)
     brain = a_m > 0
     for dy, dx in ((1, 0), (3, 5), (7, 7), (-33, 0), (0, 33)):
-        moved, _ = run(dy, dx)
+        moved, info_m = run(dy, dx)
+        assert abs(info_m["canonical_pose"]["rotated_deg"] - turn) < 0.05  # the same turn wherever the head lies
         r = float(np.corrcoef(ref[brain], moved[brain])[0, 1])
         assert r >= 0.99, ((dy, dx), r)
 

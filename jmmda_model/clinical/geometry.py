@@ -44,6 +44,26 @@ def from_axial(img: sitk.Image, ref: sitk.Image) -> sitk.Image:
     return back
 
 
+def _antialias_sigma(sp, new_sp) -> list[float]:
+    """In-plane Gaussian sigmas (mm) before down-sampling from ``sp`` to ``new_sp``: 0.3 x sqrt(new^2 - old^2) per
+    axis that shrinks by more than 5 %, else 0."""
+    return [0.3 * float(np.sqrt(max(new_sp[i] ** 2 - sp[i] ** 2, 0.0))) if new_sp[i] > 1.05 * sp[i] else 0.0
+            for i in range(2)]
+
+
+def _smooth_inplane(img: sitk.Image, sigma) -> sitk.Image:
+    """``img`` as float32, smoothed along its first two axes by the given sigmas (mm; 0 = that axis untouched)."""
+    out = sitk.Cast(img, sitk.sitkFloat32)
+    for axis, sg in enumerate(sigma):
+        if sg > 0:
+            f = sitk.RecursiveGaussianImageFilter()
+            f.SetSigma(sg)
+            f.SetDirection(axis)
+            f.SetNormalizeAcrossScale(False)
+            out = f.Execute(out)
+    return out
+
+
 def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.Image:
     """Axial-oriented image onto a grid with the given in-plane spacing over the same extent and the
     same slices (linear, or nearest neighbour for labels). Voxel centres are kept symmetric.
@@ -54,7 +74,7 @@ def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.I
     size = img.GetSize()
     sp = img.GetSpacing()
     new_sp = (float(spacing_xy[0]), float(spacing_xy[1]), sp[2])
-    sigma = [0.3 * float(np.sqrt(max(new_sp[i] ** 2 - sp[i] ** 2, 0.0))) if new_sp[i] > 1.05 * sp[i] else 0.0 for i in range(2)]
+    sigma = _antialias_sigma(sp, new_sp)
     new_size = [max(2, int(round(size[i] * sp[i] / new_sp[i]))) for i in range(2)] + [size[2]]
     d = np.array(img.GetDirection()).reshape(3, 3)
     # keep the physical centre of the field of view
@@ -71,14 +91,7 @@ def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.I
     for k0 in range(0, size[2], chunk):
         part = img[:, :, k0 : min(size[2], k0 + chunk)]
         if not label and max(sigma) > 0:
-            smooth = sitk.Cast(part, sitk.sitkFloat32)
-            for axis, sg in enumerate(sigma):
-                if sg > 0:
-                    f = sitk.RecursiveGaussianImageFilter()
-                    f.SetSigma(sg)
-                    f.SetDirection(axis)
-                    f.SetNormalizeAcrossScale(False)
-                    smooth = f.Execute(smooth)
+            smooth = _smooth_inplane(part, sigma)
             part = sitk.Cast(sitk.Round(smooth), pix) if pix not in (sitk.sitkFloat32, sitk.sitkFloat64) else sitk.Cast(smooth, pix)
         o = np.array(origin) + d @ np.array([0.0, 0.0, k0 * new_sp[2]])
         res = sitk.Resample(part, [new_size[0], new_size[1], part.GetSize()[2]], sitk.Transform(),
@@ -102,3 +115,102 @@ def resample_to(reference: sitk.Image, moving: sitk.Image, transform: sitk.Trans
         moving, reference, transform or sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
         0.0, moving.GetPixelID(),
     )
+
+
+def slice_tilt_deg(img: sitk.Image) -> float:
+    """Angle (degrees) between the slices' normal (the image's third axis) and the nearest patient axis: a gantry
+    tilt or a through-plane oblique series."""
+    n = np.abs(np.array(img.GetDirection(), float).reshape(3, 3)[:, 2])
+    return float(np.degrees(np.arccos(np.clip(n.max(), -1.0, 1.0))))
+
+
+def _straight_axes(img: sitk.Image) -> np.ndarray:
+    """Columns u, v, n: the slices' own normal n, u the patient axis nearest the image's first axis projected into the
+    slice plane (same sense as that axis), v = n x u."""
+    d = np.array(img.GetDirection(), float).reshape(3, 3)
+    n = d[:, 2]
+    e = np.zeros(3)
+    e[int(np.argmax(np.abs(d[:, 0])))] = 1.0
+    u = e - (e @ n) * n
+    u /= np.linalg.norm(u)
+    if u @ d[:, 0] < 0:
+        u = -u
+    v = np.cross(n, u)
+    if v @ d[:, 1] < 0:  # keep the image's handedness
+        v = -v
+    return np.stack([u, v, n], axis=1)
+
+
+def inplane_obliquity_deg(img: sitk.Image) -> float:
+    """Angle (degrees) by which the image's rows are turned inside the slice plane away from the patient's axes (an
+    oblique series angled about the slice normal): what :func:`resample_straight` takes out."""
+    d = np.array(img.GetDirection(), float).reshape(3, 3)
+    return float(np.degrees(np.arccos(np.clip(abs(_straight_axes(img)[:, 0] @ d[:, 0]), -1.0, 1.0))))
+
+
+#: images whose rows are turned in plane more than this are straightened before a model that does not turn its input
+OBLIQUE_TOLERANCE_DEG = 0.5
+
+
+def resample_straight(img: sitk.Image, spacing_xy=None, label: bool = False) -> sitk.Image:
+    """The image turned inside its own slice planes so its rows and columns follow the patient's axes (as projected
+    into the slices), covering its whole in-plane extent at ``spacing_xy`` (None: its own). The slices themselves are
+    kept - same normal, positions and spacing, nothing is interpolated across them: re-slicing 5 mm slices of a
+    15 degree gantry tilt onto axial planes blurred them (superpixel r against the true DWI 0.38 instead of 0.49).
+    Linear (nearest neighbour for labels); in-plane down-sampling is anti-aliased as in :func:`resample_inplane`.
+    Computed in slabs of slices."""
+    sp = np.array(img.GetSpacing(), float)
+    new_sp = np.array([*(spacing_xy if spacing_xy is not None else sp[:2]), sp[2]], float)
+    axes = _straight_axes(img)
+    size = np.array(img.GetSize())
+    o = np.array(img.GetOrigin(), float)
+    corners = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, 0.0)])
+                        for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)])
+    local = (corners - o) @ axes  # coordinates along u, v (n is 0: the first slice's plane)
+    lo, hi = local.min(0), local.max(0)
+    new_size = [int(max(1, np.ceil((hi[i] - lo[i]) / new_sp[i] - 1e-6))) for i in range(2)] + [int(size[2])]
+    origin = o + axes[:, 0] * (lo[0] + new_sp[0] / 2) + axes[:, 1] * (lo[1] + new_sp[1] / 2)
+    sigma = _antialias_sigma(sp, new_sp)
+    src = img if label or max(sigma) == 0 else _smooth_inplane(img, sigma)
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(img)
+    fill = 0.0 if label else float(mm.GetMinimum())
+    out = np.empty((new_size[2], new_size[1], new_size[0]), sitk.GetArrayViewFromImage(img[:1, :1, :1]).dtype)
+    chunk = max(1, int(2**24 // max(new_size[0] * new_size[1], 1)))
+    direction = tuple(float(v) for v in axes.ravel())
+    for k0 in range(0, new_size[2], chunk):
+        n = min(new_size[2] - k0, chunk)
+        res = sitk.Resample(src, [new_size[0], new_size[1], n], sitk.Transform(),
+                            sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+                            tuple(float(v) for v in origin + axes[:, 2] * (k0 * new_sp[2])),
+                            tuple(float(v) for v in new_sp), direction, fill, img.GetPixelID())
+        out[k0 : k0 + n] = sitk.GetArrayViewFromImage(res)
+    result = sitk.GetImageFromArray(out)
+    result.SetSpacing(tuple(float(v) for v in new_sp))
+    result.SetOrigin(tuple(float(v) for v in origin))
+    result.SetDirection(direction)
+    return result
+
+
+def resample_slabwise(moving: sitk.Image, reference: sitk.Image, mask: sitk.Image | None = None,
+                      slab_bytes: int = 2**25) -> sitk.Image:
+    """``moving`` resampled (linear) onto ``reference``'s grid as float32, set to 0 where ``mask`` (on that grid) is 0,
+    built slab by slab along the reference's last index axis and pasted in place into one preallocated image: the
+    full-size result is the only full-size allocation (``resample_to`` + ``sitk.Mask`` + a re-orientation held three)."""
+    size = reference.GetSize()
+    out = sitk.Image(size, sitk.sitkFloat32)
+    out.CopyInformation(reference)
+    step = max(1, int(slab_bytes // max(4 * size[0] * size[1], 1)))
+    for k0 in range(0, size[2], step):
+        k1 = min(size[2], k0 + step)
+        ref = sitk.Image([size[0], size[1], k1 - k0], sitk.sitkFloat32)
+        ref.SetSpacing(reference.GetSpacing())
+        ref.SetDirection(reference.GetDirection())
+        ref.SetOrigin(reference.TransformIndexToPhysicalPoint((0, 0, k0)))
+        part = sitk.Resample(moving, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        if mask is not None:
+            m = mask[:, :, k0:k1]
+            m.SetOrigin(ref.GetOrigin())
+            part = sitk.Mask(part, m, 0.0, 0)
+        out[:, :, k0:k1] = part
+    return out

@@ -86,6 +86,21 @@ class _Level:
         return float(np.mean((self.mirrored(n, d) - self.v) ** 2))
 
 
+def _at_minimum(cost, x, steps=(0.5, 0.5, 0.5), tolerance: float = 1e-3) -> bool:
+    """Is ``x`` (yaw deg, roll deg, offset mm) a minimum of ``cost`` to within half a degree and half a millimetre?
+    No step of that size along any parameter lowers the cost by more than ``tolerance`` (relative). The optimiser
+    may stop on its evaluation budget while already there (an off-centre head took more evaluations to settle):
+    this test, not the optimiser's bookkeeping, decides whether the search converged."""
+    c0 = cost(x)
+    for i, h in enumerate(steps):
+        for sgn in (-1.0, 1.0):
+            q = np.array(x, float)
+            q[i] += sgn * h
+            if cost(q) < c0 * (1.0 - tolerance):
+                return False
+    return True
+
+
 def estimate_midplane(ct_hu: np.ndarray, spacing_zyx, max_angle_deg: float = 25.0, max_offset_mm: float = 30.0,
                       min_symmetry_r: float = 0.75, max_asymmetric_fraction: float = 0.25, seed: int = 0) -> MidPlane:
     """The mid-sagittal plane of an axial head CT (HU, (z, y, x))."""
@@ -126,7 +141,7 @@ def estimate_midplane(ct_hu: np.ndarray, spacing_zyx, max_angle_deg: float = 25.
     plane_out = MidPlane(tuple(float(v) for v in n), d, r, asym, True, "", 0.0)
     offset_from_centre = float(n @ centre - d)
     problems = []
-    if not res.success:
+    if not res.success and not _at_minimum(lambda q: fine.cost(*plane(q)), res.x):
         problems.append(f"the plane search did not converge ({res.message})")
     if plane_out.angle_from_sagittal_deg > max_angle_deg:
         problems.append(f"plane tilted {plane_out.angle_from_sagittal_deg:.1f} deg from the image's sagittal plane "
@@ -220,9 +235,10 @@ def canonical_pose(brain: np.ndarray, spacing_zyx, plane: MidPlane | None, fov_m
 
     ``rotate=False`` (default): translation by whole pixels only - the canvas samples the source exactly, no
     interpolation, so whole-pixel shifts of the head give identical network input and output. ``rotate=True``
-    also turns the slices by the plane's yaw (interpolated): measured on the demo model, which was trained on
-    unturned slices, it cost 1.2 dB in-brain PSNR and 21 mL of false-bright brain per sample case, so it waits for
-    a model trained in that pose."""
+    also turns the slices by the plane's yaw (interpolated), so a head turned in the axial plane lands upright. It
+    is used for models trained with rotation augmentation (``PreprocessConfig.canonical_rotation``): on a model
+    trained on unturned, uninterpolated slices it cost 1.2 dB in-brain PSNR and 21 mL of false-bright brain per
+    sample case (measured on the earlier demo)."""
     sp = np.asarray(spacing_zyx, float)
     sx, sy = float(sp[2]), float(sp[1])
     zyx = np.argwhere(np.asarray(brain) > 0)
