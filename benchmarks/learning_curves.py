@@ -159,7 +159,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     cap_s = args.max_minutes * 60 if args.max_minutes else None
 
     def logits_fn(lc, net=None):
-        return predict_slices(net or trainer.G_eval, case_input(lc, trainer.pre), trainer.device, batch_size=16,
+        return predict_slices(trainer.G_eval if net is None else net, case_input(lc, trainer.pre), trainer.device, batch_size=16,
                               amp=trainer.amp, with_logits=True)
 
     def on_epoch(record):

@@ -253,7 +253,7 @@ class Synthesizer:
             img.SetOrigin(work_geo[0])
             img.SetSpacing(work_geo[1])
             img.SetDirection(work_geo[2])
-            return resample_slabwise(img, m if self.pre.mask_output else ct, mask=m if self.pre.mask_output else None)
+            return resample_slabwise(img, ct, mask=m if self.pre.mask_output else None)
 
         out = label_synthetic(to_ct(y))
         del y

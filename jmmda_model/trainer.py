@@ -3,8 +3,9 @@
 * losses: adversarial (LSGAN by default, or vanilla BCE) + lambda * L1 weighted inside the brain,
   with extra weight on lesions and a small weight on the background;
 * progress bar (tqdm), TensorBoard scalars and sample images;
-* checkpoints written atomically every epoch (``checkpoints/last.pt``: full state to resume),
-  the best generator by validation in-brain PSNR exported as ``model.pt`` (inference-only);
+* checkpoints written atomically every epoch (``checkpoints/last.pt``: full state to resume), the best epoch by
+  the validation score (``select_metric``; the better of the raw and the averaged weights) exported as
+  ``model.pt`` (inference-only);
 * resumable: epoch order and augmentation derive from (seed, epoch), so an interrupted and resumed
   run reproduces the uninterrupted one on the same device;
 * stoppable: a ``threading.Event``; a stop mid-epoch keeps the last completed epoch's state;
@@ -264,12 +265,14 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ training
-    def _validate(self, val_cases, net=None) -> dict:
-        """Validation metrics of ``net`` (default: the averaged weights) and this epoch's temperature fit."""
+    def _validate(self, val_cases, net=None, inputs=None) -> tuple[dict, dict | None]:
+        """Validation metrics of ``net`` (default: the averaged weights) and its temperature fit (None without a
+        lesion head). ``inputs``: the cases' model inputs, when already built."""
         net = net if net is not None else self.G_eval
-        per_case, logits = [], []
-        for c in val_cases:
-            y, lg = predict_slices(net, case_input(c, self.pre), self.device, amp=self.amp, with_logits=True)
+        inputs = inputs if inputs is not None else [case_input(c, self.pre) for c in val_cases]
+        per_case, logits, cal = [], [], None
+        for c, x in zip(val_cases, inputs):
+            y, lg = predict_slices(net, x, self.device, amp=self.amp, with_logits=True)
             if self.pre.mask_output:
                 y = y * c.brain
             per_case.append(evaluate_volume(y, c.dwi, c.brain, c.lesion, c.spacing_zyx, ct_hu=c.ct_hu,
@@ -280,8 +283,7 @@ class Trainer:
             # temperature scaling of the lesion probability on the validation cases (in-brain voxels)
             t = fit_temperature([lg[c.brain > 0] for lg, c in zip(logits, val_cases)],
                                 [c.lesion[c.brain > 0] for c in val_cases])
-            self._val_calibration = {"temperature": t, "fitted_on": [c.id for c in val_cases],
-                                     "epoch": self.epoch}
+            cal = {"temperature": t, "fitted_on": [c.id for c in val_cases], "epoch": self.epoch}
             pm = [probability_metrics(calibrated_probability(lg, t), c.lesion, c.brain, c.spacing_zyx)
                   for lg, c in zip(logits, val_cases)]
             prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
@@ -293,7 +295,7 @@ class Trainer:
         out["lesions_darker"] = float(sum(x["darker"] for x in lesions))
         out["lesions_total"] = float(len(lesions))
         out.update(prob)
-        return out
+        return out, cal
 
     def _score(self, vm: dict) -> float:
         """Validation score that selects model.pt: in-brain PSNR, or with ``select_metric="lesion"`` lesion
@@ -310,14 +312,14 @@ class Trainer:
         one's metrics and which ("average" or "raw"). Measured on the lesion recipe (3 seeds, 1000 CPU steps) the
         average swung less between evaluations but lagged the raw weights (false-bright 13.7 vs 6.4 mL per case),
         so neither is assumed: validation decides, each epoch."""
-        vm = self._validate(val_cases)
-        cal, chosen = self._val_calibration, ("average" if self.G_ema is not None else "raw")
+        inputs = [case_input(c, self.pre) for c in val_cases]  # built once for both weight sets
+        vm, cal = self._validate(val_cases, inputs=inputs)
+        chosen = "average" if self.G_ema is not None else "raw"
         if self.G_ema is not None:
-            raw = self._validate(val_cases, self.G)
+            raw, raw_cal = self._validate(val_cases, self.G, inputs)
             if self._score(raw) > self._score(vm):
-                vm, chosen = raw, "raw"
-            else:
-                self._val_calibration = cal
+                vm, cal, chosen = raw, raw_cal, "raw"
+        self._val_calibration = cal
         self._sample(val_cases, self.G if chosen == "raw" else self.G_eval)  # with this epoch's temperature
         return vm, chosen
 
@@ -430,9 +432,10 @@ class Trainer:
                 state = self.state()
                 ckpt_io.atomic_save(state, last)
                 if record.get("best") or not val_loaded:
-                    use = self.G if record.get("weights") == "raw" else self.G_eval
+                    weights = record.get("weights", "average" if self.G_ema is not None else "raw")
+                    use = self.G if weights == "raw" else self.G_eval
                     ckpt_io.export_inference({**state, "generator": use.state_dict()}, self.out / "model.pt",
-                                             model_card={**self.model_card(train), "weights": record.get("weights", "average" if self.G_ema is not None else "raw")})
+                                             model_card={**self.model_card(train), "weights": weights})
                 if writer:
                     for k, v in record.items():
                         if isinstance(v, float):

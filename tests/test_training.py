@@ -227,6 +227,8 @@ def test_validation_chooses_the_better_of_raw_and_averaged_weights(small_store, 
     assert t._score(good) - t._score(bad) == pytest.approx(19.0)
     assert t._score({**good, "lesions_darker": 1.0}) == pytest.approx(t._score(good) - 10.0)
     for raw_better in (True, False):
-        monkeypatch.setattr(t, "_validate", lambda cases, net=None, rb=raw_better: dict(good if (net is t.G) == rb else bad))
+        monkeypatch.setattr(t, "_validate", lambda cases, net=None, inputs=None, rb=raw_better: (
+            dict(good if (net is t.G) == rb else bad), {"temperature": 2.0 if net is t.G else 3.0}))
         vm, chosen = t._validate_and_choose(val)
         assert chosen == ("raw" if raw_better else "average") and vm["false_bright_ml"] == 2.0
+        assert t._val_calibration["temperature"] == (2.0 if raw_better else 3.0)  # the chosen set's temperature

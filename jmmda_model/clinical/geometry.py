@@ -74,37 +74,49 @@ def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.I
     size = img.GetSize()
     sp = img.GetSpacing()
     new_sp = (float(spacing_xy[0]), float(spacing_xy[1]), sp[2])
-    sigma = _antialias_sigma(sp, new_sp)
     new_size = [max(2, int(round(size[i] * sp[i] / new_sp[i]))) for i in range(2)] + [size[2]]
     d = np.array(img.GetDirection()).reshape(3, 3)
     # keep the physical centre of the field of view
     centre = np.array(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
     origin = centre - d @ (np.array([(new_size[i] - 1) / 2 * new_sp[i] for i in range(3)]))
+    return _resample_keeping_slices(img, new_size[:2], origin, new_sp, d, label)
+
+
+def _resample_keeping_slices(img: sitk.Image, size_xy, origin, spacing, direction: np.ndarray,
+                             label: bool) -> sitk.Image:
+    """``img`` onto a grid of the same slices (slice k of the result lies on slice k of ``img``) with in-plane size
+    ``size_xy``, ``spacing`` (x, y, and the image's own slice spacing), ``origin`` and ``direction`` (3 x 3, columns
+    the axes). Linear, or nearest neighbour for labels; intensity images are anti-aliased in plane first
+    (:func:`_antialias_sigma`) and keep their pixel type (rounded). In chunks of slices: the full-resolution float
+    copy of the smoothing never exists at once (a 320-slice 0.5 mm series held 2 x 336 MB here)."""
+    size = img.GetSize()
+    sigma = [0.0, 0.0] if label else _antialias_sigma(img.GetSpacing(), spacing)
     pix = img.GetPixelID()
     mm = sitk.MinimumMaximumImageFilter()
     mm.Execute(img)
     fill = 0.0 if label else float(mm.GetMinimum())
+    d = np.asarray(direction, float).reshape(3, 3)
+    dir_t = tuple(float(v) for v in d.ravel())
+    sp_t = tuple(float(v) for v in spacing)
     out = None
-    # in chunks of slices: the full-resolution float copy of the smoothing never exists at once (a 320-slice
-    # 0.5 mm series held 2 x 336 MB here)
     chunk = max(1, int(2**25 // max(size[0] * size[1], 1)))
     for k0 in range(0, size[2], chunk):
         part = img[:, :, k0 : min(size[2], k0 + chunk)]
-        if not label and max(sigma) > 0:
+        if max(sigma) > 0:
             smooth = _smooth_inplane(part, sigma)
             part = sitk.Cast(sitk.Round(smooth), pix) if pix not in (sitk.sitkFloat32, sitk.sitkFloat64) else sitk.Cast(smooth, pix)
-        o = np.array(origin) + d @ np.array([0.0, 0.0, k0 * new_sp[2]])
-        res = sitk.Resample(part, [new_size[0], new_size[1], part.GetSize()[2]], sitk.Transform(),
-                            sitk.sitkNearestNeighbor if label else sitk.sitkLinear, tuple(o), new_sp, img.GetDirection(),
-                            fill, pix)
+        o = np.asarray(origin, float) + d @ np.array([0.0, 0.0, k0 * spacing[2]])
+        res = sitk.Resample(part, [int(size_xy[0]), int(size_xy[1]), part.GetSize()[2]], sitk.Transform(),
+                            sitk.sitkNearestNeighbor if label else sitk.sitkLinear, tuple(float(v) for v in o), sp_t,
+                            dir_t, fill, pix)
         a = sitk.GetArrayViewFromImage(res)
         if out is None:
-            out = np.empty((size[2], new_size[1], new_size[0]), a.dtype)
+            out = np.empty((size[2], int(size_xy[1]), int(size_xy[0])), a.dtype)
         out[k0 : k0 + a.shape[0]] = a
     result = sitk.GetImageFromArray(out)
-    result.SetSpacing(new_sp)
+    result.SetSpacing(sp_t)
     result.SetOrigin(tuple(float(v) for v in origin))
-    result.SetDirection(img.GetDirection())
+    result.SetDirection(dir_t)
     return result
 
 
@@ -157,8 +169,8 @@ def resample_straight(img: sitk.Image, spacing_xy=None, label: bool = False) -> 
     into the slices), covering its whole in-plane extent at ``spacing_xy`` (None: its own). The slices themselves are
     kept - same normal, positions and spacing, nothing is interpolated across them: re-slicing 5 mm slices of a
     15 degree gantry tilt onto axial planes blurred them (superpixel r against the true DWI 0.38 instead of 0.49).
-    Linear (nearest neighbour for labels); in-plane down-sampling is anti-aliased as in :func:`resample_inplane`.
-    Computed in slabs of slices."""
+    Linear (nearest neighbour for labels); in-plane down-sampling is anti-aliased as in :func:`resample_inplane`,
+    in chunks of slices."""
     sp = np.array(img.GetSpacing(), float)
     new_sp = np.array([*(spacing_xy if spacing_xy is not None else sp[:2]), sp[2]], float)
     axes = _straight_axes(img)
@@ -168,28 +180,9 @@ def resample_straight(img: sitk.Image, spacing_xy=None, label: bool = False) -> 
                         for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)])
     local = (corners - o) @ axes  # coordinates along u, v (n is 0: the first slice's plane)
     lo, hi = local.min(0), local.max(0)
-    new_size = [int(max(1, np.ceil((hi[i] - lo[i]) / new_sp[i] - 1e-6))) for i in range(2)] + [int(size[2])]
+    size_xy = [int(max(1, np.ceil((hi[i] - lo[i]) / new_sp[i] - 1e-6))) for i in range(2)]
     origin = o + axes[:, 0] * (lo[0] + new_sp[0] / 2) + axes[:, 1] * (lo[1] + new_sp[1] / 2)
-    sigma = _antialias_sigma(sp, new_sp)
-    src = img if label or max(sigma) == 0 else _smooth_inplane(img, sigma)
-    mm = sitk.MinimumMaximumImageFilter()
-    mm.Execute(img)
-    fill = 0.0 if label else float(mm.GetMinimum())
-    out = np.empty((new_size[2], new_size[1], new_size[0]), sitk.GetArrayViewFromImage(img[:1, :1, :1]).dtype)
-    chunk = max(1, int(2**24 // max(new_size[0] * new_size[1], 1)))
-    direction = tuple(float(v) for v in axes.ravel())
-    for k0 in range(0, new_size[2], chunk):
-        n = min(new_size[2] - k0, chunk)
-        res = sitk.Resample(src, [new_size[0], new_size[1], n], sitk.Transform(),
-                            sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
-                            tuple(float(v) for v in origin + axes[:, 2] * (k0 * new_sp[2])),
-                            tuple(float(v) for v in new_sp), direction, fill, img.GetPixelID())
-        out[k0 : k0 + n] = sitk.GetArrayViewFromImage(res)
-    result = sitk.GetImageFromArray(out)
-    result.SetSpacing(tuple(float(v) for v in new_sp))
-    result.SetOrigin(tuple(float(v) for v in origin))
-    result.SetDirection(direction)
-    return result
+    return _resample_keeping_slices(img, size_xy, origin, new_sp, axes, label)
 
 
 def resample_slabwise(moving: sitk.Image, reference: sitk.Image, mask: sitk.Image | None = None,
