@@ -17,6 +17,7 @@ DEMO_STEPS=${DEMO_STEPS:-6000}
 DEMO_MIN=${DEMO_MIN:-6}
 timeout ${BUDGET_S:-450} python3 benchmarks/train_demo.py --out /tmp/demo --steps "$DEMO_STEPS" --val-every 1000 \
   --batch-size 32 --workers ${DEMO_WORKERS:-4} --train-cases ${DEMO_CASES:-160} --val-cases 8 --max-minutes "$DEMO_MIN" \
+  --max-pitch-deg ${DEMO_PITCH:-12} \
   > "$OUT/demo.log" 2>&1 &
 DEMO=$!
 [ "${MODE:-both}" = demo ] || timeout ${BUDGET_S:-450} python3 benchmarks/learning_curves.py --out /tmp/curves --steps "$BENCH_STEPS" --eval-every 500 \

@@ -62,21 +62,22 @@ RAW_KEYS = ("psnr_brain", "false_bright_ml", "qualifying_sensitivity", "darker",
 
 
 def _load(args_tuple):
-    seed, pre_dict = args_tuple
-    from jmmda_model.phantom import loaded_case
+    seed, pre_dict, phantom = args_tuple
+    from jmmda_model.phantom import PhantomConfig, loaded_case
     from jmmda_model.preprocess import PreprocessConfig
 
-    lc = loaded_case(seed, PreprocessConfig.from_dict(pre_dict))
+    lc = loaded_case(seed, PreprocessConfig.from_dict(pre_dict), PhantomConfig(**phantom) if phantom else None)
     lc.image = None
     return lc
 
 
-def make_cases(seeds, pre, workers: int):
-    """Phantoms with their mirror images (the mirror is computed for every arm; arms without it ignore it)."""
+def make_cases(seeds, pre, workers: int, phantom: dict | None = None):
+    """Phantoms with their mirror images (the mirror is computed for every arm; arms without it ignore it).
+    ``phantom``: PhantomConfig settings other than the defaults."""
     from multiprocessing import get_context
 
     pre = {**pre.to_dict(), "mirror_channels": True}
-    jobs = [(s, pre) for s in seeds]
+    jobs = [(s, pre, phantom) for s in seeds]
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
             return pool.map(_load, jobs, chunksize=1)
@@ -106,7 +107,8 @@ def evaluate(pred_fn, cases, with_prob=None) -> dict:
                          "darker_qualifying": sum(x["darker"] for x in q),
                          "mean_ratio_qualifying": float(np.mean([x["ratio_syn"] for x in q])) if q else float("nan")})
         if with_prob is not None and lg is not None:
-            prob.append(probability_metrics(with_prob(lg) * lc.brain, lc.lesion, lc.brain, lc.spacing_zyx))
+            prob.append(probability_metrics(with_prob(lg) * lc.brain, lc.lesion, lc.brain, lc.spacing_zyx,
+                                            counted=[qualifying(x) for x in les["lesions"]]))
     q_all = [x for x in lesions if qualifying(x)]
     out = {
         "psnr_brain": float(np.mean([c["psnr_brain"] for c in per_case])),
@@ -125,6 +127,7 @@ def evaluate(pred_fn, cases, with_prob=None) -> dict:
         out["prob_ece"] = ece_from_bins(pool_reliability(prob))
         out["prob_froc_2fp"] = froc_summary(prob, 2.0)
         out["prob_froc_2fp_ge1ml"] = froc_summary(prob, 2.0, min_ml=1.0)
+        out["prob_froc_2fp_qualifying"] = froc_summary(prob, 2.0, counted_only=True)
         out["reliability"] = pool_reliability(prob)
     return out
 
@@ -148,7 +151,8 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     pre = PreprocessConfig(**spec["pre"])
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, **spec["gen"]})
-    train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg, **spec["train"]}
+    train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
+                  "prior_mirror_lift_hu": args.prior_lift_hu, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -258,7 +262,8 @@ def weight_average_effect(results: dict) -> dict:
     return out
 
 
-def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None) -> tuple[dict, str]:
+def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
+              lut_lift: dict | None = None) -> tuple[dict, str]:
     arms = {}
     for name, runs in results.items():
         finals = [r["points"][-1] for r in runs]
@@ -280,10 +285,13 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None)
         arms[name]["params"] = runs[0].get("params")
     arms["lut"] = {k: (lut[k], 0.0) for k in ("qualifying_sensitivity", "false_bright_ml", "psnr_brain", "darker",
                                                "darker_qualifying") if k in lut}
+    if lut_lift is not None:  # the lifted table the networks start from (reference row, not an arm)
+        arms["lut_lifted"] = {k: (lut_lift[k], 0.0) for k in arms["lut"] if k in lut_lift}
     lines = [f"# Learning curves ({time.strftime('%Y-%m-%d')})", "",
              f"Ran: {args.steps} steps x batch {args.batch_size} "
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
+             f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU; "
              f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
              f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
              + (f"wall {wall / 60:.1f} min." if wall is not None else "wall not known to --report-only (see the run's log)."),
@@ -394,6 +402,8 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.999,
                    help="generator weight average decay (0: off); the raw weights are evaluated beside it")
     p.add_argument("--rotate-deg", type=float, default=10.0, help="in-plane rotation augmentation (0: off)")
+    p.add_argument("--prior-lift-hu", type=float, default=10.0,
+                   help="tissue prior's contralateral lift in HU (0: the plain table; the lut arm is always plain)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -416,7 +426,9 @@ def main(argv=None):
     if args.report_only:
         saved = out / "run_args.json"  # the header states what the interrupted run was asked to do, not defaults
         if saved.exists():
-            args = argparse.Namespace(**{**json.loads(saved.read_text()), "report_only": True})
+            # runs recorded before a setting existed ran without it
+            args = argparse.Namespace(**{"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0,
+                                         **json.loads(saved.read_text()), "report_only": True})
         return report_only(args, out)
     from compare_models import machine as machine_info  # same hardware record as the main benchmark
 
@@ -434,7 +446,7 @@ def main(argv=None):
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
-                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg")
+                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu")
         old = json.loads(prev.read_text())
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)]
         if diff:
@@ -462,6 +474,14 @@ def main(argv=None):
     write_json_atomic({k: v for k, v in lut.items() if k != "per_case"}, out / "lut.json")
     print(f"[lut] sens {lut['qualifying_sensitivity']:.2f} ({lut['qualifying_lesions']}) darker {lut['darker']} "
           f"false-bright {lut['false_bright_ml']:.1f} mL PSNR {lut['psnr_brain']:.2f}", flush=True)
+    lut_lift = None
+    if args.prior_lift_hu > 0:  # the table the networks start from, on its own (a reference, not an arm)
+        lifted = TissuePrior(mirror_lift_hu=args.prior_lift_hu).fit(train)
+        lut_lift = evaluate(lambda lc: (lifted.predict(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu), None), test)
+        write_json_atomic({k: v for k, v in lut_lift.items() if k != "per_case"}, out / "lut_lift.json")
+        print(f"[lut lifted {args.prior_lift_hu:g} HU] sens {lut_lift['qualifying_sensitivity']:.2f} darker "
+              f"{lut_lift['darker']} ({lut_lift['darker_qualifying']} qualifying) false-bright "
+              f"{lut_lift['false_bright_ml']:.1f} mL PSNR {lut_lift['psnr_brain']:.2f}", flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(a, s, args, str(data_path), str(out)) for s in seeds for a in arms if a != "lut"]
     results: dict[str, list] = {a: [] for a in arms if a != "lut"}
@@ -475,7 +495,7 @@ def main(argv=None):
         for job in jobs:
             name, seed, curve = _run_job(job)
             results[name].append(curve)
-    summary, md = summarise(results, lut, args, mach, time.time() - t0)
+    summary, md = summarise(results, lut, args, mach, time.time() - t0, lut_lift)
     plot(results, lut, out / "learning_curves.png")
     write_json_atomic({"args": vars(args), "machine": mach, "lut": {k: v for k, v in lut.items() if k != "per_case"},
                        "runs": results, "summary": summary, "wall_s": time.time() - t0}, out / "curves.json")
@@ -493,7 +513,9 @@ def report_only(args, out: Path) -> int:
             results.setdefault(name, []).append(c)
     lut = json.loads((out / "lut.json").read_text())
     machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
-    summary, md = summarise(results, lut, args, machine, None)
+    lift_path = out / "lut_lift.json"
+    summary, md = summarise(results, lut, args, machine, None,
+                            json.loads(lift_path.read_text()) if lift_path.exists() else None)
     partial = {n: [r["points"][-1]["step"] for r in runs if not r.get("done")] for n, runs in results.items()}
     partial = {n: v for n, v in partial.items() if v}
     if partial:

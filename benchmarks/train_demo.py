@@ -32,6 +32,8 @@ def main(argv=None):
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--train-cases", type=int, default=160)
     p.add_argument("--val-cases", type=int, default=12)
+    p.add_argument("--max-pitch-deg", type=float, default=4.0,
+                   help="training phantoms' head pitch drawn in +- this many degrees (validation: the default 4)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--device", default="auto")
@@ -50,7 +52,11 @@ def main(argv=None):
 
     t0 = time.time()
     pre = PreprocessConfig()
-    train = lcb.make_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.train_cases), pre, args.workers)
+    from jmmda_model.phantom import PhantomConfig
+
+    rot = (args.max_pitch_deg, *PhantomConfig().max_rotation_deg[1:])
+    train = lcb.make_cases(range(TRAIN_SEED0, TRAIN_SEED0 + args.train_cases), pre, args.workers,
+                           {"max_rotation_deg": rot})
     val = lcb.make_cases(range(VAL_SEED0, VAL_SEED0 + args.val_cases), pre, args.workers)
     print(f"built {len(train) + len(val)} phantoms in {time.time() - t0:.0f} s", flush=True)
     import threading
@@ -72,16 +78,18 @@ def main(argv=None):
     model = Path(args.out) / "model.pt"
     ck = ckpt_io.load(model)
     best = next(r for r in reversed(summary["history"]) if r.get("best"))
-    ck["model_card"] = {
+    ck["model_card"] = {  # the trainer's card (its "weights": averaged or raw) with the demo's own facts
+        **ck.get("model_card", {}),
         "name": "JMMDA-GAN CT-to-DWI demo (lesion recipe)",
         "output": "SYNTHETIC DWI - not for diagnosis",
         "intended_use": "research and software demonstration; synthetic images must not be used for diagnosis",
         "phantom_trained": True,
         "training_cases": [c.id for c in train],
         "training_data": f"{args.train_cases} phantoms, seeds {TRAIN_SEED0}..{TRAIN_SEED0 + args.train_cases - 1} "
-                         f"(1.8 x 1.8 x 5 mm); validation / calibration: {args.val_cases} phantoms, seeds "
+                         f"(1.8 x 1.8 x 5 mm, head pitch +-{rot[0]:g} deg, roll +-{rot[1]:g}, yaw +-{rot[2]:g}); validation / calibration: {args.val_cases} phantoms, seeds "
                          f"{VAL_SEED0}..{VAL_SEED0 + args.val_cases - 1}; the sample cases (seeds 0-7) are held out",
-        "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual, lesion-probability head "
+        "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual (prior lifted up to "
+                  f"{cfg.prior_mirror_lift_hu:g} HU towards the mirror image), lesion-probability head "
                   "(BCE + Dice; temperature-calibrated on the validation phantoms), lesion-centred 80 px crops "
                   "(1/3 on lesion voxels), LSGAN + brain-weighted L1 + lesion contrast; "
                   f"generator weight average (EMA {cfg.ema_decay}) validated and exported; in-plane rotation "

@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .clinical.dicom import PacsError
-from .errors import InputError
+from .errors import InputError, PacsError
 from .inference import DeviceError
 
 

@@ -144,7 +144,7 @@ def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spa
             raise ValueError("the tissue prior needs the voxel spacing")
         from .prior import TissuePrior
 
-        chans.append((TissuePrior.from_dict(pre.tissue_prior).predict(ct_hu, brain, spacing_zyx) if prior is None
+        chans.append((TissuePrior.from_dict(pre.tissue_prior).predict(ct_hu, brain, spacing_zyx, mirror_hu) if prior is None
                       else np.asarray(prior, np.float32))[None])
     x = np.concatenate(chans, 0).astype(np.float32, copy=False)
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .checkpoint import CheckpointError
 from .clinical.brainmask import check_head_ct, ct_brain_mask
 from .clinical.geometry import (
     OBLIQUE_TOLERANCE_DEG,
@@ -111,7 +112,11 @@ class Synthesizer:
         else:
             self.net, ck = load_generator(self.path)
             self.ckpt_meta = {k: v for k, v in ck.items() if k not in ("generator", "discriminator", "opt_g", "opt_d")}
-        self.pre = PreprocessConfig.from_dict(self.ckpt_meta["preprocess"])
+        try:  # refused when loaded, not at the first CT: a malformed setting or tissue prior
+            self.pre = PreprocessConfig.from_dict(self.ckpt_meta["preprocess"])
+        except (KeyError, TypeError, ValueError) as exc:
+            name = self.path.name if self.path is not None else "the model"
+            raise CheckpointError(f"{name}: unusable preprocessing settings ({type(exc).__name__}: {exc})") from exc
         self.net.to(self.device).eval()
         self.batch_size = batch_size
         # mixed precision for the Python model on a GPU; an export runs in float32, as traced and checked
@@ -141,6 +146,8 @@ class Synthesizer:
 
     #: slices whose model input exists at once (thin-slice series: the (z, C, y, x) input of 320 slices is 0.3 GB)
     SLAB = 32
+    #: lesion logit of slices without brain (not run through the network): probability 0
+    NO_BRAIN_LOGIT = -30.0
 
     def predict_streamed(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, mirror: np.ndarray | None = None):
         """``predict_slices(model_input(...))`` slab by slab: each slab's input is built with its context slices
@@ -149,20 +156,25 @@ class Synthesizer:
         from .prior import TissuePrior
 
         n, k = ct_hu.shape[0], int(self.pre.context_slices)
-        prior = (TissuePrior.from_dict(self.pre.tissue_prior).predict(ct_hu, brain, spacing_zyx)
+        prior = (TissuePrior.from_dict(self.pre.tissue_prior).predict(ct_hu, brain, spacing_zyx, mirror)
                  if self.pre.tissue_prior is not None else None)
-        y, logits = np.empty(ct_hu.shape, np.float32), None
+        # the output is defined inside the brain only: slices without brain (above the vertex, below the skull base
+        # - a tenth of a thin-slice series) are 0 without running the network
+        run = brain.reshape(n, -1).any(1) if self.pre.mask_output else np.ones(n, bool)
+        y = np.zeros(ct_hu.shape, np.float32)
+        logits = np.full(ct_hu.shape, self.NO_BRAIN_LOGIT, np.float32) if self.has_probability else None
         for s in range(0, n, self.SLAB):
             e = min(n, s + self.SLAB)
+            todo = np.flatnonzero(run[s:e])
+            if todo.size == 0:
+                continue
             a, b = max(0, s - k), min(n, e + k)
             x = model_input(ct_hu[a:b], brain[a:b], self.pre, spacing_zyx, None if mirror is None else mirror[a:b],
                             prior=None if prior is None else prior[a:b])
-            yb, lb = self.predict_slices(x[s - a : e - a], with_logits=True)
-            y[s:e] = yb
-            if lb is not None:
-                if logits is None:
-                    logits = np.empty(ct_hu.shape, np.float32)
-                logits[s:e] = lb
+            yb, lb = self.predict_slices(x[s - a : e - a][todo], with_logits=True)
+            y[s + todo] = yb
+            if logits is not None and lb is not None:
+                logits[s + todo] = lb
         return y, logits
 
     def predict_volume(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, plane=None, mirror=None,

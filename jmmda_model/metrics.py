@@ -26,9 +26,8 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy import stats
-from skimage.metrics import structural_similarity
-from skimage.segmentation import slic
+
+# scipy.stats and scikit-image are imported where used: `jmmda infer` needs neither (half a second of start-up)
 
 DATA_RANGE = 1.0
 
@@ -54,6 +53,8 @@ def ssim(pred, target, mask=None, data_range: float = DATA_RANGE, min_pixels: in
     for k in range(pred.shape[0]):
         if mask is not None and mask[k].sum() < min_pixels:
             continue
+        from skimage.metrics import structural_similarity
+
         _, smap = structural_similarity(target[k], pred[k], data_range=data_range, full=True, win_size=7)
         if mask is None:
             vals.append(smap.mean())
@@ -127,6 +128,8 @@ def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactnes
     m = _canonical(m, order, flips)
     if spacing is not None:
         spacing = [float(spacing[a]) for a in order]
+    from skimage.segmentation import slic
+
     labels = slic(
         target, n_segments=n_segments, compactness=compactness, mask=m, channel_axis=None,
         spacing=None if spacing is None else np.asarray(spacing, float), start_label=1,
@@ -140,6 +143,8 @@ def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactnes
     mp = np.bincount(idx, weights=pred.ravel())[ids] / counts[ids]
     if np.std(mt) == 0 or np.std(mp) == 0:
         return float("nan"), len(ids)
+    from scipy import stats
+
     return float(stats.pearsonr(mt, mp)[0]), len(ids)
 
 
@@ -150,6 +155,8 @@ def ssim3d(pred, target, mask=None, data_range: float = DATA_RANGE, win: int = 7
     win = min(win, *(n if n % 2 else n - 1 for n in pred.shape))
     if win < 3:
         return float("nan")
+    from skimage.metrics import structural_similarity
+
     _, smap = structural_similarity(target, pred, data_range=data_range, full=True, win_size=win)
     if mask is None:
         return float(smap.mean())
@@ -314,13 +321,14 @@ def calibrated_probability(logits, temperature: float = 1.0) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits) / float(temperature), -60, 60)))).astype(np.float32)
 
 
-def probability_metrics(prob, lesion, brain, spacing_zyx, thresholds=PROB_THRESHOLDS) -> dict:
+def probability_metrics(prob, lesion, brain, spacing_zyx, thresholds=PROB_THRESHOLDS, counted=None) -> dict:
     """Calibration and lesion-wise detection of an infarct-probability map (z, y, x) inside the brain.
 
     ``reliability``: per probability bin the voxel count, the summed probability and the summed truth (so cases
     pool by adding); ``ece``: expected calibration error of this case. ``froc``: per threshold, which true
     lesions (26-connected) a cluster of prob >= threshold touches, and how many clusters of >= 0.5 mL touch none
-    (false positives)."""
+    (false positives). ``counted``: per true lesion (in ``lesion_metrics`` order: the same labelling), whether
+    it is one the model issue counts (``qualifying``); stored for ``froc_summary(counted_only=True)``."""
     b = np.asarray(brain) > 0
     p = np.asarray(prob, np.float64)[b]
     y = (np.asarray(lesion) > 0)[b]
@@ -348,7 +356,10 @@ def probability_metrics(prob, lesion, brain, spacing_zyx, thresholds=PROB_THRESH
         else:
             fp, detected = 0, [False] * n_true
         froc.append({"threshold": float(t), "fp": fp, "detected": detected})
-    return {"ece": ece_from_bins(rel), "reliability": rel, "froc": froc, "lesion_volumes_ml": vols.tolist()}
+    if counted is not None and len(counted) != n_true:
+        raise ValueError(f"counted flags for {len(counted)} lesions, the mask has {n_true}")
+    return {"ece": ece_from_bins(rel), "reliability": rel, "froc": froc, "lesion_volumes_ml": vols.tolist(),
+            "counted": [True] * n_true if counted is None else [bool(c) for c in counted]}
 
 
 def ece_from_bins(rel: dict) -> float:
@@ -365,23 +376,26 @@ def pool_reliability(per_case: list[dict]) -> dict:
     return {k: np.sum([m["reliability"][k] for m in per_case], 0).tolist() for k in keys}
 
 
-def froc_curve(per_case: list[dict], min_ml: float = 0.0) -> list[dict]:
-    """Per threshold: lesion-wise sensitivity (lesions >= ``min_ml``) and mean false-positive clusters per case."""
+def froc_curve(per_case: list[dict], min_ml: float = 0.0, counted_only: bool = False) -> list[dict]:
+    """Per threshold: lesion-wise sensitivity (lesions >= ``min_ml``; with ``counted_only`` the lesions the model
+    issue counts: >= 1 mL, >= 3 HU on CT, bright on the real DWI) and mean false-positive clusters per case."""
     out = []
     for i, t in enumerate(per_case[0]["froc"] if per_case else []):
         det, fp = [], []
         for m in per_case:
             row = m["froc"][i]
-            det += [d for d, v in zip(row["detected"], m["lesion_volumes_ml"]) if v >= min_ml]
+            counted = m.get("counted") or [True] * len(row["detected"])
+            det += [d for d, v, c in zip(row["detected"], m["lesion_volumes_ml"], counted)
+                    if v >= min_ml and (c or not counted_only)]
             fp.append(row["fp"])
         out.append({"threshold": t["threshold"], "sensitivity": float(np.mean(det)) if det else float("nan"),
                     "fp_per_case": float(np.mean(fp)), "lesions": len(det)})
     return out
 
 
-def froc_summary(per_case: list[dict], max_fp: float = 2.0, min_ml: float = 0.0) -> dict:
+def froc_summary(per_case: list[dict], max_fp: float = 2.0, min_ml: float = 0.0, counted_only: bool = False) -> dict:
     """The best lesion-wise sensitivity among thresholds whose false positives per case stay <= ``max_fp``."""
-    ok = [r for r in froc_curve(per_case, min_ml) if r["fp_per_case"] <= max_fp and np.isfinite(r["sensitivity"])]
+    ok = [r for r in froc_curve(per_case, min_ml, counted_only) if r["fp_per_case"] <= max_fp and np.isfinite(r["sensitivity"])]
     if not ok:
         return {"sensitivity": 0.0, "threshold": None, "fp_per_case": None}
     best = max(ok, key=lambda r: (r["sensitivity"], r["threshold"]))

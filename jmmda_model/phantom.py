@@ -49,6 +49,8 @@ class PhantomConfig:
     max_lesions: int = 3
     old_infarct_prob: float = 0.3
     dwi_scale: float = 800.0  # arbitrary DWI units of the b1000 trace, stored as int16
+    #: head rotation drawn uniformly in +-these degrees about x (pitch: nodding), y (roll) and z (yaw)
+    max_rotation_deg: tuple[float, float, float] = (4.0, 4.0, 10.0)
 
     def grid(self) -> tuple[int, int, int]:
         if self.size is not None:
@@ -139,7 +141,7 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     idx = np.indices(shape).reshape(3, -1).astype(np.float64)
     pts = (idx - (size[:, None] - 1) / 2) * spacing[:, None]
     pts[2] += 10.0  # more field of view above the skull base than below
-    rot = _random_rotation(rng)
+    rot = _random_rotation(rng, cfg.max_rotation_deg)
     scale = rng.uniform(1.0, 1.12)
     shift = rng.uniform(-4, 4, size=3)
     src_mm = (rot @ pts) / scale + centre_mm[:, None] + shift[:, None]

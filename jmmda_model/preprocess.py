@@ -62,6 +62,11 @@ class PreprocessConfig:
             d["dwi_percentiles"] = tuple(d["dwi_percentiles"])
         if d.get("inplane_spacing") is not None:
             d["inplane_spacing"] = tuple(d["inplane_spacing"])
+        if d.get("tissue_prior") is not None:
+            from .prior import TissuePrior
+
+            if TissuePrior.from_dict(d["tissue_prior"]).mirror_lift_hu and not d.get("mirror_channels"):  # validates it
+                raise ValueError("the tissue prior lifts voxels to their mirror image, but the mirror channels are off")
         return cls(**d)
 
     def needs_resampling(self, img: sitk.Image) -> bool:

@@ -37,7 +37,14 @@ from . import checkpoint as ckpt_io
 from .data import Case, SliceDataset, case_input, load_case
 from .distributed import global_mean, global_sum, rank_and_world
 from .inference import pick_device, predict_slices
-from .metrics import calibrated_probability, evaluate_volume, fit_temperature, froc_summary, probability_metrics
+from .metrics import (
+    calibrated_probability,
+    evaluate_volume,
+    fit_temperature,
+    froc_summary,
+    probability_metrics,
+    qualifying,
+)
 from .networks import (
     GeneratorConfig,
     PatchDiscriminator,
@@ -98,6 +105,10 @@ class TrainConfig:
     #: (mid-sagittal line vertical), which interpolates the slices as this augmentation does.
     rotate_deg: float = 10.0
     rotate_probability: float = 0.75
+    #: tissue prior's contralateral lift (prior.TissuePrior ``mirror_lift_hu``): voxels up to this many HU below their
+    #: mirror image are binned at the mirror's HU, so an early infarct's hypodensity is not mapped to a darker DWI
+    #: (0: off, the plain table). Used with the mirror channels only.
+    prior_mirror_lift_hu: float = 10.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -251,6 +262,7 @@ class Trainer:
         if GeneratorConfig.from_dict(ck["generator_config"]).to_dict() != self.gcfg.to_dict():
             raise ckpt_io.CheckpointError(f"cannot resume from {path}: it has a different generator configuration")
         self.G.load_state_dict(ck.get("generator_train", ck["generator"]))
+        self._keep_prior(ck)
         if self.G_ema is not None:
             self.G_ema.load_state_dict(ck["generator"])
         if "discriminator" in ck:
@@ -284,10 +296,12 @@ class Trainer:
             t = fit_temperature([lg[c.brain > 0] for lg, c in zip(logits, val_cases)],
                                 [c.lesion[c.brain > 0] for c in val_cases])
             cal = {"temperature": t, "fitted_on": [c.id for c in val_cases], "epoch": self.epoch}
-            pm = [probability_metrics(calibrated_probability(lg, t), c.lesion, c.brain, c.spacing_zyx)
-                  for lg, c in zip(logits, val_cases)]
+            pm = [probability_metrics(calibrated_probability(lg, t), c.lesion, c.brain, c.spacing_zyx,
+                                      counted=[qualifying(x) for x in m["lesion_detail"]])
+                  for lg, c, m in zip(logits, val_cases, per_case)]
             prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
-                    "prob_sensitivity_at_2fp": froc_summary(pm, 2.0)["sensitivity"]}
+                    "prob_sensitivity_at_2fp": froc_summary(pm, 2.0)["sensitivity"],
+                    "prob_sensitivity_at_2fp_qualifying": froc_summary(pm, 2.0, counted_only=True)["sensitivity"]}
         lesions = [x for m in per_case for x in m.pop("lesion_detail")]
         keys = [k for k in per_case[0] if k not in ("superpixels", "lesions_shown", "lesions_total", "lesions_darker")]
         out = {k: float(np.nanmean([m[k] for m in per_case])) if not all(np.isnan(m[k]) for m in per_case) else float("nan") for k in keys}
@@ -367,6 +381,7 @@ class Trainer:
             if GeneratorConfig.from_dict(ck["generator_config"]).to_dict() != self.gcfg.to_dict():
                 raise ckpt_io.CheckpointError(f"cannot fine-tune from {Path(init_from).name}: different generator configuration")
             self.G.load_state_dict(ck["generator"])
+            self._keep_prior(ck)
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(ck["generator"])
             log.info("generator initialised from %s", init_from)
@@ -469,13 +484,20 @@ class Trainer:
             ckpt_io.write_json_atomic({k: v for k, v in summary.items() if k != "model"}, status_path)
         return summary
 
+    def _keep_prior(self, ck: dict) -> None:
+        """A resumed or fine-tuned generator predicts a residual over the table it was trained with: keep that
+        table (refitting could give another one: other cases, or a lift setting changed since)."""
+        if self.gcfg.residual_prior and (ck.get("preprocess") or {}).get("tissue_prior"):
+            self.pre.tissue_prior = ck["preprocess"]["tissue_prior"]
+
     def prepare(self, train_loaded) -> None:
-        """Fits the tissue prior on the training cases (once; resumed runs refit the same table from the same
-        cases) when the generator predicts a residual over it."""
+        """Fits the tissue prior on the training cases when the generator predicts a residual over it (once: a
+        resumed or fine-tuned run keeps its checkpoint's table)."""
         if self.gcfg.residual_prior and self.pre.tissue_prior is None:
             from .prior import TissuePrior
 
-            self.pre.tissue_prior = TissuePrior().fit(train_loaded).to_dict()
+            lift = self.cfg.prior_mirror_lift_hu if self.pre.mirror_channels else 0.0
+            self.pre.tissue_prior = TissuePrior(mirror_lift_hu=lift).fit(train_loaded).to_dict()
 
     def _loader(self, ds) -> DataLoader:
         """This epoch's batches: every slice once, lesion slices ``lesion_oversample`` times, shuffled by

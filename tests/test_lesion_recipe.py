@@ -114,6 +114,58 @@ def test_input_channels_and_prior_round_trip(phantoms):
     assert np.abs(same[:, 3:6]).max() == 0.0
 
 
+def test_lifted_prior_expects_normal_tissue_where_the_ct_is_a_few_hu_below_its_mirror(phantoms):
+    """The plain table maps an early infarct's hypodensity to a darker DWI; the contralateral lift bins a voxel up
+    to ``mirror_lift_hu`` below its mirror image at the mirror's HU, so a 5 HU hypodensity gets the prior of normal
+    tissue (up to the noise), while a 25 HU defect (old infarct, CSF) stays dark."""
+    plain, lifted = TissuePrior().fit(phantoms), TissuePrior(mirror_lift_hu=10.0).fit(phantoms)
+    lc = phantoms[0]
+    k = int(lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax())
+    zz, yy, xx = np.ogrid[: lc.ct_hu.shape[0], : lc.ct_hu.shape[1], : lc.ct_hu.shape[2]]
+    cy, cx = np.argwhere(lc.brain[k]).mean(0)
+    # a 10 mm ball in one hemisphere, in brain, away from its edge (the contralateral side stays untouched)
+    ball = (((yy - cy) * 1.8) ** 2 + ((xx - cx - 25) * 1.8) ** 2 + ((zz - k) * 5.0) ** 2 <= 10.0 ** 2) & (lc.brain > 0)
+    assert ball.sum() > 30
+
+    def prior_in_ball(tab, drop_hu):
+        return float(tab.predict(lc.ct_hu - drop_hu * ball, lc.brain, lc.spacing_zyx, lc.mirror_hu)[ball].mean())
+
+    def darkening(tab, drop_hu):
+        return prior_in_ball(tab, 0.0) - prior_in_ball(tab, drop_hu)
+
+    assert darkening(plain, 5.0) > 0.015  # the plain table renders a 5 HU hypodensity ~9 % darker
+    # lifted: a fraction of that, left by voxels brighter than their mirror by noise (binned at their own HU)
+    assert darkening(lifted, 5.0) < 0.35 * darkening(plain, 5.0)
+    assert darkening(lifted, 3.0) < 0.5 * darkening(plain, 3.0)
+    assert darkening(lifted, 25.0) > 0.05  # a large defect keeps a dark value
+    # stored with the checkpoint; a prior without the key (written before the lift) is the plain table
+    d = lifted.to_dict()
+    assert TissuePrior.from_dict(d).mirror_lift_hu == 10.0
+    assert TissuePrior.from_dict({k2: v for k2, v in d.items() if k2 != "mirror_lift_hu"}).mirror_lift_hu == 0.0
+    with pytest.raises(ValueError, match="needs the mirrored CT"):
+        lifted.predict(lc.ct_hu, lc.brain, lc.spacing_zyx)
+    for bad in ({**d, "mirror_lift_hu": -1.0}, {**d, "mirror_lift_hu": float("nan")}, {**d, "lift": 3}):
+        with pytest.raises(ValueError):
+            TissuePrior.from_dict(bad)
+    with pytest.raises(ValueError, match="mirror channels are off"):
+        PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": False, "tissue_prior": d})
+
+
+@pytest.mark.parametrize("bad", [{"mirror_lift_hu": 1e9}, {"table": [[0.1, float("nan")]]}, {"table": "x"},
+                                 {"hu_edges": None}, {"extra": 1}])
+def test_a_checkpoint_with_a_malformed_tissue_prior_is_refused_when_loaded(tmp_path, bad):
+    """Fail closed: refused by name when the model is loaded (CLI exit 2, server 4xx), not at the first CT."""
+    from conftest import DEMO_MODEL
+    from jmmda_model.checkpoint import CheckpointError, load
+    from jmmda_model.inference import Synthesizer
+
+    ck = load(DEMO_MODEL)
+    ck["preprocess"]["tissue_prior"].update(bad)
+    torch.save(ck, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match="tampered.pt: unusable preprocessing settings"):
+        Synthesizer(tmp_path / "tampered.pt", device="cpu")
+
+
 def test_patches_are_centred_on_lesions_about_a_third_of_the_time(phantoms):
     pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
     ds = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64)
@@ -146,6 +198,14 @@ def test_temperature_scaling_and_probability_metrics():
     assert row["detected"] == [True, False] and row["fp"] == 1
     assert froc_summary([m], max_fp=1.0)["sensitivity"] == 0.5
     assert froc_summary([m], max_fp=0.0) == {"sensitivity": 0.5, "threshold": 0.9, "fp_per_case": 0.0}
+    # counted only the lesions the model issue counts (here: the missed one alone, then the found one alone)
+    missed_only = probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[False, True])
+    assert froc_summary([missed_only], max_fp=1.0, counted_only=True)["sensitivity"] == 0.0
+    assert froc_summary([missed_only], max_fp=1.0)["sensitivity"] == 0.5  # all lesions, as before
+    found_only = probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[True, False])
+    assert froc_summary([found_only], max_fp=1.0, counted_only=True)["sensitivity"] == 1.0
+    with pytest.raises(ValueError, match="counted flags"):
+        probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[True])
     perfect = probability_metrics(lesion.astype(float), lesion, brain, (1.0, 4.0, 5.0))
     assert perfect["ece"] == 0.0
     assert m["ece"] > 0.05
@@ -215,8 +275,15 @@ def test_slices_are_streamed_to_the_model_with_the_same_result():
     syn = Synthesizer(DEMO_MODEL, device="cpu")
     lc = loaded_case(3, syn.pre)
     y0, l0 = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre, lc.spacing_zyx, lc.mirror_hu), with_logits=True)
+    has = lc.brain.reshape(lc.brain.shape[0], -1).any(1)
+    assert 0 < has.sum() < has.size  # slices with brain and without
+    run = []
+    net_slices = syn.predict_slices
+    syn.predict_slices = lambda x, with_logits=False: run.append(len(x)) or net_slices(x, with_logits)
     for slab in (7, 1):
-        syn.SLAB = slab
+        syn.SLAB, run[:] = slab, []
         y1, l1 = syn.predict_streamed(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu)
-        np.testing.assert_allclose(y1, y0, atol=1e-5)
-        np.testing.assert_allclose(l1, l0, atol=1e-4)
+        np.testing.assert_allclose(y1[has], y0[has], atol=1e-5)
+        np.testing.assert_allclose(l1[has], l0[has], atol=1e-4)
+        # slices without brain are not run through the network: output 0 (it is masked there), probability 0
+        assert sum(run) == has.sum() and not y1[~has].any() and (l1[~has] == syn.NO_BRAIN_LOGIT).all()

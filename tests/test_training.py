@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import threading
@@ -75,6 +76,7 @@ def test_weighted_l1_emphasises_lesion():
 
 def test_train_checkpoints_and_resume_reproduces(small_store, tmp_path, tiny_gcfg):
     cases = find_cases(small_store)
+    tiny_gcfg = dataclasses.replace(tiny_gcfg, residual_prior=True)  # with the tissue prior in the checkpoint
     full = Trainer(_cfg(tiny_gcfg), tmp_path / "full").fit(cases[:2], cases[2:])
     assert full["state"] == "finished" and full["epoch"] == 2
     assert (tmp_path / "full" / "model.pt").exists() and (tmp_path / "full" / "checkpoints" / "last.pt").exists()
@@ -82,10 +84,13 @@ def test_train_checkpoints_and_resume_reproduces(small_store, tmp_path, tiny_gcf
     assert status["state"] == "finished" and status["epoch"] == 2
     # interrupted after 1 epoch, then resumed in a new trainer
     Trainer(_cfg(tiny_gcfg, epochs=1), tmp_path / "split").fit(cases[:2], cases[2:])
-    resumed = Trainer(_cfg(tiny_gcfg), tmp_path / "split").fit(cases[:2], cases[2:])
+    # resumed with another prior setting: the run keeps the tissue prior its weights were trained over
+    resumed = Trainer(_cfg(tiny_gcfg, prior_mirror_lift_hu=0.0), tmp_path / "split").fit(cases[:2], cases[2:])
     assert resumed["epoch"] == 2 and resumed["global_step"] == full["global_step"]
     a = ckpt_io.load(tmp_path / "full" / "checkpoints" / "last.pt")
     b = ckpt_io.load(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a["preprocess"]["tissue_prior"]["mirror_lift_hu"] == TrainConfig.prior_mirror_lift_hu > 0
+    assert b["preprocess"]["tissue_prior"] == a["preprocess"]["tissue_prior"]
     assert _weights_equal(a["generator"], b["generator"]) and _weights_equal(a["discriminator"], b["discriminator"])
     inf = ckpt_io.load(tmp_path / "full" / "model.pt")
     assert "opt_g" not in inf and inf["model_card"]["phantom_trained"] is True

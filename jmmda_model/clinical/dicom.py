@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ..errors import InputError
+from ..errors import InputError, PacsError
 from .geometry import orientation_code
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -580,10 +580,6 @@ def read_synthetic_series(folder: str | Path) -> sitk.Image:
     """Reads an exported synthetic series back as float32 normalised DWI."""
     img = read_dicom_series(folder)
     return sitk.Cast(img, sitk.sitkFloat32) / DWI_SCALE
-
-
-class PacsError(RuntimeError):
-    """A DICOMweb server refused, failed or could not be reached (one-line message; CLI exit code 3)."""
 
 
 def stow(paths: list[Path], url: str, username: str | None = None, password: str | None = None,

@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Paired comparison of two recipes or two models on the same test phantoms, with 95 % confidence intervals.
+
+    python benchmarks/paired_runs.py curves --a benchmarks/records/cpu_ema_2026-11-30 --b runs/curves_lift \
+        [--arm jmmda] [--step 1000] [--out runs/lift_vs_plain.json]
+    python benchmarks/paired_runs.py models --a OLD.pt --b NEW.pt [--test-cases 24] [--phantoms PKL] [--out runs/ab.json]
+
+``curves``: two learning-curve runs (``learning_curves.py`` folders or their records) of one arm (or two arms:
+``--arm-b``); the evaluations
+at the same step of the same seeds are paired case by case (each seed trained on the same phantoms, tested on
+the same 24 test phantoms), so a difference is the recipe's, not the draw's. Raw-weight figures exist per seed only.
+``models``: two checkpoints evaluated through the served path (``Synthesizer.predict_volume``: canonical pose,
+mirror, prior) on the benchmark's test phantoms (seeds 30000..), never used to train either.
+
+Per case: in-brain PSNR, false-bright mL, qualifying lesions shown, lesions darker than normal (all and
+qualifying). The interval is the paired t interval of B - A over cases (and seeds); one containing 0 is a tie.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import learning_curves as lcb
+
+KEYS = ("psnr_brain", "false_bright_ml", "shown", "darker", "darker_qualifying")
+LABEL = {"psnr_brain": "in-brain PSNR dB", "false_bright_ml": "false-bright mL/case",
+         "shown": "qualifying lesions shown per case", "darker": "lesions darker than normal per case",
+         "darker_qualifying": "qualifying lesions darker per case"}
+
+
+def _curve(folder: Path, arm: str, seed: int) -> dict | None:
+    for f in (folder / f"{arm}_s{seed}" / "curve.json", folder / f"{arm}_s{seed}.json"):
+        if f.exists():
+            return json.loads(f.read_text())
+    return None
+
+
+def _point(curve: dict, step: int | None) -> dict | None:
+    pts = [p for p in curve["points"] if step is None or p["step"] == step]
+    return pts[-1] if pts else None
+
+
+def _summary(point: dict, raw: bool = False) -> dict | None:
+    """The point's figures (``raw``: those of the raw weights, when the run scored them)."""
+    src = point.get("raw") if raw else point
+    return None if src is None else {k: src[k] for k in lcb.RAW_KEYS if k in src}
+
+
+def pair_cases(a_cases: list[dict], b_cases: list[dict]) -> dict:
+    """{key: (mean A, mean B, (diff, lo, hi), n)} over the cases both hold."""
+    b_by = {c["case"]: c for c in b_cases}
+    pairs = [(c, b_by[c["case"]]) for c in a_cases if c["case"] in b_by]
+    out = {}
+    for k in KEYS:
+        a = [p[0][k] for p in pairs]
+        b = [p[1][k] for p in pairs]
+        out[k] = (float(np.mean(a)), float(np.mean(b)), lcb.paired_ci(b, a), len(pairs))
+    return out
+
+
+def table(rows: dict, name_a: str, name_b: str) -> str:
+    lines = [f"| per case | {name_a} | {name_b} | {name_b} - {name_a} (95 % CI) | verdict |", "|---|---|---|---|---|"]
+    for k, (ma, mb, (d, lo, hi), n) in rows.items():
+        if not np.isfinite(lo):
+            verdict = "undecided (too few pairs)"
+        elif lo <= 0 <= hi:
+            verdict = "tie"
+        else:
+            better = (d > 0) == (k in ("psnr_brain", "shown"))
+            verdict = f"{name_b if better else name_a} better"
+        lines.append(f"| {LABEL[k]} (n = {n}) | {ma:.2f} | {mb:.2f} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict} |")
+    return "\n".join(lines)
+
+
+def cmd_curves(a) -> dict:
+    fa, fb = Path(a.a), Path(a.b)
+    cases_a, cases_b, per_seed = [], [], []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        ca, cb = _curve(fa, a.arm, seed), _curve(fb, a.arm_b or a.arm, seed)
+        if ca is None or cb is None:
+            continue
+        step = a.step
+        if step is None:  # the last step both reached
+            step = max({p["step"] for p in ca["points"]} & {p["step"] for p in cb["points"]}, default=None)
+        pa, pb = _point(ca, step), _point(cb, step)
+        if pa is None or pb is None:
+            continue
+        cases_a += [{**c, "case": f"s{seed}/{c['case']}"} for c in pa["per_case"]]
+        cases_b += [{**c, "case": f"s{seed}/{c['case']}"} for c in pb["per_case"]]
+        per_seed.append({"seed": seed, "step": step, "avg_a": _summary(pa), "avg_b": _summary(pb),
+                         "raw_a": _summary(pa, raw=True), "raw_b": _summary(pb, raw=True)})
+    if not cases_a:
+        raise SystemExit(f"no seed of arms {a.arm!r} / {a.arm_b or a.arm!r} evaluated at a common step in {fa} and {fb}")
+    rows = pair_cases(cases_a, cases_b)
+    arms = a.arm if not a.arm_b or a.arm_b == a.arm else f"A {a.arm} vs B {a.arm_b}"
+    md = (f"Arm {arms}, seeds {[s['seed'] for s in per_seed]}, step {[s['step'] for s in per_seed]}: A = {fa}, B = {fb} "
+          f"(exported/averaged weights; pairs = seed x test case)\n\n" + table(rows, "A", "B"))
+    raw = [s for s in per_seed if s["raw_a"] and s["raw_b"]]
+    if raw:
+        md += "\n\nRaw weights, per seed (A -> B): " + "; ".join(
+            f"s{s['seed']}: PSNR {s['raw_a']['psnr_brain']:.2f} -> {s['raw_b']['psnr_brain']:.2f}, false-bright "
+            f"{s['raw_a']['false_bright_ml']:.1f} -> {s['raw_b']['false_bright_ml']:.1f} mL, shown "
+            f"{s['raw_a']['qualifying_sensitivity']:.2f} -> {s['raw_b']['qualifying_sensitivity']:.2f}, darker "
+            f"{s['raw_a']['darker']} -> {s['raw_b']['darker']} ({s['raw_a']['darker_qualifying']} -> "
+            f"{s['raw_b']['darker_qualifying']} qualifying)" for s in raw)
+    return {"kind": "curves", "a": str(fa), "b": str(fb), "arm": a.arm, "arm_b": a.arm_b or a.arm, "per_seed": per_seed, "paired": rows,
+            "markdown": md}
+
+
+def evaluate_model(path: str, test) -> dict:
+    from jmmda_model.inference import Synthesizer
+
+    syn = Synthesizer(path, device="cpu")
+
+    def pred(lc):
+        y, lg, _ = syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
+        return y, lg
+
+    return lcb.evaluate(pred, test, with_prob=syn.probability if syn.has_probability else None)
+
+
+def cmd_models(a) -> dict:
+    from jmmda_model.preprocess import PreprocessConfig
+
+    if a.phantoms:  # a learning-curve run's phantom file: (train, calibration, test) built with the same seeds
+        import pickle
+
+        with open(a.phantoms, "rb") as f:
+            test = pickle.load(f)[2][: a.test_cases]
+        if [lc.id for lc in test] != [f"phantom_{s}" for s in range(lcb.TEST_SEED0, lcb.TEST_SEED0 + a.test_cases)]:
+            raise SystemExit(f"{a.phantoms} does not hold test phantoms {lcb.TEST_SEED0}..: build them instead")
+    else:
+        test = lcb.make_cases(range(lcb.TEST_SEED0, lcb.TEST_SEED0 + a.test_cases), PreprocessConfig(), a.workers)
+    ra, rb = evaluate_model(a.a, test), evaluate_model(a.b, test)
+    rows = pair_cases(ra["per_case"], rb["per_case"])
+    summ = lambda r: (f"qualifying shown {r['qualifying_sensitivity']:.2f} of {r['qualifying_lesions']}, darker "
+                      f"{r['darker']} ({r['darker_qualifying']} qualifying) of {r['lesions']}, false-bright "
+                      f"{r['false_bright_ml']:.1f} mL/case, PSNR {r['psnr_brain']:.2f} dB"
+                      + (f", prob. ECE {r['prob_ece']:.3f}, sens. at <= 2 FP/case "
+                         f"{r['prob_froc_2fp']['sensitivity']:.2f}" if "prob_ece" in r else ""))
+    md = (f"{a.test_cases} test phantoms (seeds {lcb.TEST_SEED0}..), served path.\n\nA = {a.a}: {summ(ra)}\n\n"
+          f"B = {a.b}: {summ(rb)}\n\n" + table(rows, "A", "B"))
+    strip = lambda r: {k: v for k, v in r.items() if k != "reliability"}
+    return {"kind": "models", "a": a.a, "b": a.b, "A": strip(ra), "B": strip(rb), "paired": rows, "markdown": md}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curves", help="two learning-curve runs of one arm, paired by seed and test case")
+    c.add_argument("--a", required=True)
+    c.add_argument("--b", required=True)
+    c.add_argument("--arm", default="jmmda")
+    c.add_argument("--arm-b", default=None, help="B's arm when it differs (e.g. pix2pix against jmmda)")
+    c.add_argument("--seeds", default="0,1,2")
+    c.add_argument("--step", type=int, default=None, help="the evaluation step (default: the last both reached)")
+    m = sub.add_parser("models", help="two checkpoints on the benchmark's test phantoms, served path")
+    m.add_argument("--a", required=True)
+    m.add_argument("--b", required=True)
+    m.add_argument("--test-cases", type=int, default=24)
+    m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--phantoms", default=None, help="take the test phantoms from a learning-curve run's phantoms_*.pkl")
+    for s in (c, m):
+        s.add_argument("--out", default=None, help="write the comparison as JSON here")
+    a = p.parse_args(argv)
+    res = cmd_curves(a) if a.cmd == "curves" else cmd_models(a)
+    print(res["markdown"])
+    if a.out:
+        from jmmda_model.checkpoint import write_json_atomic
+
+        write_json_atomic(res, Path(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
