@@ -142,7 +142,8 @@ def cmd_models(a) -> dict:
                       f"{r['darker']} ({r['darker_qualifying']} qualifying) of {r['lesions']}, false-bright "
                       f"{r['false_bright_ml']:.1f} mL/case, PSNR {r['psnr_brain']:.2f} dB"
                       + (f", prob. ECE {r['prob_ece']:.3f}, sens. at <= 2 FP/case "
-                         f"{r['prob_froc_2fp']['sensitivity']:.2f}" if "prob_ece" in r else ""))
+                         f"{r['prob_froc_2fp']['sensitivity']:.2f} (qualifying lesions "
+                         f"{r['prob_froc_2fp_qualifying']['sensitivity']:.2f})" if "prob_ece" in r else ""))
     md = (f"{a.test_cases} test phantoms (seeds {lcb.TEST_SEED0}..), served path.\n\nA = {a.a}: {summ(ra)}\n\n"
           f"B = {a.b}: {summ(rb)}\n\n" + table(rows, "A", "B"))
     strip = lambda r: {k: v for k, v in r.items() if k != "reliability"}

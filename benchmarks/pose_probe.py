@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Why do poses disagree? The pose test's head (``tests/test_pose.py``) scanned centred and in five poses, synthesised
 with a model as served, and compared with the centred synthesis (r on the brain, mapped back), under inference-side
-variants; and the centred CT perturbed by fresh noise or by the smoothing of sub-pixel interpolation.
+variants (and each pose's superpixel r against its own true DWI); and the centred CT perturbed by fresh noise
+or by the smoothing of sub-pixel interpolation.
 
     python benchmarks/pose_probe.py [--model M] [--variants base,cubic,blur0.5,blur0.8,mirrorblur1,nomirror] [--noise]
 
@@ -41,6 +42,15 @@ def _variant(name: str):
     raise SystemExit(f"unknown variant {name!r}")
 
 
+def _superpixel_r(scan: dict, synthetic: sitk.Image) -> float:
+    """As the pose test: superpixel gray-level r of a pose's synthesis against that pose's own true DWI."""
+    from jmmda_model.metrics import superpixel_correlation
+
+    b = sitk.GetArrayFromImage(scan["brainmask"]) > 0
+    return superpixel_correlation(sitk.GetArrayFromImage(synthetic), sitk.GetArrayFromImage(scan["dwi"]), b,
+                                  spacing=(5.0, 1.8, 1.8))[0]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(ROOT / "apps/ct2dwi/model/jmmda_demo.pt"))
@@ -66,10 +76,10 @@ def main(argv=None):
 
     try:
         for name in a.variants.split(","):
-            order, blur, mblur, nomirror = _variant(name)
+            canvas_order, blur, mblur, nomirror = _variant(name)
 
-            def fwd(self, vol, order_=1, cval=0.0, _o=order):  # CT and mirror are the volumes padded with -1000 HU
-                return forward(self, vol, _o if cval == -1000.0 else order_, cval)
+            def fwd(self, vol, order=1, cval=0.0, _o=canvas_order):  # CT and mirror: the volumes padded with -1000 HU
+                return forward(self, vol, _o if cval == -1000.0 else order, cval)
 
             def stream(self, ct, b, sp, mirror=None, _b=blur, _m=mblur, _n=nomirror):
                 if _b:
@@ -81,7 +91,7 @@ def main(argv=None):
                     mirror = ct + ndi.gaussian_filter(mirror - ct, (0, _m, _m))
                 return streamed(self, ct, b, sp, mirror)
 
-            midplane.CanonicalPose.forward = lambda self, vol, order=1, cval=0.0: fwd(self, vol, order, cval)
+            midplane.CanonicalPose.forward = fwd
             Synthesizer.predict_streamed = stream
             t = time.time()
             outs = {k: syn(s["ct"], s["brainmask"])[0] for k, s in scans.items()}
@@ -89,6 +99,8 @@ def main(argv=None):
             row = [f"{k}: {r(ref, _on_centred_grid(outs[k], c['ct'], scanner, POSES[k][2]), both=False):.3f}"
                    for k in POSES]
             print(f"{name}: " + " | ".join(row) + f" ({time.time() - t:.0f} s)", flush=True)
+            sp = [f"{k}: {_superpixel_r(s, outs[k]):.3f}" for k, s in scans.items()]
+            print(f"{name}: superpixel r vs each pose's own true DWI - " + " | ".join(sp), flush=True)
     finally:
         midplane.CanonicalPose.forward, Synthesizer.predict_streamed = forward, streamed
     if a.noise:

@@ -44,6 +44,8 @@ def psnr(pred, target, mask=None, data_range: float = DATA_RANGE) -> float:
 
 def ssim(pred, target, mask=None, data_range: float = DATA_RANGE, min_pixels: int = 49) -> float:
     """Mean SSIM over axial slices (axis 0). With a mask: SSIM map averaged over masked pixels."""
+    from skimage.metrics import structural_similarity
+
     pred = np.asarray(pred, np.float64)
     target = np.asarray(target, np.float64)
     if pred.ndim == 2:
@@ -53,8 +55,6 @@ def ssim(pred, target, mask=None, data_range: float = DATA_RANGE, min_pixels: in
     for k in range(pred.shape[0]):
         if mask is not None and mask[k].sum() < min_pixels:
             continue
-        from skimage.metrics import structural_similarity
-
         _, smap = structural_similarity(target[k], pred[k], data_range=data_range, full=True, win_size=7)
         if mask is None:
             vals.append(smap.mean())
@@ -394,8 +394,12 @@ def froc_curve(per_case: list[dict], min_ml: float = 0.0, counted_only: bool = F
 
 
 def froc_summary(per_case: list[dict], max_fp: float = 2.0, min_ml: float = 0.0, counted_only: bool = False) -> dict:
-    """The best lesion-wise sensitivity among thresholds whose false positives per case stay <= ``max_fp``."""
-    ok = [r for r in froc_curve(per_case, min_ml, counted_only) if r["fp_per_case"] <= max_fp and np.isfinite(r["sensitivity"])]
+    """The best lesion-wise sensitivity among thresholds whose false positives per case stay <= ``max_fp``: 0 when
+    no threshold keeps to it, NaN when there is no lesion to find (none counted: not a sensitivity of 0)."""
+    curve = froc_curve(per_case, min_ml, counted_only)
+    if not any(r["lesions"] for r in curve):
+        return {"sensitivity": float("nan"), "threshold": None, "fp_per_case": None}
+    ok = [r for r in curve if r["fp_per_case"] <= max_fp and np.isfinite(r["sensitivity"])]
     if not ok:
         return {"sensitivity": 0.0, "threshold": None, "fp_per_case": None}
     best = max(ok, key=lambda r: (r["sensitivity"], r["threshold"]))

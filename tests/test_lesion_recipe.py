@@ -204,6 +204,8 @@ def test_temperature_scaling_and_probability_metrics():
     assert froc_summary([missed_only], max_fp=1.0)["sensitivity"] == 0.5  # all lesions, as before
     found_only = probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[True, False])
     assert froc_summary([found_only], max_fp=1.0, counted_only=True)["sensitivity"] == 1.0
+    none_counted = probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[False, False])
+    assert np.isnan(froc_summary([none_counted], max_fp=1.0, counted_only=True)["sensitivity"])  # nothing to find
     with pytest.raises(ValueError, match="counted flags"):
         probability_metrics(prob, lesion, brain, (1.0, 4.0, 5.0), counted=[True])
     perfect = probability_metrics(lesion.astype(float), lesion, brain, (1.0, 4.0, 5.0))
