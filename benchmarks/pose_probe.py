@@ -5,6 +5,9 @@ variants (and each pose's superpixel r against its own true DWI); and the centre
 or by the smoothing of sub-pixel interpolation.
 
     python benchmarks/pose_probe.py [--model M] [--variants base,cubic,blur0.5,blur0.8,mirrorblur1,nomirror] [--noise]
+                                    [--lowpass 0.7,1.5,3] [--per-slice 'tilted 15 deg']
+
+Each pose's synthesis is mapped back to the centred grid as the pose test does (as masked data).
 
 Variants (inference only, the model unchanged): ``cubic`` resamples CT and mirror into the canonical pose with cubic
 splines instead of linearly; ``blurS`` blurs the canvas CT and mirror in plane (Gaussian, S pixels); ``mirrorblurS``
@@ -56,8 +59,12 @@ def main(argv=None):
     p.add_argument("--model", default=str(ROOT / "apps/ct2dwi/model/jmmda_demo.pt"))
     p.add_argument("--variants", default="base")
     p.add_argument("--noise", action="store_true", help="also perturb the centred CT (noise, interpolation smoothing)")
+    p.add_argument("--per-slice", default="", metavar="POSE",
+                   help="also r per centred slice for this pose (e.g. 'tilted 15 deg'), beside the true DWI's")
+    p.add_argument("--lowpass", default="", help="also r after an in-plane Gaussian low-pass of both syntheses, "
+                   "sigma in pixels, comma-separated (how much of the disagreement is fine texture)")
     a = p.parse_args(argv)
-    from test_pose import POSES, Scanner, _on_centred_grid
+    from test_pose import POSES, Scanner, _on_centred_grid, synthesis_on_centred_grid
 
     from jmmda_model.clinical import midplane
     from jmmda_model.inference import Synthesizer
@@ -96,9 +103,25 @@ def main(argv=None):
             t = time.time()
             outs = {k: syn(s["ct"], s["brainmask"])[0] for k, s in scans.items()}
             ref = sitk.GetArrayFromImage(outs["centred"])
-            row = [f"{k}: {r(ref, _on_centred_grid(outs[k], c['ct'], scanner, POSES[k][2]), both=False):.3f}"
-                   for k in POSES]
+            back = {k: synthesis_on_centred_grid(outs[k], scans[k]["brainmask"], c["ct"], scanner, POSES[k][2])
+                    for k in POSES}
+            row = [f"{k}: {r(ref, back[k], both=False):.3f}" for k in POSES]
             print(f"{name}: " + " | ".join(row) + f" ({time.time() - t:.0f} s)", flush=True)
+            for sg in [float(v) for v in a.lowpass.split(",") if v]:
+                lp = lambda v, _s=sg: ndi.gaussian_filter(v, (0, _s, _s))  # noqa: E731
+                row = [f"{k}: {r(lp(ref), lp(back[k]), both=False):.3f}" for k in POSES]
+                print(f"{name}, both low-passed (sigma {sg:g} px): " + " | ".join(row), flush=True)
+            if a.per_slice:
+                k = a.per_slice
+                truth = sitk.GetArrayFromImage(c["dwi"])
+                true_back = _on_centred_grid(scans[k]["dwi"], c["ct"], scanner, POSES[k][2])
+                for z in range(ref.shape[0]):
+                    m = brain[z] & (back[k][z] > 0)
+                    if m.sum() >= 200:
+                        print(f"{name}, {k}, centred slice {z} ({m.sum()} px): r {np.corrcoef(ref[z][m], back[k][z][m])[0, 1]:.3f}"
+                              f" (true DWI {np.corrcoef(truth[z][m], true_back[z][m])[0, 1]:.3f}); r vs the true DWI: "
+                              f"centred {np.corrcoef(ref[z][m], truth[z][m])[0, 1]:.3f}, pose "
+                              f"{np.corrcoef(back[k][z][m], truth[z][m])[0, 1]:.3f}", flush=True)
             sp = [f"{k}: {_superpixel_r(s, outs[k]):.3f}" for k, s in scans.items()]
             print(f"{name}: superpixel r vs each pose's own true DWI - " + " | ".join(sp), flush=True)
     finally:

@@ -94,6 +94,19 @@ def _release_freed_memory() -> None:
         pass
 
 
+def fill_outside(y: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(z, y, x) ``y`` with every pixel outside ``brain`` set to the value of its nearest brain pixel in its slice
+    (slices without brain unchanged), in place."""
+    from scipy import ndimage as ndi
+
+    for k in np.flatnonzero(brain.reshape(brain.shape[0], -1).any(1)):
+        out = brain[k] == 0
+        if out.any():
+            iy, ix = ndi.distance_transform_edt(out, return_distances=False, return_indices=True)
+            y[k] = y[k][iy, ix]
+    return y
+
+
 class Synthesizer:
     """Loads a trained generator once; thread-safe ``__call__`` per volume."""
 
@@ -183,7 +196,8 @@ class Synthesizer:
         canonical pose (``clinical.midplane.canonical_pose``: the slices turned so the mid-sagittal line is vertical
         and centred on a fixed canvas) and mapped back: the same head gives the same answer wherever and however
         (in plane) it lies in the image. Returns (dwi, logits, pose info): logits None without a lesion head, or
-        when ``with_logits`` is False (then they are not mapped back)."""
+        when ``with_logits`` is False (then they are not mapped back). For a model whose output is defined inside
+        the brain (``mask_output``) the DWI outside the brain holds the nearest brain value: mask it."""
         if plane is None:
             plane = estimate_midplane(ct_hu, spacing_zyx)
         if mirror is None and self.pre.mirror_channels:
@@ -194,6 +208,10 @@ class Synthesizer:
         c_brain = (pose.forward(brain, order=0) > 0.5).astype(np.uint8)
         c_mirror = pose.forward(mirror, order=1, cval=-1000.0) if mirror is not None else None
         y, logits = self.predict_streamed(c_ct, c_brain, spacing_zyx, c_mirror)
+        if self.pre.mask_output:
+            # the synthesis is defined inside the brain: carried outwards before it is interpolated back (here and
+            # onto the CT grid), so the brain's rim is not darkened by the zeros around it; callers mask it again
+            y = fill_outside(y, c_brain)
         y = pose.inverse(y)
         logits = pose.inverse(logits) if (logits is not None and with_logits) else None  # mapped back only when wanted
         return y, logits, pose.to_dict()

@@ -55,3 +55,27 @@ def test_lookup_table_recovers_a_deterministic_mapping():
     lc = SimpleNamespace(ct_hu=ct, brain=brain, dwi=dwi, spacing_zyx=(5.0, 1.0, 1.0))
     pred = bench.LookupTable().fit([lc]).predict(lc)
     assert np.abs(pred - dwi)[brain > 0].mean() < 0.01
+
+
+@pytest.mark.slow
+def test_learning_curves_extend_a_finished_run_and_refuse_other_settings(tmp_path):
+    """A finished learning-curve run asked for more steps goes on from its last checkpoint (the evaluated points
+    kept, the new ones added, its table recomputed identically); fewer steps or another recipe in the same folder
+    are refused."""
+    import learning_curves as lc
+
+    base = ["--out", str(tmp_path), "--arms", "jmmda,lut", "--seeds", "0", "--eval-every", "2", "--batch-size", "2",
+            "--patch-size", "32", "--base-channels", "8", "--depth", "2", "--train-cases", "2", "--cal-cases", "1",
+            "--test-cases", "1", "--workers", "1", "--device", "cpu"]
+    assert lc.main(base + ["--steps", "2"]) == 0
+    first = json.loads((tmp_path / "jmmda_s0" / "curve.json").read_text())
+    assert first["done"] and [p["step"] for p in first["points"]] == [2]
+    assert lc.main(base + ["--steps", "4"]) == 0
+    curve = json.loads((tmp_path / "jmmda_s0" / "curve.json").read_text())
+    assert curve["done"] and curve["steps"] == 4 and [p["step"] for p in curve["points"]] == [2, 4]
+    assert curve["points"][0] == first["points"][0]  # the earlier evaluation kept as it was
+    assert json.loads((tmp_path / "run_args.json").read_text())["steps"] == 4
+    for other in (["--steps", "3"], ["--steps", "4", "--lr", "1e-3"]):
+        with pytest.raises(SystemExit):
+            lc.main(base + other)
+    assert json.loads((tmp_path / "jmmda_s0" / "curve.json").read_text()) == curve

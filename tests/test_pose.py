@@ -5,12 +5,13 @@ shifted 7 mm, off-centre 60/15 mm, an oblique grid (25 degrees about the S-I axi
 five 1 mm planes along that grid's own slice normal, so every series samples the same head the way a scanner
 would, with the same noise in the head's frame.
 
-Measured: the synthetic DWI of each pose, mapped back to the centred grid, against the centred one (r on the
-brain), beside the same figure for the phantom's true DWI scanned the same way (the ceiling that re-sampling thick
+Measured: the synthetic DWI of each pose, mapped back to the centred grid as masked data, against the centred one (r
+on the brain), beside the same figure for the phantom's true DWI scanned the same way (the ceiling that re-sampling thick
 slices allows); and the superpixel correlation of each pose against its own true DWI."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import DEMO_MODEL
 
@@ -18,12 +19,14 @@ SEED = 1
 CENTRED_SIZE = (176, 176, 30)
 
 #: r between the pose's synthetic DWI (mapped back) and the centred one, at least. The issue's target is 0.97 for
-#: every pose; measured with the shipped demo (2026-11-30): shifted 0.983, off-centre 0.945, oblique 0.959, tilted
-#: 0.840 (the true DWI scanned the same way: 0.982), head turned 0.957 - the target is met for the shift only.
-POSE_FLOORS = {"shifted 7 mm": 0.97, "off-centre 60/15 mm": 0.93, "oblique 25 deg": 0.945, "tilted 15 deg": 0.82,
-               "head turned 15 deg": 0.945}
+#: every pose; measured with the shipped demo (2026-12-04, the synthesis carried outwards before it is interpolated
+#: back, and mapped back here as masked data): shifted 0.992, off-centre 0.977, oblique 0.983, tilted 0.838 (the
+#: true DWI scanned the same way: 0.982), head turned 0.982 - the target is met for every pose but the gantry tilt.
+#: (2026-11-30, the rim darkened on both ways back: 0.983 / 0.945 / 0.959 / 0.840 / 0.957.)
+POSE_FLOORS = {"shifted 7 mm": 0.97, "off-centre 60/15 mm": 0.97, "oblique 25 deg": 0.97, "tilted 15 deg": 0.82,
+               "head turned 15 deg": 0.97}
 #: superpixel r against the pose's own true DWI may fall below the centred case's by at most this (target 0.02);
-#: measured: centred 0.620, shifted 0.624, off-centre 0.650, oblique 0.666, tilted 0.599 (-0.021), turned 0.667
+#: measured: centred 0.611, shifted 0.613, off-centre 0.637, oblique 0.655, tilted 0.587 (-0.024), turned 0.656
 SUPERPIXEL_SLACK = {"shifted 7 mm": 0.02, "off-centre 60/15 mm": 0.02, "oblique 25 deg": 0.02, "tilted 15 deg": 0.035,
                     "head turned 15 deg": 0.02}
 
@@ -112,6 +115,16 @@ def _on_centred_grid(img, centred_ct, scanner, head_deg):
     return sitk.GetArrayFromImage(sitk.Resample(img, centred_ct, tf, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
 
+def synthesis_on_centred_grid(out, pose_mask, centred_ct, scanner, head_deg):
+    """A pose's synthesis mapped back onto the centred grid. The synthesis is defined inside that pose's own brain
+    mask and is 0 outside it; interpolated as it is, those zeros would darken the brain's rim - a disagreement the
+    mapping back itself would add. So it is interpolated as masked data: divided by the pose's mask mapped back the
+    same way, and kept where that mask is more than half inside (0 elsewhere)."""
+    num = _on_centred_grid(out, centred_ct, scanner, head_deg)
+    w = _on_centred_grid(sitk.Cast(pose_mask, sitk.sitkFloat32), centred_ct, scanner, head_deg)
+    return np.where(w > 0.5, num / np.maximum(w, 1e-6), 0.0).astype(np.float32)
+
+
 @pytest.mark.parametrize("pose", list(POSES))
 def test_same_head_in_any_pose_gives_the_same_synthesis(posed, pose):
     from jmmda_model.metrics import superpixel_correlation
@@ -120,7 +133,7 @@ def test_same_head_in_any_pose_gives_the_same_synthesis(posed, pose):
     rotation, shift, head = POSES[pose]
     s, out, info = run(pose, rotation, shift, head)
     brain = sitk.GetArrayFromImage(c_scan["brainmask"]) > 0
-    back = _on_centred_grid(out, c_scan["ct"], scanner, head)
+    back = synthesis_on_centred_grid(out, s["brainmask"], c_scan["ct"], scanner, head)
     true_back = _on_centred_grid(s["dwi"], c_scan["ct"], scanner, head)
     m = brain & (back > 0)
     r_syn = float(np.corrcoef(sitk.GetArrayFromImage(c_out)[m], back[m])[0, 1])
@@ -217,3 +230,49 @@ def test_plane_search_stopped_by_its_budget_at_the_minimum_is_trusted():
     assert _at_minimum(cost, np.array([3.01, -1.0, 10.0]))  # within the probe's half degree
     assert not _at_minimum(cost, np.array([5.0, -1.0, 10.0]))
     assert not _at_minimum(cost, np.array([3.0, -1.0, 14.0]))
+
+
+class _Constant(torch.nn.Module):
+    """A generator that synthesises 0.3 inside the brain and 0 outside (the brain mask is its last input channel
+    without a tissue prior), as trained generators come close to doing; no lesion head."""
+
+    size_divisor = 8
+
+    def forward(self, x):
+        return 0.3 * x[:, -1:]
+
+
+def test_brain_rim_is_not_darkened_on_the_way_back(sample_cases):
+    """The synthesis is defined inside the brain and 0 outside; on its way back from the canonical pose (turned) and
+    from the model's pixel (a 1.2 mm CT) to the CT grid it is interpolated twice. A constant synthesis must arrive
+    as that constant on every brain voxel of the CT, the rim included (it arrived up to half as bright there)."""
+    from conftest import arr, read
+
+    from jmmda_model.clinical.geometry import resample_inplane, to_axial
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(mirror_channels=False, canonical_rotation=True)
+    syn = Synthesizer(None, device="cpu", network=_Constant(), meta={"preprocess": pre.to_dict()})
+    ct = resample_inplane(to_axial(read(sample_cases[1].ct)), (1.2, 1.2))
+    mask = resample_inplane(to_axial(read(sample_cases[1].brainmask)), (1.2, 1.2), label=True)
+    out, used, info = syn(ct, mask)
+    assert info["resampled_inplane_mm"] == [1.8, 1.8] and abs(info["canonical_pose"]["rotated_deg"]) > 0.5
+    brain = arr(used) > 0
+    np.testing.assert_allclose(arr(out)[brain], 0.3, atol=1e-5)
+    assert (arr(out)[~brain] == 0).all()
+
+
+def test_outside_of_the_brain_takes_the_nearest_brain_value():
+    from jmmda_model.inference import fill_outside
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((3, 40, 40), np.uint8)
+    brain[1:, 8:32, 10:30] = 1
+    y = rng.random(brain.shape).astype(np.float32) * brain
+    f = fill_outside(y.copy(), brain)
+    assert (f[0] == y[0]).all()  # a slice without brain is left as it is
+    assert (f[brain > 0] == y[brain > 0]).all()
+    np.testing.assert_array_equal(f[1][:8, 15], y[1][8, 15])  # above the brain: the nearest brain pixel's value
+    np.testing.assert_array_equal(f[2][20, 30:], y[2][20, 29])
+    np.testing.assert_array_equal(f[1][:8, :10], y[1][8, 10])  # beyond a corner: the corner
