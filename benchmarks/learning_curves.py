@@ -153,7 +153,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
-                  "prior_mirror_lift_hu": args.prior_lift_hu, **spec["train"]}
+                  "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -298,7 +298,7 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              f"Ran: {args.steps} steps x batch {args.batch_size} "
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
-             f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU; "
+             f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU, adversarial weight {args.lambda_adv:g}; "
              f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
              f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
              + (f"wall of this invocation {wall / 60:.1f} min" if wall is not None else "wall not known to --report-only (see the run's log)")
@@ -418,6 +418,8 @@ def main(argv=None):
     p.add_argument("--rotate-deg", type=float, default=10.0, help="in-plane rotation augmentation (0: off)")
     p.add_argument("--prior-lift-hu", type=float, default=10.0,
                    help="tissue prior's contralateral lift in HU (0: the plain table; the lut arm is always plain)")
+    p.add_argument("--lambda-adv", type=float, default=1.0,
+                   help="weight of the adversarial loss (the unet_prior arm: always 0)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -441,7 +443,7 @@ def main(argv=None):
         saved = out / "run_args.json"  # the header states what the interrupted run was asked to do, not defaults
         if saved.exists():
             # runs recorded before a setting existed ran without it
-            args = argparse.Namespace(**{"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0,
+            args = argparse.Namespace(**{"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
                                          **json.loads(saved.read_text()), "report_only": True})
         return report_only(args, out)
     from compare_models import machine as machine_info  # same hardware record as the main benchmark
@@ -460,7 +462,7 @@ def main(argv=None):
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
-                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu")
+                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv")
         old = json.loads(prev.read_text())
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)
                 and not (k == "steps" and getattr(args, k) > old[k])]  # more steps: the runs are extended

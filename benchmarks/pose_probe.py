@@ -66,6 +66,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     from test_pose import POSES, Scanner, _on_centred_grid, synthesis_on_centred_grid
 
+    if a.per_slice and a.per_slice not in POSES:
+        p.error(f"--per-slice: unknown pose {a.per_slice!r}; poses: {', '.join(POSES)}")
+
     from jmmda_model.clinical import midplane
     from jmmda_model.inference import Synthesizer
 
