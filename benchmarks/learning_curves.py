@@ -153,7 +153,8 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
-                  "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv, **spec["train"]}
+                  "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv,
+                  "lr_schedule": args.lr_schedule, "lr_final_ratio": args.lr_final_ratio, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -299,7 +300,9 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
              f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU, adversarial weight {args.lambda_adv:g}; "
-             f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
+             f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
+                                             if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
+             + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
              f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
              + (f"wall of this invocation {wall / 60:.1f} min" if wall is not None else "wall not known to --report-only (see the run's log)")
              + f"; per run, every invocation together: {run_walls}.",
@@ -413,6 +416,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=80)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="cosine: from --lr down to --lr x --lr-final-ratio at --steps (such a run cannot be extended)")
+    p.add_argument("--lr-final-ratio", type=float, default=0.05)
     p.add_argument("--ema", type=float, default=0.999,
                    help="generator weight average decay (0: off); the raw weights are evaluated beside it")
     p.add_argument("--rotate-deg", type=float, default=10.0, help="in-plane rotation augmentation (0: off)")
@@ -444,6 +450,7 @@ def main(argv=None):
         if saved.exists():
             # runs recorded before a setting existed ran without it
             args = argparse.Namespace(**{"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
+                                         "lr_schedule": "constant", "lr_final_ratio": 0.05,
                                          **json.loads(saved.read_text()), "report_only": True})
         return report_only(args, out)
     from compare_models import machine as machine_info  # same hardware record as the main benchmark
@@ -462,10 +469,12 @@ def main(argv=None):
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
-                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv")
-        old = json.loads(prev.read_text())
+                "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
+                "lr_schedule", "lr_final_ratio")
+        old = {"lr_schedule": "constant", "lr_final_ratio": 0.05, **json.loads(prev.read_text())}
+        # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)
-                and not (k == "steps" and getattr(args, k) > old[k])]  # more steps: the runs are extended
+                and not (k == "steps" and getattr(args, k) > old[k] and args.lr_schedule == "constant")]
         if diff:
             p.error(f"{out} holds a run with other settings ({', '.join(f'{k}={old[k]}' for k in diff)}); "
                     "use another --out or the same settings to resume")

@@ -213,7 +213,12 @@ class Synthesizer:
             # onto the CT grid), so the brain's rim is not darkened by the zeros around it; callers mask it again
             y = fill_outside(y, c_brain)
         y = pose.inverse(y)
-        logits = pose.inverse(logits) if (logits is not None and with_logits) else None  # mapped back only when wanted
+        if logits is not None and with_logits:  # mapped back only when wanted
+            # the probability is read inside the brain only: carried outwards as the synthesis is, so the rim is not
+            # mixed with whatever the network gives outside the brain (the caller masks it on the CT grid)
+            logits = pose.inverse(fill_outside(logits, c_brain))
+        else:
+            logits = None
         return y, logits, pose.to_dict()
 
     def __call__(self, ct: sitk.Image, mask: sitk.Image | None = None, return_probability: bool = False):
@@ -265,31 +270,32 @@ class Synthesizer:
         y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane, with_logits=return_probability)
         prob = None
         if logits is not None and return_probability:
-            prob = np.clip(self.probability(logits) * brain, 0.0, 1.0)
+            # not masked here: masked on the CT grid (masking first would mix zeros into the rim when resampled)
+            prob = np.clip(self.probability(logits), 0.0, 1.0)
         del ct_hu
 
         _release_freed_memory()  # the full-resolution output comes next: hand the work stage's freed heap back first
 
-        def to_ct(a: np.ndarray) -> sitk.Image:
-            """Work-grid array -> float32 image on the CT's own grid, 0 outside the brain mask. A resampled result is
-            written slab by slab straight onto the CT's grid in its own orientation (no re-orientation copy, no
-            second full-size image for the mask): the full-resolution result exists once."""
+        def to_ct(a: np.ndarray, masked: bool) -> sitk.Image:
+            """Work-grid array -> float32 image on the CT's own grid (0 outside the brain mask when ``masked``). A
+            resampled result is written slab by slab straight onto the CT's grid in its own orientation (no
+            re-orientation copy, no second full-size image for the mask): the full-resolution result exists once."""
             img = sitk.GetImageFromArray(a.astype(np.float32, copy=False))
             if not resampled:
                 img.CopyInformation(mask_ax)
-                if self.pre.mask_output:
+                if masked:
                     img = sitk.Mask(img, mask_ax, 0.0, 0)
                 return from_axial(img, ct)
             img.SetOrigin(work_geo[0])
             img.SetSpacing(work_geo[1])
             img.SetDirection(work_geo[2])
-            return resample_slabwise(img, ct, mask=m if self.pre.mask_output else None)
+            return resample_slabwise(img, ct, mask=m if masked else None)
 
-        out = label_synthetic(to_ct(y))
+        out = label_synthetic(to_ct(y, self.pre.mask_output))
         del y
         prob_img = None
         if prob is not None:
-            prob_img = label_synthetic(to_ct(prob), PROBABILITY_NOTE)
+            prob_img = label_synthetic(to_ct(prob, True), PROBABILITY_NOTE)  # 0 outside the brain
             info["probability"] = {"temperature": self.temperature,
                                    "note": "calibrated on phantom validation cases only; a low probability never "
                                            "rules out an infarct"}

@@ -109,8 +109,29 @@ class TrainConfig:
     #: mirror image are binned at the mirror's HU, so an early infarct's hypodensity is not mapped to a darker DWI
     #: (0: off, the plain table). Used with the mirror channels only.
     prior_mirror_lift_hu: float = 10.0
+    #: learning rate of both optimisers against the step: "constant", or "cosine" (half a cosine from lr_g / lr_d
+    #: down to lr * lr_final_ratio at the last step: max_steps, or all epochs). A function of the step alone, so a
+    #: resumed run follows the same schedule.
+    lr_schedule: str = "constant"
+    lr_final_ratio: float = 0.05
     tensorboard: bool = True
     progress: bool = True
+
+    LR_SCHEDULES = ("constant", "cosine")
+
+    def __post_init__(self):
+        if self.lr_schedule not in self.LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r}: use one of {', '.join(self.LR_SCHEDULES)}")
+        if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
+            raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Learning-rate multiplier for optimiser step ``step`` (0-based) of ``total``."""
+        if self.lr_schedule == "constant" or total <= 1:
+            return 1.0
+        t = min(max(step, 0), total - 1) / (total - 1)
+        r = float(self.lr_final_ratio)
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -419,6 +440,7 @@ class Trainer:
                         raise StopTraining()
                     if (cfg.max_steps_per_epoch and step >= cfg.max_steps_per_epoch) or done():
                         break
+                    self._set_lr(per_epoch)
                     losses = self._step(batch)
                     for k in sums:
                         sums[k] += losses[k]
@@ -537,6 +559,15 @@ class Trainer:
                       "steps_per_epoch": per_epoch, "global_step": self.global_step, "total_steps": total,
                       "seconds_per_step": round(rate, 3), "eta_seconds": round(max(total - self.global_step, 0) * rate, 1),
                       "history": self.history, "steps": self.step_log}, status_path)
+
+    def _set_lr(self, per_epoch: int) -> None:
+        """Both optimisers' learning rate for the coming step (``TrainConfig.lr_schedule``)."""
+        cfg = self.cfg
+        total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+        f = cfg.lr_factor(self.global_step, total)
+        for opt, base in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * f
 
     def _step(self, batch) -> dict:
         cfg = self.cfg

@@ -1,5 +1,6 @@
 """The benchmark runs what it says: exact step counts, seeds, baselines, paired statistics, targets."""
 import json
+import os
 import sys
 
 import numpy as np
@@ -75,7 +76,16 @@ def test_learning_curves_extend_a_finished_run_and_refuse_other_settings(tmp_pat
     assert curve["done"] and curve["steps"] == 4 and [p["step"] for p in curve["points"]] == [2, 4]
     assert curve["points"][0] == first["points"][0]  # the earlier evaluation kept as it was
     assert json.loads((tmp_path / "run_args.json").read_text())["steps"] == 4
-    for other in (["--steps", "3"], ["--steps", "4", "--lr", "1e-3"]):
+    for other in (["--steps", "3"], ["--steps", "4", "--lr", "1e-3"], ["--steps", "6", "--lr-schedule", "cosine"]):
         with pytest.raises(SystemExit):
             lc.main(base + other)
     assert json.loads((tmp_path / "jmmda_s0" / "curve.json").read_text()) == curve
+    # a cosine run's learning rate is set by its --steps: it is never extended (that would be another schedule)
+    cos = tmp_path / "cos"
+    cos_args = [x if x != str(tmp_path) else str(cos) for x in base] + ["--lr-schedule", "cosine"]
+    cos.mkdir()
+    os.link(tmp_path / "phantoms_2_1_1.pkl", cos / "phantoms_2_1_1.pkl")  # the same phantoms, not built again
+    assert lc.main(cos_args + ["--steps", "2"]) == 0
+    with pytest.raises(SystemExit):
+        lc.main(cos_args + ["--steps", "4"])
+    assert "cosine to x0.05 at step 2" in (cos / "curves.md").read_text()

@@ -8,6 +8,8 @@ would, with the same noise in the head's frame.
 Measured: the synthetic DWI of each pose, mapped back to the centred grid as masked data, against the centred one (r
 on the brain), beside the same figure for the phantom's true DWI scanned the same way (the ceiling that re-sampling thick
 slices allows); and the superpixel correlation of each pose against its own true DWI."""
+import types
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -261,6 +263,43 @@ def test_brain_rim_is_not_darkened_on_the_way_back(sample_cases):
     brain = arr(used) > 0
     np.testing.assert_allclose(arr(out)[brain], 0.3, atol=1e-5)
     assert (arr(out)[~brain] == 0).all()
+
+
+class _ConstantLesionHead(_Constant):
+    """As ``_Constant``, with a lesion head whose logit is 1.5 everywhere (probability 0.82 at temperature 1): the
+    logits outside the brain are what a network gives there, not 0 - here -8, as trained lesion heads come close to."""
+
+    cfg = types.SimpleNamespace(aux_lesion=True)
+
+    def forward(self, x, return_aux=False):
+        y = super().forward(x)
+        return (y, 1.5 * x[:, -1:] - 8.0 * (1 - x[:, -1:])) if return_aux else y
+
+
+def test_probability_rim_is_not_lowered_on_the_way_back(sample_cases):
+    """The infarct probability takes the same way back as the synthesis (canonical pose turned, 1.2 mm CT): a
+    constant probability must arrive as that constant on every brain voxel of the CT, the rim included (it was
+    masked on the model's grid and then interpolated with the zeros around the brain: the rim of a cortical infarct
+    came out less probable), and 0 outside the brain."""
+    from conftest import arr, read
+
+    from jmmda_model.clinical.geometry import resample_inplane, to_axial
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.metrics import calibrated_probability
+    from jmmda_model.preprocess import PreprocessConfig
+
+    pre = PreprocessConfig(mirror_channels=False, canonical_rotation=True)
+    syn = Synthesizer(None, device="cpu", network=_ConstantLesionHead(), meta={"preprocess": pre.to_dict()})
+    assert syn.has_probability
+    ct = resample_inplane(to_axial(read(sample_cases[1].ct)), (1.2, 1.2))
+    mask = resample_inplane(to_axial(read(sample_cases[1].brainmask)), (1.2, 1.2), label=True)
+    out, used, info, prob = syn(ct, mask, return_probability=True)
+    assert info["resampled_inplane_mm"] == [1.8, 1.8] and abs(info["canonical_pose"]["rotated_deg"]) > 0.5
+    brain = arr(used) > 0
+    p = arr(prob)
+    np.testing.assert_allclose(p[brain], float(calibrated_probability(np.float32(1.5), 1.0)), atol=1e-4)
+    assert (p[~brain] == 0).all()
+    np.testing.assert_allclose(arr(out)[brain], 0.3, atol=1e-5)
 
 
 def test_outside_of_the_brain_takes_the_nearest_brain_value():

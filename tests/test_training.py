@@ -43,6 +43,42 @@ def test_max_steps_runs_exactly_that_many_steps(small_store, tmp_path, tiny_gcfg
     assert out["global_step"] == 7
 
 
+def test_cosine_learning_rate_follows_the_step_and_survives_a_resume(small_store, tmp_path, tiny_gcfg, monkeypatch):
+    """lr_schedule="cosine": both optimisers start at their learning rate and reach lr x lr_final_ratio at the last
+    step, falling in between; a run stopped and resumed sees the same learning rates as one run straight through."""
+    cfg = TrainConfig(lr_schedule="cosine", lr_final_ratio=0.1)
+    assert cfg.lr_factor(0, 6) == 1.0 and abs(cfg.lr_factor(5, 6) - 0.1) < 1e-12 and abs(cfg.lr_factor(99, 6) - 0.1) < 1e-12
+    assert TrainConfig().lr_factor(5, 6) == 1.0  # constant
+    for bad in ({"lr_schedule": "step"}, {"lr_final_ratio": 1.5}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"lr_scheduel": "cosine"})
+
+    seen: dict[str, list] = {}
+    real_step = Trainer._step
+
+    def spy(self, batch):
+        seen.setdefault(str(self.out), []).append((self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]))
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", spy)
+    cases = find_cases(small_store)[:1]
+    kw = dict(epochs=100, max_steps_per_epoch=2, max_steps=6, batch_size=2, lr_g=2e-4, lr_d=1e-4,
+              lr_schedule="cosine", lr_final_ratio=0.1)
+    Trainer(_cfg(tiny_gcfg, **kw), tmp_path / "straight").fit(cases, [])
+    lrs = np.array(seen[str(tmp_path / "straight")])
+    assert lrs.shape == (6, 2)
+    np.testing.assert_allclose(lrs[0], [2e-4, 1e-4])
+    np.testing.assert_allclose(lrs[-1], [2e-5, 1e-5])
+    assert (np.diff(lrs[:, 0]) < 0).all()
+    stop = threading.Event()
+    first = Trainer(_cfg(tiny_gcfg, **kw), tmp_path / "split", stop_event=stop, on_epoch=lambda r: stop.set())
+    assert first.fit(cases, [])["state"] == "stopped"
+    Trainer(_cfg(tiny_gcfg, **kw), tmp_path / "split").fit(cases, [])
+    np.testing.assert_allclose(np.array(seen[str(tmp_path / "split")]), lrs)
+
+
 def test_lesion_slices_are_oversampled_and_contrast_loss_measures_lesion_brightness(small_store):
     from jmmda_model.trainer import lesion_contrast_loss
 
