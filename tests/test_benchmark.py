@@ -89,3 +89,39 @@ def test_learning_curves_extend_a_finished_run_and_refuse_other_settings(tmp_pat
     with pytest.raises(SystemExit):
         lc.main(cos_args + ["--steps", "4"])
     assert "cosine to x0.05 at step 2" in (cos / "curves.md").read_text()
+
+
+def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, capsys):
+    """The audit's per-lesion rows are lesion_metrics' (shown = synthetic ratio >= 1.3, darker < 1), the summary's
+    counts and Wilson interval follow from them, false-bright parts never exceed the whole, a rerun skips finished
+    cases, and a folder holding another model's or seed range's audit is refused."""
+    import lesion_audit as la
+
+    from conftest import DEMO_MODEL
+
+    assert np.isnan(la.wilson(0, 0)[0])
+    lo, hi = la.wilson(8, 10)
+    assert 0.49 < lo < 0.50 and 0.94 < hi < 0.95  # the textbook value (0.490, 0.943)
+    for bad in ("30000-30010", "5:3", "a:b"):
+        with pytest.raises(Exception):
+            la.parse_seeds(bad)
+    out = tmp_path / "audit"
+    assert la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30013", "--out", str(out)]) == 0
+    (case,) = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "audit.json").read_text())
+    assert case["case"] == "phantom_30012" and len(case["lesions"]) == summary["lesions"] >= 1
+    for x in case["lesions"]:
+        assert x["shown"] == (x["ratio_syn"] >= 1.3) and x["darker"] == (x["ratio_syn"] < 1.0)
+        assert 0.0 <= x["height"] <= 1.0 and 0.0 <= x["p_mean"] <= x["p_max"] <= 1.0
+    q = [x for x in case["lesions"] if x["qualifying"]]
+    assert summary["qualifying"]["n"] == len(q) >= 1 and summary["qualifying"]["shown"] == sum(x["shown"] for x in q)
+    assert summary["qualifying"]["ci95"] == list(la.wilson(summary["qualifying"]["shown"], len(q)))
+    assert sum(v["n"] for v in summary["by"]["height"].values()) == len(q)
+    for part in summary["false_bright_make_up_ml"].values():
+        assert 0.0 <= part <= case["false_bright_ml"] + 1e-9
+    capsys.readouterr()
+    assert la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30013", "--out", str(out)]) == 0
+    assert "phantom_30012:" not in capsys.readouterr().out  # finished: not run again
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30014", "--out", str(out)])
