@@ -303,7 +303,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
-             f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: {machine}; "
+             f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: "
+             + (", ".join(f"{k} {v}" for k, v in machine.items()) if isinstance(machine, dict) else str(machine)) + "; "
              + (f"wall of this invocation {wall / 60:.1f} min" if wall is not None else "wall not known to --report-only (see the run's log)")
              + f"; per run, every invocation together: {run_walls}.",
              "",
