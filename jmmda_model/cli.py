@@ -59,7 +59,8 @@ def cmd_train(a):
     pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new)
     patch = (a.patch_size or None) if new else None
     cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
-                      lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed, device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
+                      lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed,
+                      device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
                       select_metric=a.select, progress=not a.no_progress, patch_size=patch)
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
