@@ -27,6 +27,10 @@ echo "benchmark exit $? (mode ${MODE:-both})" >> "$OUT/device.txt"
 wait $DEMO; echo "demo exit $?" >> "$OUT/device.txt"
 cp /tmp/curves/curves.json /tmp/curves/curves.md /tmp/curves/learning_curves.png "$OUT/" 2>/dev/null
 cp /tmp/demo/model.pt "$OUT/demo_model.pt" 2>/dev/null
+# the new demo's lesion audit on fresh test phantoms (resumable: what finished inside the budget is kept)
+[ -f /tmp/demo/model.pt ] && timeout ${AUDIT_S:-150} python3 benchmarks/lesion_audit.py --model /tmp/demo/model.pt \
+  --seeds 30000:30120 --out /tmp/audit --device cuda > "$OUT/audit.log" 2>&1
+cp /tmp/audit/cases.jsonl /tmp/audit/audit.md "$OUT/" 2>/dev/null
 # partial curves if the budget ran out
 [ -f "$OUT/curves.json" ] || (cd /tmp/curves && tar czf "$OUT/curve_points.tgz" */curve.json 2>/dev/null)
 ls -la "$OUT"

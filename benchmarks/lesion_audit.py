@@ -33,6 +33,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+try:  # as in learning_curves.py: the lent GPU machine may lack SimpleITK; the served path used here never calls it
+    import SimpleITK  # noqa: F401
+except ImportError:  # pragma: no cover - only there
+    import types
+
+    sys.modules["SimpleITK"] = types.ModuleType("SimpleITK")
 
 #: height bands (fraction of the brain's slice range) and the volume and CT-contrast bins of the breakdown
 HEIGHT_BANDS = ((0.0, 0.15, "lowest 15 %"), (0.15, 0.85, "middle"), (0.85, 1.01, "highest 15 %"))
