@@ -151,6 +151,9 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
              f"{part['fb_prob_ge_0.5_ml']:.1f} mL where the infarct probability is >= 0.5, {part['fb_deep_ml']:.1f} mL "
              f">= {DEEP_MM:g} mm inside the brain, {part['fb_in_clusters_ge_0.5ml_ml']:.1f} mL in clusters of >= 0.5 mL.",
              f"- In-brain PSNR {out['psnr_brain']:.2f} dB.",
+             "- Infarct probability: " + (f"calibrated (temperature {meta['probability_temperature']:.2f})"
+                                          if meta.get("probability_temperature") else
+                                          "NOT calibrated (the checkpoint holds no calibration: temperature 1)") + ".",
              f"- Missed qualifying lesions' mean probability: {', '.join(f'{v:.2f}' for v in sorted(out['missed_qualifying_p_mean'])) or 'none'}.",
              "", "| qualifying lesions by | band | shown / n | sensitivity (95 % CI) | darker |", "|---|---|---|---|---|"]
     for kind, bands in by.items():
@@ -194,8 +197,10 @@ def main(argv=None) -> int:
         if (old["model_sha256_16"], old["seeds"]) != (digest, seeds):
             p.error(f"{out} holds an audit of {old['model']} ({old['model_sha256_16']}) on seeds {old['seeds']}: "
                     "use another --out")
-    write_json_atomic(meta, run)
     syn = Synthesizer(a.model, device=a.device)
+    # the probability's temperature: the checkpoint's calibration, or 1 (uncalibrated: learning-curve checkpoints)
+    meta["probability_temperature"] = (syn.temperature if "lesion_calibration" in syn.ckpt_meta else None)
+    write_json_atomic(meta, run)
     # the test phantoms exactly as learning_curves.py and paired_runs.py build them
     pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": True})
     done_path = out / "cases.jsonl"
