@@ -4,6 +4,7 @@
     python benchmarks/paired_runs.py curves --a benchmarks/records/cpu_ema_2026-11-30 --b runs/curves_lift \
         [--arm jmmda] [--step 1000] [--out runs/lift_vs_plain.json]
     python benchmarks/paired_runs.py models --a OLD.pt --b NEW.pt [--test-cases 24] [--phantoms PKL] [--out runs/ab.json]
+    python benchmarks/paired_runs.py audits --a AUDIT_A_S0,AUDIT_A_S1 --b AUDIT_B_S0,AUDIT_B_S1 [--out runs/ab.json]
 
 ``curves``: two learning-curve runs (``learning_curves.py`` folders or their records) of one arm (or two arms:
 ``--arm-b``); the evaluations
@@ -11,6 +12,8 @@ at the same step of the same seeds are paired case by case (each seed trained on
 the same 24 test phantoms), so a difference is the recipe's, not the draw's. Raw-weight figures exist per seed only.
 ``models``: two checkpoints evaluated through the served path (``Synthesizer.predict_volume``: canonical pose,
 mirror, prior) on the benchmark's test phantoms (seeds 30000..), never used to train either.
+``audits``: two sets of ``lesion_audit.py`` folders (e.g. one per seed of two recipes), paired folder by folder and
+case by case; also the issue's lesions shown by both, by A only and by B only.
 
 Per case: in-brain PSNR, false-bright mL, qualifying lesions shown, lesions darker than normal (all and
 qualifying). The interval is the paired t interval of B - A over cases (and seeds); one containing 0 is a tie.
@@ -150,6 +153,52 @@ def cmd_models(a) -> dict:
     return {"kind": "models", "a": a.a, "b": a.b, "A": strip(ra), "B": strip(rb), "paired": rows, "markdown": md}
 
 
+def _audit_cases(folder: Path) -> list[dict]:
+    path = folder / "cases.jsonl"
+    if not path.exists():
+        raise SystemExit(f"{folder}: no cases.jsonl (not a lesion_audit.py folder)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cmd_audits(a) -> dict:
+    """Two sets of lesion audits (``lesion_audit.py`` folders), the i-th of A paired with the i-th of B (the same
+    seed of two recipes), case by case and lesion by lesion (the same phantoms: the same lesions, in the same
+    order)."""
+    fa, fb = [Path(x) for x in a.a.split(",")], [Path(x) for x in a.b.split(",")]
+    if len(fa) != len(fb):
+        raise SystemExit(f"--a names {len(fa)} audits and --b {len(fb)}: pair them one to one")
+    cases_a, cases_b, both, only_a, only_b, deep = [], [], 0, 0, 0, [0, 0, 0]
+    for i, (da, db) in enumerate(zip(fa, fb)):
+        ra, rb = {c["case"]: c for c in _audit_cases(da)}, {c["case"]: c for c in _audit_cases(db)}
+        for name in sorted(set(ra) & set(rb)):
+            ca, cb = ra[name], rb[name]
+            if len(ca["lesions"]) != len(cb["lesions"]):
+                raise SystemExit(f"{name}: {da} and {db} hold different lesions (other phantoms?)")
+            for c, out in ((ca, cases_a), (cb, cases_b)):
+                q = [x for x in c["lesions"] if x["qualifying"]]
+                out.append({"case": f"{i}/{name}", "psnr_brain": c["psnr_brain"], "false_bright_ml": c["false_bright_ml"],
+                            "shown": sum(x["shown"] for x in q), "darker": sum(x["darker"] for x in c["lesions"]),
+                            "darker_qualifying": sum(x["darker"] for x in q)})
+            for xa, xb in zip(ca["lesions"], cb["lesions"]):
+                if not xa["qualifying"]:
+                    continue
+                both += xa["shown"] and xb["shown"]
+                only_a += xa["shown"] and not xb["shown"]
+                only_b += xb["shown"] and not xa["shown"]
+                if xa["mirror_diff_hu"] < -12.0:  # more than the default prior lift below the mirror
+                    deep = [deep[0] + 1, deep[1] + xa["shown"], deep[2] + xb["shown"]]
+    if not cases_a:
+        raise SystemExit("the audits share no case")
+    rows = pair_cases(cases_a, cases_b)
+    md = (f"A = {', '.join(map(str, fa))}; B = {', '.join(map(str, fb))} (pairs = audit pair x test case, "
+          f"{len(cases_a)} in all)\n\n" + table(rows, "A", "B")
+          + f"\n\nQualifying lesions, pair by pair: shown by both {both}, by A only {only_a}, by B only {only_b}"
+          + f"; of those more than 12 HU below their mirror ({deep[0]}): A shows {deep[1]}, B {deep[2]}.")
+    return {"kind": "audits", "a": [str(x) for x in fa], "b": [str(x) for x in fb], "paired": rows,
+            "qualifying_discordant": {"both": both, "a_only": only_a, "b_only": only_b},
+            "below_mirror_12hu": {"n": deep[0], "a_shown": deep[1], "b_shown": deep[2]}, "markdown": md}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -166,10 +215,13 @@ def main(argv=None):
     m.add_argument("--test-cases", type=int, default=24)
     m.add_argument("--workers", type=int, default=1)
     m.add_argument("--phantoms", default=None, help="take the test phantoms from a learning-curve run's phantoms_*.pkl")
-    for s in (c, m):
+    u = sub.add_parser("audits", help="lesion audits (lesion_audit.py folders) of two recipes, seed by seed")
+    u.add_argument("--a", required=True, help="comma-separated audit folders (one per seed)")
+    u.add_argument("--b", required=True, help="the same number of folders, in the same seed order")
+    for s in (c, m, u):
         s.add_argument("--out", default=None, help="write the comparison as JSON here")
     a = p.parse_args(argv)
-    res = cmd_curves(a) if a.cmd == "curves" else cmd_models(a)
+    res = {"curves": cmd_curves, "models": cmd_models, "audits": cmd_audits}[a.cmd](a)
     print(res["markdown"])
     if a.out:
         from jmmda_model.checkpoint import write_json_atomic

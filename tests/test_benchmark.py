@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -126,3 +127,34 @@ def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, ca
     assert len((out / "cases.jsonl").read_text().splitlines()) == 1
     with pytest.raises(SystemExit):
         la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30014", "--out", str(out)])
+
+
+def test_paired_audits_pair_cases_and_lesions(tmp_path):
+    """paired_runs.py audits: the i-th audit of A against the i-th of B, case by case (shared cases only) and lesion
+    by lesion; unequal folder counts and differing lesion lists are refused."""
+    import paired_runs
+
+    def lesion(shown, q=True, md=-5.0):
+        return {"shown": shown, "darker": False, "qualifying": q, "mirror_diff_hu": md}
+
+    def write(folder, cases):
+        folder.mkdir()
+        (folder / "cases.jsonl").write_text("".join(json.dumps(c) + "\n" for c in cases))
+
+    def case(name, psnr, fb, lesions):
+        return {"case": name, "psnr_brain": psnr, "false_bright_ml": fb, "lesions": lesions}
+
+    write(tmp_path / "a", [case("p1", 29.0, 10.0, [lesion(True), lesion(False, md=-15.0)]),
+                           case("p2", 28.0, 20.0, [lesion(True, q=False)]), case("p3", 30.0, 0.0, [])])
+    write(tmp_path / "b", [case("p1", 29.5, 8.0, [lesion(False), lesion(True, md=-15.0)]),
+                           case("p2", 28.5, 18.0, [lesion(False, q=False)])])
+    res = paired_runs.cmd_audits(types.SimpleNamespace(a=str(tmp_path / "a"), b=str(tmp_path / "b")))
+    assert res["paired"]["psnr_brain"][3] == 2  # p3 is in A only: not paired
+    assert res["paired"]["psnr_brain"][2][0] == pytest.approx(0.5) and res["paired"]["false_bright_ml"][2][0] == pytest.approx(-2.0)
+    assert res["qualifying_discordant"] == {"both": 0, "a_only": 1, "b_only": 1}
+    assert res["below_mirror_12hu"] == {"n": 1, "a_shown": 0, "b_shown": 1}
+    with pytest.raises(SystemExit):
+        paired_runs.cmd_audits(types.SimpleNamespace(a=f"{tmp_path / 'a'},{tmp_path / 'a'}", b=str(tmp_path / "b")))
+    write(tmp_path / "c", [case("p1", 29.0, 10.0, [lesion(True)])])
+    with pytest.raises(SystemExit, match="different lesions"):
+        paired_runs.cmd_audits(types.SimpleNamespace(a=str(tmp_path / "a"), b=str(tmp_path / "c")))
