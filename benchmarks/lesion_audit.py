@@ -102,7 +102,15 @@ def audit_case(syn, lc) -> dict:
         zs = (height >= lo) & (height < hi)
         v = diff[zs][quiet[zs]]
         spread[name] = {"n": int(v.size), "sum": float(v.sum()), "sum2": float((v * v).sum())}
+    table = None
+    if syn.pre.tissue_prior is not None:  # the baseline beside the network: the checkpoint's own lookup table
+        from jmmda_model.prior import TissuePrior
+
+        t = TissuePrior.from_dict(syn.pre.tissue_prior).predict(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu) * b
+        table = {"psnr_brain": psnr(t, lc.dwi, lc.brain),
+                 "false_bright_ml": lesion_metrics(t, lc.dwi, lc.brain, lc.lesion, lc.ct_hu, lc.spacing_zyx)["false_bright_ml"]}
     return {"case": lc.id, "psnr_brain": psnr(y, lc.dwi, lc.brain), "false_bright_ml": les["false_bright_ml"],
+            "table": table,
             "fb_prob_ge_0.5_ml": float((fb & (prob >= 0.5)).sum()) * vox_ml,
             "fb_deep_ml": float((fb & (depth >= DEEP_MM)).sum()) * vox_ml,
             "fb_in_clusters_ge_0.5ml_ml": float(big.sum()) * vox_ml,
@@ -132,7 +140,11 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
         s = sum(c["mirror_diff_spread"][name]["sum"] for c in cases)
         s2 = sum(c["mirror_diff_spread"][name]["sum2"] for c in cases)
         spread[name] = math.sqrt(max(s2 / n - (s / n) ** 2, 0.0)) if n else float("nan")
-    out = {**meta, "cases": len(cases), "lesions": len(lesions), "qualifying": shown(q),
+    tables = [c["table"] for c in cases if c.get("table")]
+    table = ({"psnr_brain": float(np.mean([t["psnr_brain"] for t in tables])),
+              "false_bright_ml": float(np.mean([t["false_bright_ml"] for t in tables]))}
+             if tables and len(tables) == len(cases) else None)
+    out = {**meta, "cases": len(cases), "lesions": len(lesions), "qualifying": shown(q), "table": table,
            "darker_all": sum(x["darker"] for x in lesions), "by": by,
            "missed_qualifying_p_mean": [x["p_mean"] for x in missed],
            "psnr_brain": float(np.mean([c["psnr_brain"] for c in cases])), "false_bright_ml": fb,
@@ -150,7 +162,11 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
              f"- False-bright normal brain {fb:.1f} mL/case (target 5: {'MET' if fb <= 5 else 'MISSED'}); of it "
              f"{part['fb_prob_ge_0.5_ml']:.1f} mL where the infarct probability is >= 0.5, {part['fb_deep_ml']:.1f} mL "
              f">= {DEEP_MM:g} mm inside the brain, {part['fb_in_clusters_ge_0.5ml_ml']:.1f} mL in clusters of >= 0.5 mL.",
-             f"- In-brain PSNR {out['psnr_brain']:.2f} dB.",
+             f"- In-brain PSNR {out['psnr_brain']:.2f} dB" + (
+                 f"; the model's own lookup table (its tissue prior) on the same cases {table['psnr_brain']:.2f} dB, "
+                 f"{out['psnr_brain'] - table['psnr_brain']:+.2f} dB (target: table + 1 dB, "
+                 f"{'MET' if out['psnr_brain'] >= table['psnr_brain'] + 1 else 'MISSED'}), false-bright "
+                 f"{table['false_bright_ml']:.1f} mL/case." if table else "."),
              "- Infarct probability: " + (f"calibrated (temperature {meta['probability_temperature']:.2f})"
                                           if meta.get("probability_temperature") else
                                           "NOT calibrated (the checkpoint holds no calibration: temperature 1)") + ".",

@@ -119,6 +119,7 @@ def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, ca
     assert summary["qualifying"]["ci95"] == list(la.wilson(summary["qualifying"]["shown"], len(q)))
     assert sum(v["n"] for v in summary["by"]["height"].values()) == len(q)
     assert summary["probability_temperature"] > 0 and "calibrated (temperature" in (out / "audit.md").read_text()
+    assert summary["table"]["psnr_brain"] == pytest.approx(case["table"]["psnr_brain"]) and "own lookup table" in (out / "audit.md").read_text()
     for part in summary["false_bright_make_up_ml"].values():
         assert 0.0 <= part <= case["false_bright_ml"] + 1e-9
     capsys.readouterr()
