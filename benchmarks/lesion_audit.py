@@ -66,19 +66,20 @@ def audit_case(syn, lc) -> dict:
     """One loaded case through the served path: per-lesion rows and per-case figures."""
     from scipy import ndimage as ndi
 
-    from jmmda_model.metrics import SHOWN_RATIO, lesion_metrics, psnr, qualifying
+    from jmmda_model.metrics import lesion_metrics, psnr, qualifying
 
     y, logits, _ = syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
     b = lc.brain > 0
     y = y * b
     prob = syn.probability(logits) * b if logits is not None else np.zeros(b.shape, np.float32)
-    les = lesion_metrics(y, lc.dwi, lc.brain, lc.lesion, lc.ct_hu, lc.spacing_zyx)
+    les = lesion_metrics(y, lc.dwi, lc.brain, lc.lesion, lc.ct_hu, lc.spacing_zyx, masks=True)
+    # the lesions, the normal brain and the false-bright brain as it counted them
+    labels, normal, fb = les.pop("labels"), les.pop("normal_mask"), les.pop("false_bright_mask")
     full = np.ones((3, 3, 3), bool)
     zb = np.flatnonzero(b.any((1, 2)))
     height = (np.arange(b.shape[0]) - zb.min()) / max(int(zb.max() - zb.min()), 1)
     mirror = lc.mirror_hu if lc.mirror_hu is not None else lc.ct_hu
     diff = ndi.gaussian_filter(lc.ct_hu, (0, 1, 1)) - ndi.gaussian_filter(mirror, (0, 1, 1))
-    labels, _ = ndi.label((lc.lesion > 0) & b, full)
     rows = []
     for k, item in enumerate(les["lesions"], 1):
         region = labels == k
@@ -87,10 +88,7 @@ def audit_case(syn, lc) -> dict:
                      "p_max": round(float(prob[region].max()), 4),
                      "height": round(float(height[np.nonzero(region)[0]].mean()), 3),
                      "mirror_diff_hu": round(float(diff[region].mean()), 2)})
-    # false-bright brain as lesion_metrics counts it, and what it is made of
-    lesion = (lc.lesion > 0) & b
-    normal = b & ~ndi.binary_dilation(lesion, full, iterations=2) if lesion.any() else b
-    fb = normal & (y > SHOWN_RATIO * np.median(y[normal])) & ~(lc.dwi > SHOWN_RATIO * np.median(lc.dwi[normal]))
+    # what the false-bright brain is made of
     vox_ml = float(np.prod(lc.spacing_zyx)) / 1000.0
     depth = ndi.distance_transform_edt(b, sampling=lc.spacing_zyx)
     cl, n = ndi.label(fb, full)

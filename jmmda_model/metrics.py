@@ -171,7 +171,8 @@ CONTRAST_BINS = ((0.0, 3.0, "<3 HU"), (3.0, 5.0, "3-5 HU"), (5.0, np.inf, ">=5 H
 VOLUME_BINS = ((0.0, 1.0, "<1 mL"), (1.0, np.inf, ">=1 mL"))
 
 
-def lesion_metrics(pred, target, brain, lesion, ct_hu=None, spacing=None, shown_ratio: float = SHOWN_RATIO) -> dict:
+def lesion_metrics(pred, target, brain, lesion, ct_hu=None, spacing=None, shown_ratio: float = SHOWN_RATIO,
+                   masks: bool = False) -> dict:
     """Per connected lesion (26-connectivity) of the true lesion mask.
 
     Normal brain = brain minus the lesions dilated by 2 voxels; its median is the reference of each image.
@@ -179,7 +180,8 @@ def lesion_metrics(pred, target, brain, lesion, ct_hu=None, spacing=None, shown_
     (ratio_syn >= ``shown_ratio``), ``darker`` (ratio_syn < 1), ``volume_ml`` and, with ``ct_hu``,
     ``ct_contrast_hu`` = median CT of a 2-4 voxel ring of normal brain (15-60 HU) minus the lesion's mean CT.
     Also ``false_bright_ml``: normal-brain volume that is bright (> shown_ratio x normal) in the synthetic
-    image but not in the real one."""
+    image but not in the real one. With ``masks``: also ``normal_mask`` (the normal brain), ``false_bright_mask``
+    (those voxels) and ``labels`` (the lesions' labels, 1.. in the order of ``lesions``)."""
     pred = np.asarray(pred, np.float64)
     target = np.asarray(target, np.float64)
     b = np.asarray(brain) > 0
@@ -195,9 +197,14 @@ def lesion_metrics(pred, target, brain, lesion, ct_hu=None, spacing=None, shown_
     bright_real = target > shown_ratio * ref_real
     out = {"normal_syn": ref_syn, "normal_real": ref_real,
            "false_bright_ml": float((bright_syn & ~bright_real).sum()) * vox_ml, "lesions": []}
+    if masks:
+        out["normal_mask"], out["false_bright_mask"] = normal, bright_syn & ~bright_real
+        out["labels"] = np.zeros(b.shape, np.int32)
     if not les.any():
         return out
     labels, n = ndi.label(les, full)
+    if masks:
+        out["labels"] = labels
     ring_base = b & ~ndi.binary_dilation(les, full, iterations=1)
     for k in range(1, n + 1):
         region = labels == k
