@@ -49,6 +49,10 @@ except ImportError:  # pragma: no cover - only there
     sys.modules["SimpleITK"] = types.ModuleType("SimpleITK")
 
 TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
+#: what runs recorded before a setting existed ran with; one dict for both readers of an old run_args.json (the
+#: report's header and the resume check, which refuses to resume an old folder with another value of them)
+SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
+                                "lr_schedule": "constant", "lr_final_ratio": 0.05}
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False}, "pre": {"mirror_channels": False},
                "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0}},
@@ -449,10 +453,8 @@ def main(argv=None):
     if args.report_only:
         saved = out / "run_args.json"  # the header states what the interrupted run was asked to do, not defaults
         if saved.exists():
-            # runs recorded before a setting existed ran without it
-            args = argparse.Namespace(**{"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
-                                         "lr_schedule": "constant", "lr_final_ratio": 0.05,
-                                         **json.loads(saved.read_text()), "report_only": True})
+            args = argparse.Namespace(**{**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(saved.read_text()),
+                                         "report_only": True})
         return report_only(args, out)
     from compare_models import machine as machine_info  # same hardware record as the main benchmark
 
@@ -472,7 +474,7 @@ def main(argv=None):
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
                 "lr_schedule", "lr_final_ratio")
-        old = {"lr_schedule": "constant", "lr_final_ratio": 0.05, **json.loads(prev.read_text())}
+        old = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(prev.read_text())}
         # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)
                 and not (k == "steps" and getattr(args, k) > old[k] and args.lr_schedule == "constant")]

@@ -92,6 +92,28 @@ def test_learning_curves_extend_a_finished_run_and_refuse_other_settings(tmp_pat
     assert "cosine to x0.05 at step 2" in (cos / "curves.md").read_text()
 
 
+def test_learning_curves_refuse_to_resume_an_old_folder_with_a_setting_it_never_had(tmp_path, capsys):
+    """A folder written before --ema/--rotate-deg/--prior-lift-hu/--lambda-adv existed ran without them: resuming
+    it with today's defaults would mix two recipes in one curve, so it is refused (and nothing is rewritten); the
+    report of the same folder states the values the old run used."""
+    import learning_curves as lc
+
+    old = {"steps": 2, "eval_every": 2, "batch_size": 2, "patch_size": 32, "lr": 2e-4, "base_channels": 8, "depth": 2,
+           "heads": 4, "train_cases": 2, "cal_cases": 1, "test_cases": 1, "arms": "jmmda", "seeds": "0"}
+    (tmp_path / "run_args.json").write_text(json.dumps(old))
+    base = ["--out", str(tmp_path), "--arms", "jmmda", "--seeds", "0", "--eval-every", "2", "--batch-size", "2",
+            "--patch-size", "32", "--base-channels", "8", "--depth", "2", "--train-cases", "2", "--cal-cases", "1",
+            "--test-cases", "1", "--workers", "1", "--device", "cpu", "--steps", "2", "--lr", "2e-4", "--heads", "4"]
+    with pytest.raises(SystemExit) as e:
+        lc.main(base)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "ema=0.0" in err and "rotate_deg=0.0" in err and "prior_lift_hu=0.0" in err
+    assert json.loads((tmp_path / "run_args.json").read_text()) == old  # untouched
+    assert not list(tmp_path.glob("*.pkl"))  # nothing built
+    assert lc.SETTINGS_BEFORE_THEY_EXISTED["ema"] == 0.0
+
+
 def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, capsys):
     """The audit's per-lesion rows are lesion_metrics' (shown = synthetic ratio >= 1.3, darker < 1), the summary's
     counts and Wilson interval follow from them, false-bright parts never exceed the whole, a rerun skips finished
