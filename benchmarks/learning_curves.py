@@ -52,10 +52,11 @@ TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 #: what runs recorded before a setting existed ran with; one dict for both readers of an old run_args.json (the
 #: report's header and the resume check, which refuses to resume an old folder with another value of them)
 SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
-                                "lr_schedule": "constant", "lr_final_ratio": 0.05}
+                                "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0}
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False}, "pre": {"mirror_channels": False},
-               "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0}},
+               "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0,
+                         "hard_negative_fraction": 0.0}},
     "jmmda": {"gen": {}, "pre": {}, "train": {}},
     "pix2pix": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {}},
     "unet_prior": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {"lambda_adv": 0.0}},
@@ -158,7 +159,8 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
                           **{"residual_prior": True, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
                   "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv,
-                  "lr_schedule": args.lr_schedule, "lr_final_ratio": args.lr_final_ratio, **spec["train"]}
+                  "lr_schedule": args.lr_schedule, "lr_final_ratio": args.lr_final_ratio,
+                  "hard_negative_fraction": args.hard_negative_fraction, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -303,7 +305,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              f"Ran: {args.steps} steps x batch {args.batch_size} "
              f"({'crops of ' + str(args.patch_size) + ' px' if args.patch_size else 'slices'}; legacy: whole slices), "
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
-             f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU, adversarial weight {args.lambda_adv:g}; "
+             f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU, adversarial weight {args.lambda_adv:g}, "
+             f"hard-negative crops {args.hard_negative_fraction:g} (legacy arm 0); "
              f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
@@ -431,6 +434,9 @@ def main(argv=None):
                    help="tissue prior's contralateral lift in HU (0: the plain table; the lut arm is always plain)")
     p.add_argument("--lambda-adv", type=float, default=1.0,
                    help="weight of the adversarial loss (the unet_prior arm: always 0)")
+    p.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                   help="this fraction of the training crops centred on normal brain >= 3 HU darker than its mirror "
+                        "image (TrainConfig.hard_negative_fraction; the legacy arm: 0)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -473,7 +479,7 @@ def main(argv=None):
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
-                "lr_schedule", "lr_final_ratio")
+                "lr_schedule", "lr_final_ratio", "hard_negative_fraction")
         old = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(prev.read_text())}
         # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)

@@ -62,7 +62,8 @@ def cmd_train(a):
                       lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed,
                       device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
-                      select_metric=a.select, progress=not a.no_progress, patch_size=patch)
+                      select_metric=a.select, progress=not a.no_progress, patch_size=patch,
+                      hard_negative_fraction=a.hard_negative_fraction)
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
@@ -246,6 +247,9 @@ def build_parser():
                    help="lesion (default): mirror-difference channels, tissue prior + residual, lesion-probability "
                         "head (BCE + Dice, calibrated), lesion-centred patches; legacy: the earlier whole-slice GAN")
     t.add_argument("--patch-size", type=int, default=80, help="training crop size in pixels (lesion recipe; 0 = whole slices)")
+    t.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                   help="lesion recipe: this fraction of the crops centred on normal brain >= 3 HU darker than its "
+                        "mirror image, which the lesion head must learn to leave alone (default 0: none)")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)

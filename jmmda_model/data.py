@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch.utils.data import Dataset
 
 from .clinical.geometry import resample_inplane, same_geometry, to_axial
@@ -170,28 +171,65 @@ def rotate_sample(tensors: list[torch.Tensor], angle_deg: float, dy: float, dx: 
     return out
 
 
+#: normal brain at least this far (HU, smoothed) below its mirror image is a hard negative for the lesion head:
+#: the issue counts a lesion from 3 HU of CT contrast, so asymmetry that deep is what a lesion looks like
+HARD_NEGATIVE_HU = 3.0
+
+
+def hard_negative_voxels(lc: LoadedCase, below_mirror_hu: float = HARD_NEGATIVE_HU) -> np.ndarray:
+    """(z, y, x) bool: normal-brain voxels whose CT, smoothed in the slice (sigma 2 pixels, with the mirror the
+    same), is at least ``below_mirror_hu`` below its mirror image, more than 3 pixels from any lesion voxel and
+    inside the brain by at least 2 pixels. Empty when the case has no mirrored CT or its plane was not trusted
+    (the mirror is then the CT itself)."""
+    if lc.mirror_hu is None:
+        raise ValueError(f"{lc.id}: hard-negative sampling needs the mirrored CT (a model with mirror channels)")
+    diff = (ndi.gaussian_filter(np.asarray(lc.ct_hu, np.float32), (0.0, 2.0, 2.0))
+            - ndi.gaussian_filter(np.asarray(lc.mirror_hu, np.float32), (0.0, 2.0, 2.0)))
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndi.generate_binary_structure(2, 1)  # in the slice only
+    near_lesion = ndi.binary_dilation(lc.lesion > 0, st, iterations=3)
+    inner = ndi.binary_erosion(lc.brain > 0, st, iterations=2)
+    return (diff <= -float(below_mirror_hu)) & inner & ~near_lesion
+
+
 class SliceDataset(Dataset):
     """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
 
     def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False,
                  patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3, rotate_deg: float = 0.0,
-                 rotate_probability: float = 0.75):
+                 rotate_probability: float = 0.75, hard_negative_fraction: float = 0.0,
+                 hard_negative_hu: float = HARD_NEGATIVE_HU):
         """``patch_size``: train on square crops of this size instead of whole slices: a ``lesion_patch_fraction``
         of them centred (with jitter) on a lesion voxel of a lesion slice, the rest on a brain voxel of the drawn
         slice. ``rotate_deg`` (with ``augment``): with probability ``rotate_probability`` a sample is turned by a
         random angle within +-rotate_deg and shifted by up to half a pixel, interpolated as the canonical pose
-        interpolates at inference (see :func:`rotate_sample`). Deterministic per (epoch_seed, item) like the flip."""
+        interpolates at inference (see :func:`rotate_sample`). Deterministic per (epoch_seed, item) like the flip.
+        ``hard_negative_fraction`` (patches only): this fraction of the crops is centred on normal brain that looks
+        like an infarct to the hemispheric comparison - at least ``hard_negative_hu`` below its mirror image (smoothed
+        in the slice, more than 3 pixels from any lesion; see :func:`hard_negative_voxels`), so the lesion head is
+        taught what normal asymmetry looks like. Needs the mirrored CT; 0 keeps the sampling exactly as before."""
         self.pre, self.divisor, self.augment = pre, divisor, augment
         self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
         self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
+        self.hard_negative_fraction = float(hard_negative_fraction)
+        if not (0.0 <= self.hard_negative_fraction and 0.0 <= self.lesion_patch_fraction
+                and self.hard_negative_fraction + self.lesion_patch_fraction <= 1.0):
+            raise ValueError(f"lesion ({lesion_patch_fraction}) and hard-negative ({hard_negative_fraction}) patch "
+                             "fractions must be >= 0 and add up to at most 1")
+        if self.hard_negative_fraction > 0 and not patch_size:
+            raise ValueError("hard-negative sampling needs patch training (a patch size)")
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
+        self.hard_items: list[tuple[int, np.ndarray]] = []  # (slice index, (n, 2) voxels) of normal asymmetry
         for c in cases:
             x = case_input(c, pre)
             frac = c.brain.reshape(c.brain.shape[0], -1).mean(1)
+            hard = hard_negative_voxels(c, hard_negative_hu) if self.hard_negative_fraction > 0 else None
             for k in np.nonzero(frac >= pre.min_brain_fraction)[0]:
                 if c.lesion[k].any():
                     self.lesion_items.append(len(self.items))
+                if hard is not None and hard[k].any():
+                    self.hard_items.append((len(self.items), np.argwhere(hard[k]).astype(np.int16)))
                 self.items.append((x[k], c.dwi[k][None], c.brain[k][None].astype(np.float32), c.lesion[k][None].astype(np.float32)))
         if not self.items:
             raise InputError("no training slices: every case lacks brain in its axial slices")
@@ -205,9 +243,13 @@ class SliceDataset(Dataset):
         """A crop of patch_size + 2 * margin pixels (the margin is cut after a rotation)."""
         p = int(self.patch_size) + 2 * margin
         r = lambda: torch.rand(1, generator=g).item()
-        if self.lesion_items and r() < self.lesion_patch_fraction:
+        u = r() if self.lesion_items else None  # one draw picks the kind (no extra draw without hard negatives)
+        if u is not None and u < self.lesion_patch_fraction:
             i = self.lesion_items[int(r() * len(self.lesion_items))]
             where = np.argwhere(self.items[i][3][0] > 0)
+        elif (self.hard_negative_fraction > 0 and self.hard_items
+              and (r() if u is None else u) < self.lesion_patch_fraction + self.hard_negative_fraction):
+            i, where = self.hard_items[int(r() * len(self.hard_items))]
         else:
             where = np.argwhere(self.items[i][2][0] > 0)
         arrays = self.items[i]

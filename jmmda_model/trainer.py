@@ -93,6 +93,9 @@ class TrainConfig:
     #: centred on lesion voxels (then slices are not oversampled: ``lesion_oversample`` applies to whole slices)
     patch_size: int | None = 80
     lesion_patch_fraction: float = 1 / 3
+    #: a further fraction of the crops centred on hard negatives: normal brain at least 3 HU below its mirror image
+    #: (data.hard_negative_voxels), so the lesion head learns normal asymmetry; 0: brain crops as before
+    hard_negative_fraction: float = 0.0
     #: weight of the soft Dice term of the lesion-probability loss (BCE + Dice)
     lambda_dice: float = 1.0
     #: exponential moving average of the generator's weights (0: off), kept beside the raw weights (which go on
@@ -124,6 +127,11 @@ class TrainConfig:
             raise ValueError(f"lr_schedule {self.lr_schedule!r}: use one of {', '.join(self.LR_SCHEDULES)}")
         if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
             raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
+        hn, lf = float(self.hard_negative_fraction), float(self.lesion_patch_fraction)
+        if not (0.0 <= hn and 0.0 <= lf and hn + lf <= 1.0):
+            raise ValueError(f"lesion_patch_fraction {lf:g} and hard_negative_fraction {hn:g}: each >= 0, together <= 1")
+        if hn > 0 and not self.patch_size:
+            raise ValueError("hard_negative_fraction needs patch training (patch_size)")
 
     def lr_factor(self, step: int, total: int) -> float:
         """Learning-rate multiplier for optimiser step ``step`` (0-based) of ``total``."""
@@ -195,6 +203,9 @@ class Trainer:
         self.pre = PreprocessConfig.from_dict(cfg.preprocess)
         # a model trained with rotation augmentation is fed the canonical (turned) pose at inference
         self.pre.canonical_rotation = bool(cfg.augment and cfg.rotate_deg > 0 and cfg.rotate_probability > 0)
+        if cfg.hard_negative_fraction > 0 and not self.pre.mirror_channels:
+            raise ValueError("hard_negative_fraction needs the hemispheric comparison (preprocessing mirror_channels): "
+                             "hard negatives are normal brain darker than its mirror image")
         # the generator's CT channels follow from the preprocessing (windows x 2.5-D slices x mirror)
         self.gcfg = dataclasses.replace(GeneratorConfig.from_dict(cfg.generator), ct_channels=self.pre.input_channels)
         if not self.gcfg.residual_prior:  # the prior channel exists only for generators that use it
@@ -411,7 +422,7 @@ class Trainer:
         ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment, patch_size=cfg.patch_size,
                           lesion_patch_fraction=cfg.lesion_patch_fraction,
                           rotate_deg=cfg.rotate_deg if self.pre.canonical_rotation else 0.0,
-                          rotate_probability=cfg.rotate_probability)
+                          rotate_probability=cfg.rotate_probability, hard_negative_fraction=cfg.hard_negative_fraction)
         writer = None
         if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage as ndi
 
 from jmmda_model.clinical.geometry import to_axial
 from jmmda_model.clinical.midplane import (
@@ -289,3 +290,54 @@ def test_slices_are_streamed_to_the_model_with_the_same_result():
         np.testing.assert_allclose(l1[has], l0[has], atol=1e-4)
         # slices without brain are not run through the network: output 0 (it is masked there), probability 0
         assert sum(run) == has.sum() and not y1[~has].any() and (l1[~has] == syn.NO_BRAIN_LOGIT).all()
+
+
+def test_hard_negative_crops_are_centred_on_normal_asymmetry(phantoms):
+    """Hard negatives are normal brain >= 3 HU darker than its mirror image, never at or next to a lesion; with a
+    fraction of 1/3 about a third of the crops hold the one dark spot planted here, and with 0 the crops are
+    exactly those of before."""
+    from jmmda_model.data import hard_negative_voxels
+
+    lc = phantoms[0]
+    z = int(lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax())
+    ys, xs = np.nonzero(lc.brain[z] & ~ndi.binary_dilation(lc.lesion[z] > 0, iterations=12)
+                        & ndi.binary_erosion(lc.brain[z] > 0, iterations=12))
+    cy, cx = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+    mirror = lc.ct_hu.copy()  # a perfectly symmetric head but for one spot darker than its mirror image
+    mirror[z, cy - 4 : cy + 5, cx - 4 : cx + 5] += 12.0
+    lesion = lc.lesion.copy()
+    lesion[z, cy - 4 : cy + 5, cx + 6 : cx + 9] = 1  # a lesion beside it: its neighbourhood is never a hard negative
+    spot = dataclasses.replace(lc, mirror_hu=mirror, lesion=lesion)
+    hard = hard_negative_voxels(spot)
+    assert hard[z, cy, cx] and set(np.nonzero(hard)[0]) == {z}
+    ring = np.zeros((3, 3, 3), bool)
+    ring[1] = ndi.generate_binary_structure(2, 1)
+    assert not (ndi.binary_dilation(lesion > 0, ring, iterations=3) & hard).any()
+    assert not hard_negative_voxels(dataclasses.replace(lc, mirror_hu=lc.ct_hu)).any()  # untrusted plane: no mirror
+    with pytest.raises(ValueError, match="mirrored CT"):
+        hard_negative_voxels(dataclasses.replace(lc, mirror_hu=None))
+
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    plain = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64)
+    zero = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64, hard_negative_fraction=0.0)
+    for i in range(0, len(plain), 3):
+        assert all(torch.equal(plain[i][k], zero[i][k]) for k in ("input", "target", "lesion"))
+    # the central slice's mirror-difference channel shows the spot (-12 HU x gain / window width)
+    centre = len(pre.ct_windows) * (2 * pre.context_slices + 1) + len(pre.ct_windows) * pre.context_slices
+    rates = {}
+    for frac in (0.0, 1 / 3):
+        ds = SliceDataset([spot], pre, 8, augment=False, patch_size=64, hard_negative_fraction=frac)
+        n = hits = 0
+        for epoch in range(4):
+            ds.epoch_seed = epoch
+            for i in range(len(ds)):
+                hits += bool((ds[i]["input"][centre] < -0.3).any())
+                n += 1
+        rates[frac] = hits / n
+    # lesion crops (1/3, some of them beside the spot) as before; a third of all crops moves from random brain
+    # (which rarely meets the one spot) to the spot: about 1/3 more crops hold it
+    assert 0.25 < rates[1 / 3] - rates[0.0] < 0.42, rates
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        SliceDataset(phantoms, pre, 8, patch_size=64, lesion_patch_fraction=0.5, hard_negative_fraction=0.6)
+    with pytest.raises(ValueError, match="needs patch training"):
+        SliceDataset(phantoms, pre, 8, patch_size=None, hard_negative_fraction=0.2)

@@ -273,3 +273,27 @@ def test_validation_chooses_the_better_of_raw_and_averaged_weights(small_store, 
         vm, chosen = t._validate_and_choose(val)
         assert chosen == ("raw" if raw_better else "average") and vm["false_bright_ml"] == 2.0
         assert t._val_calibration["temperature"] == (2.0 if raw_better else 3.0)  # the chosen set's temperature
+
+
+def test_hard_negative_fraction_is_validated_recorded_and_trains(small_store, tmp_path, tiny_gcfg, capsys):
+    """hard_negative_fraction: refused before anything is written when it cannot be honoured (fractions over 1,
+    whole slices, no mirror image to be asymmetric against); otherwise a run trains with it and records it."""
+    from jmmda_model.cli import main
+    from jmmda_model.preprocess import PreprocessConfig
+
+    for bad in ({"hard_negative_fraction": 0.8}, {"hard_negative_fraction": -0.1},
+                {"hard_negative_fraction": 0.2, "patch_size": None}):
+        with pytest.raises(ValueError, match="hard_negative_fraction"):
+            TrainConfig(**bad)
+    no_mirror = PreprocessConfig(mirror_channels=False).to_dict()
+    with pytest.raises(ValueError, match="hemispheric comparison"):
+        Trainer(_cfg(tiny_gcfg, preprocess=no_mirror, hard_negative_fraction=0.3), tmp_path / "nm")
+    assert not (tmp_path / "nm").exists()
+    assert main(["train", "--data", str(small_store), "--out", str(tmp_path / "cli"), "--hard-negative-fraction", "0.9",
+                 "--max-steps", "1", "--no-progress"]) == 2
+    assert "hard_negative_fraction" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    cases = find_cases(small_store)
+    out = Trainer(_cfg(tiny_gcfg, max_steps=2, batch_size=2, hard_negative_fraction=0.5), tmp_path / "hn").fit(cases[:2], [])
+    assert out["global_step"] == 2
+    ck = torch.load(tmp_path / "hn" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["train_config"]["hard_negative_fraction"] == 0.5
