@@ -45,17 +45,18 @@ def held_out(syn, sample_cases):
 
 def test_demo_model_beats_the_constant_baseline_on_held_out_cases(held_out):
     gains = [m["psnr_brain"] - base["psnr_brain"] for m, base in held_out.values()]
-    # dB over predicting the mean brain intensity: measured +2.17 dB on average, every case above it (+0.44 to
-    # +3.34; +2.06 before the brain's rim was kept on the way back; the previous demo: +0.23, 5 of 8)
-    assert np.mean(gains) > 1.5 and sum(g > 0 for g in gains) == 8, gains
-    assert np.mean([m["psnr_brain"] for m, _ in held_out.values()]) > 28.0  # measured 28.49 (previous demo 26.55)
+    # dB over predicting the mean brain intensity: measured +2.37 dB on average, every case above it (+1.27 to
+    # +3.09; the demo before it +2.17, 8 of 8; the one before that +0.23, 5 of 8)
+    assert np.mean(gains) > 1.8 and sum(g > 0 for g in gains) == 8, gains
+    assert np.mean([m["psnr_brain"] for m, _ in held_out.values()]) > 28.3  # measured 28.69 (previous demo 28.49)
 
 
 def test_demo_model_lesion_behaviour_on_held_out_cases(held_out):
-    """The model card's held-out numbers, checked as served (canonical pose), for the demo retrained on this CPU
-    (lesion recipe, weight average, rotation augmentation): 5 of the 6 qualifying lesions (>= 1 mL, >= 3 HU, real
-    ratio >= 1.3) come out bright, 5 of all 16 (the lesions under 3 HU stay unseen); 6 are darker than normal brain
-    (1 of them qualifying); false-bright 15 mL per case (the previous demo: 5/6, 7/16, 6, 62 mL)."""
+    """The model card's held-out numbers, checked as served (canonical pose), for the demo shipped 2026-12-05
+    (lesion recipe with the tissue prior lifted towards the mirror image, head pitch +-12 deg, weight average,
+    rotation augmentation): 5 of the 6 qualifying lesions (>= 1 mL, >= 3 HU, real ratio >= 1.3) come out bright, 5 of
+    all 16 (the lesions under 3 HU stay unseen); 7 are darker than normal brain (1 of them qualifying); false-bright
+    13.2 mL per case (the previous demo: 5/6, 5/16, 6 darker, 15.1 mL)."""
     from jmmda_model.metrics import qualifying
 
     lesions = [x for m, _ in held_out.values() for x in m["lesion_detail"]]
@@ -64,9 +65,9 @@ def test_demo_model_lesion_behaviour_on_held_out_cases(held_out):
     assert len(q) == 6 and sum(x["shown"] for x in q) >= 5
     assert sum(x["darker"] for x in q) <= 1
     assert sum(x["shown"] for x in lesions) >= 5
-    assert sum(x["darker"] for x in lesions) <= 6
+    assert sum(x["darker"] for x in lesions) <= 7
     fb = [m["false_bright_ml"] for m, _ in held_out.values()]
-    assert np.mean(fb) < 20.0 and max(fb) < 35.0  # measured 15.1 mean, 29.2 at most (phantom_004)
+    assert np.mean(fb) < 16.0 and max(fb) < 32.0  # measured 13.2 mean, 27.4 at most (phantom_002)
     # the phantom_001 MCA infarct: bright in the synthetic image too
     (m1, _) = held_out["phantom_001"]
     assert m1["lesion_detail"][0]["ratio_syn"] >= 1.3 and m1["lesion_detail"][0]["ratio_real"] >= 1.3
