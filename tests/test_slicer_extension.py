@@ -18,7 +18,7 @@ MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
 sys.path.insert(0, str(MODULE_DIR))
 
 from CT2DWILib import BANNER, BackgroundCall, CT2DWIClient, ServerError, synthetic_name, window_level_from_brain  # noqa: E402
-from CT2DWILib.logic import training_summary  # noqa: E402
+from CT2DWILib.logic import reading_cautions, training_summary  # noqa: E402
 
 slicer = pytest.importorskip("slicer")  # slicer-core (Qt-free MRML)
 from CT2DWILib import mrml  # noqa: E402
@@ -44,6 +44,28 @@ def test_names_banner_and_training_text():
     assert "no training" in training_summary({"status": "NONE"})
     s = training_summary({"status": "RUNNING", "details": ["x", "epoch 2/5 {\"loss\": 1}"]})
     assert s == "training running - epoch 2/5"
+
+
+def test_reading_cautions_name_what_limits_this_image():
+    """The reader is told, from the server's answer, what limits this particular synthetic DWI."""
+    plain = reading_cautions({"mask_source": "supplied", "hemispheric_comparison": "used",
+                              "midplane": {"trusted": True}})
+    assert plain == ["A normal-looking synthetic DWI never rules out an infarct; a bright area is not proof of one."]
+    assert reading_cautions(None) == plain
+    worst = reading_cautions({
+        "mask_source": "automatic (CT)",
+        "midplane": {"trusted": False, "reason": "large asymmetric defect"},
+        "hemispheric_comparison": "NOT used (mid-sagittal plane not trusted: large asymmetric defect)",
+        "slice_tilt": "the slices are angled 15.0 degrees to the patient's axial plane (gantry tilt or oblique series)",
+        "series_notes": ["gantry tilt 15.0 degrees corrected", "localizer left out"],
+        "model_card": {"pose": "gantry tilt 15 deg over 6 phantoms: r 0.833 with the untilted synthesis"},
+    })
+    text = "\n".join(worst)
+    assert len(worst) == 6 and worst[0] == plain[0]
+    assert "Hemispheric comparison OFF" in text and "large asymmetric defect" in text and "less likely to show" in text
+    assert "angled 15.0 degrees" in text and "r 0.833" in text
+    assert "Series reader: localizer left out." in text and "made automatically" in text
+    assert ".." not in text
 
 
 def test_background_call_does_not_block_and_reports_errors():
@@ -118,6 +140,8 @@ def test_mrml_round_trip_through_server(server, tmp_path):
     assert node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
     assert "SYNTHETIC" in node.GetName() and node.GetAttribute("CT2DWI.Synthetic") == "true"
     assert "not for diagnosis" in node.GetDescription()
+    assert node.GetAttribute("CT2DWI.Cautions").split(" | ") == reading_cautions(info)  # kept with the volume
+    assert "never rules out an infarct" in node.GetDescription()
     assert mrml.same_geometry(node, ct)
     arr = mrml.node_array(node)
     assert arr.dtype == np.float32

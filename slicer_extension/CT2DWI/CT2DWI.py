@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 from CT2DWILib import BANNER, CT2DWIClient, ServerError
 from CT2DWILib import mrml
 from CT2DWILib.client import default_server_url
-from CT2DWILib.logic import promotion_warning, training_summary, version_label
+from CT2DWILib.logic import promotion_warning, reading_cautions, training_summary, version_label
 from CT2DWILib.state import JobRunner, TempFolder
 
 SETTINGS_URL = "CT2DWI/ServerURL"
@@ -280,7 +280,8 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.updateBanners(BANNER)
         if self.ui.crosshairCheckBox.checked:
             mrml.link_crosshair(slicer.mrmlScene)
-        return f"Done: '{node.GetName()}' ({info.get('mask_source', '')} mask, model {info.get('checkpoint', '')}, {info.get('device', '')})"
+        done = f"Done: '{node.GetName()}' ({info.get('mask_source', '')} mask, model {info.get('checkpoint', '')}, {info.get('device', '')})"
+        return "\n".join([done] + reading_cautions(info))  # the reader sees what limits this particular image
 
     # ------------------------------------------------------------------ view and save
     def onProbabilityChanged(self, *_):

@@ -1,6 +1,6 @@
 import sys
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3] / "tests"))
-import numpy as np, SimpleITK as sitk, scipy.ndimage as ndi
+import numpy as np, SimpleITK as sitk
 import test_pose as tp
 from conftest import DEMO_MODEL
 from jmmda_model.inference import Synthesizer

@@ -34,6 +34,31 @@ def window_level_from_brain(image: np.ndarray, brain: np.ndarray | None = None, 
     return float(b - a), float((a + b) / 2.0)
 
 
+def reading_cautions(info: dict | None) -> list[str]:
+    """What a reader must know about this particular synthetic DWI, from the server's answer: always that a normal
+    look never rules out an infarct; then, when they apply, that the hemispheric comparison (the model's main cue
+    for an infarct) was switched off and why, that the slices were tilted or straightened, what the series reader
+    did, that the brain mask was made automatically, and the served model's own pose limit. One sentence each."""
+    info = info or {}
+    out = ["A normal-looking synthetic DWI never rules out an infarct; a bright area is not proof of one."]
+    hemi = str(info.get("hemispheric_comparison", ""))
+    if hemi.startswith("NOT used"):
+        out.append("Hemispheric comparison OFF - " + hemi[len("NOT used"):].strip(" ()") +
+                   ": infarcts are less likely to show.")
+    elif isinstance(info.get("midplane"), dict) and info["midplane"].get("trusted") is False and not hemi:
+        out.append("The mid-sagittal plane was not trusted: " + str(info["midplane"].get("reason", "")) + ".")
+    if info.get("slice_tilt"):
+        pose = str((info.get("model_card") or {}).get("pose", ""))
+        out.append("Tilted slices: " + str(info["slice_tilt"]) + "." + (f" Model card: {pose}." if pose else ""))
+    if info.get("straightened"):
+        out.append(str(info["straightened"]) + ".")
+    for note in info.get("series_notes") or []:
+        out.append("Series reader: " + str(note) + ".")
+    if str(info.get("mask_source", "")).startswith("automatic"):
+        out.append("The brain mask was made automatically from the CT: check that it covers the whole brain.")
+    return [line.replace("..", ".") for line in out]
+
+
 def training_summary(status: dict) -> str:
     """One line for the UI from GET /train/ output."""
     if not status or status.get("status") in (None, "NONE"):
