@@ -36,6 +36,8 @@ def main(argv=None):
                    help="training phantoms' head pitch drawn in +- this many degrees (validation: the default 4)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--hard-negative-fraction", type=float, default=0.0,
+                   help="crops centred on normal brain >= 3 HU darker than its mirror image (TrainConfig; default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -68,6 +70,7 @@ def main(argv=None):
     gen = GeneratorConfig(base_channels=args.base_channels, depth=3, heads=4, residual_prior=True)
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6, max_steps=args.steps,
                       batch_size=args.batch_size, patch_size=args.patch_size,
+                      hard_negative_fraction=args.hard_negative_fraction,
                       lr_g=args.lr, lr_d=args.lr, seed=0, progress=False, tensorboard=False, device=args.device,
                       select_metric="lesion", val_every=max(1, int(np.ceil(args.val_every / per_epoch))))
     trainer = Trainer(cfg, args.out)
@@ -91,7 +94,9 @@ def main(argv=None):
         "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual (prior lifted up to "
                   f"{cfg.prior_mirror_lift_hu:g} HU towards the mirror image), lesion-probability head "
                   "(BCE + Dice; temperature-calibrated on the validation phantoms), lesion-centred 80 px crops "
-                  "(1/3 on lesion voxels), LSGAN + brain-weighted L1 + lesion contrast; "
+                  "(1/3 on lesion voxels" + (f", {cfg.hard_negative_fraction:.2g} on normal brain >= 3 HU darker than its "
+                                             "mirror image" if cfg.hard_negative_fraction else "")
+                  + "), LSGAN + brain-weighted L1 + lesion contrast; "
                   f"generator weight average (EMA {cfg.ema_decay}) validated and exported; in-plane rotation "
                   f"augmentation +-{cfg.rotate_deg:g} deg with sub-pixel shifts (p {cfg.rotate_probability:g}), so "
                   "inference turns each CT to the canonical pose",
