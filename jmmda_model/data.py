@@ -192,6 +192,17 @@ def hard_negative_voxels(lc: LoadedCase, below_mirror_hu: float = HARD_NEGATIVE_
     return (diff <= -float(below_mirror_hu)) & inner & ~near_lesion
 
 
+def check_crop_fractions(lesion_patch_fraction: float, hard_negative_fraction: float, patch_size) -> None:
+    """The training crops' kinds (``SliceDataset``; checked again by ``TrainConfig`` before anything is written):
+    lesion-centred and hard-negative fractions each >= 0, together at most 1; hard negatives only with patches."""
+    lf, hn = float(lesion_patch_fraction), float(hard_negative_fraction)
+    if not (0.0 <= hn and 0.0 <= lf and hn + lf <= 1.0):
+        raise ValueError(f"lesion_patch_fraction {lf:g} and hard_negative_fraction {hn:g}: each must be >= 0, and "
+                         "they add up to at most 1")
+    if hn > 0 and not patch_size:
+        raise ValueError("hard_negative_fraction needs patch training (a patch size)")
+
+
 class SliceDataset(Dataset):
     """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
 
@@ -212,12 +223,7 @@ class SliceDataset(Dataset):
         self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
         self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
         self.hard_negative_fraction = float(hard_negative_fraction)
-        if not (0.0 <= self.hard_negative_fraction and 0.0 <= self.lesion_patch_fraction
-                and self.hard_negative_fraction + self.lesion_patch_fraction <= 1.0):
-            raise ValueError(f"lesion ({lesion_patch_fraction}) and hard-negative ({hard_negative_fraction}) patch "
-                             "fractions must be >= 0 and add up to at most 1")
-        if self.hard_negative_fraction > 0 and not patch_size:
-            raise ValueError("hard-negative sampling needs patch training (a patch size)")
+        check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, patch_size)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
         self.hard_items: list[tuple[int, np.ndarray]] = []  # (slice index, (n, 2) voxels) of normal asymmetry

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint as ckpt_io
-from .data import Case, SliceDataset, case_input, load_case
+from .data import Case, SliceDataset, case_input, check_crop_fractions, load_case
 from .distributed import global_mean, global_sum, rank_and_world
 from .inference import pick_device, predict_slices
 from .metrics import (
@@ -127,11 +127,7 @@ class TrainConfig:
             raise ValueError(f"lr_schedule {self.lr_schedule!r}: use one of {', '.join(self.LR_SCHEDULES)}")
         if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
             raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
-        hn, lf = float(self.hard_negative_fraction), float(self.lesion_patch_fraction)
-        if not (0.0 <= hn and 0.0 <= lf and hn + lf <= 1.0):
-            raise ValueError(f"lesion_patch_fraction {lf:g} and hard_negative_fraction {hn:g}: each >= 0, together <= 1")
-        if hn > 0 and not self.patch_size:
-            raise ValueError("hard_negative_fraction needs patch training (patch_size)")
+        check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, self.patch_size)
 
     def lr_factor(self, step: int, total: int) -> float:
         """Learning-rate multiplier for optimiser step ``step`` (0-based) of ``total``."""

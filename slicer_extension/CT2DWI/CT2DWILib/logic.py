@@ -40,23 +40,28 @@ def reading_cautions(info: dict | None) -> list[str]:
     for an infarct) was switched off and why, that the slices were tilted or straightened, what the series reader
     did, that the brain mask was made automatically, and the served model's own pose limit. One sentence each."""
     info = info or {}
+
+    def sentence(text: str) -> str:
+        text = text.strip()
+        return text if text.endswith(".") else text + "."
+
     out = ["A normal-looking synthetic DWI never rules out an infarct; a bright area is not proof of one."]
     hemi = str(info.get("hemispheric_comparison", ""))
     if hemi.startswith("NOT used"):
         out.append("Hemispheric comparison OFF - " + hemi[len("NOT used"):].strip(" ()") +
                    ": infarcts are less likely to show.")
     elif isinstance(info.get("midplane"), dict) and info["midplane"].get("trusted") is False and not hemi:
-        out.append("The mid-sagittal plane was not trusted: " + str(info["midplane"].get("reason", "")) + ".")
+        out.append(sentence("The mid-sagittal plane was not trusted: " + str(info["midplane"].get("reason", ""))))
     if info.get("slice_tilt"):
         pose = str((info.get("model_card") or {}).get("pose", ""))
-        out.append("Tilted slices: " + str(info["slice_tilt"]) + "." + (f" Model card: {pose}." if pose else ""))
+        out.append(sentence("Tilted slices: " + str(info["slice_tilt"])) + (f" {sentence('Model card: ' + pose)}" if pose else ""))
     if info.get("straightened"):
-        out.append(str(info["straightened"]) + ".")
+        out.append(sentence(str(info["straightened"])))
     for note in info.get("series_notes") or []:
-        out.append("Series reader: " + str(note) + ".")
+        out.append(sentence("Series reader: " + str(note)))
     if str(info.get("mask_source", "")).startswith("automatic"):
         out.append("The brain mask was made automatically from the CT: check that it covers the whole brain.")
-    return [line.replace("..", ".") for line in out]
+    return out
 
 
 def training_summary(status: dict) -> str:
