@@ -17,12 +17,12 @@ DEMO_STEPS=${DEMO_STEPS:-6000}
 DEMO_MIN=${DEMO_MIN:-6}
 timeout ${BUDGET_S:-450} python3 benchmarks/train_demo.py --out /tmp/demo --steps "$DEMO_STEPS" --val-every 1000 \
   --batch-size 32 --workers ${DEMO_WORKERS:-4} --train-cases ${DEMO_CASES:-160} --val-cases 8 --max-minutes "$DEMO_MIN" \
-  --max-pitch-deg ${DEMO_PITCH:-12} --hard-negative-fraction ${HN:-0} \
+  --max-pitch-deg ${DEMO_PITCH:-12} --hard-negative-fraction ${HN:-0} --noise-augment-hu ${NOISE:-0} --residual-bound ${RB:-0} \
   > "$OUT/demo.log" 2>&1 &
 DEMO=$!
 [ "${MODE:-both}" = demo ] || timeout ${BUDGET_S:-450} python3 benchmarks/learning_curves.py --out /tmp/curves --steps "$BENCH_STEPS" --eval-every 500 \
   --seeds 0,1,2 --train-cases 160 --cal-cases 12 --test-cases 24 --base-channels 16 --batch-size 32 --workers 12 \
-  --threads 1 --hard-negative-fraction ${HN:-0} > "$OUT/curves.log" 2>&1
+  --threads 1 --hard-negative-fraction ${HN:-0} --noise-augment-hu ${NOISE:-0} --residual-bound ${RB:-0} > "$OUT/curves.log" 2>&1
 echo "benchmark exit $? (mode ${MODE:-both})" >> "$OUT/device.txt"
 wait $DEMO; echo "demo exit $?" >> "$OUT/device.txt"
 cp /tmp/curves/curves.json /tmp/curves/curves.md /tmp/curves/learning_curves.png "$OUT/" 2>/dev/null

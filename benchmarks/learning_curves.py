@@ -52,11 +52,12 @@ TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 #: what runs recorded before a setting existed ran with; one dict for both readers of an old run_args.json (the
 #: report's header and the resume check, which refuses to resume an old folder with another value of them)
 SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
-                                "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0}
+                                "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0,
+                                "noise_augment_hu": 0.0, "noise_augment_probability": 0.5, "residual_bound": 0.0}
 NETWORK_ARMS = {
-    "legacy": {"gen": {"residual_prior": False}, "pre": {"mirror_channels": False},
+    "legacy": {"gen": {"residual_prior": False, "residual_bound": 0.0}, "pre": {"mirror_channels": False},
                "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0,
-                         "hard_negative_fraction": 0.0}},
+                         "hard_negative_fraction": 0.0, "noise_augment_hu": 0.0}},
     "jmmda": {"gen": {}, "pre": {}, "train": {}},
     "pix2pix": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {}},
     "unet_prior": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {"lambda_adv": 0.0}},
@@ -156,11 +157,12 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     spec = NETWORK_ARMS[name]
     pre = PreprocessConfig(**spec["pre"])
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
-                          **{"residual_prior": True, **spec["gen"]})
+                          **{"residual_prior": True, "residual_bound": args.residual_bound, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
                   "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv,
                   "lr_schedule": args.lr_schedule, "lr_final_ratio": args.lr_final_ratio,
-                  "hard_negative_fraction": args.hard_negative_fraction, **spec["train"]}
+                  "hard_negative_fraction": args.hard_negative_fraction, "noise_augment_hu": args.noise_augment_hu,
+                  "noise_augment_probability": args.noise_augment_probability, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -307,7 +309,11 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              f"seeds {args.seeds}, evaluation every {args.eval_every} steps; base width {args.base_channels}, depth {args.depth}; "
              f"weight average {args.ema:g}, rotation +-{args.rotate_deg:g} deg, tissue prior lift {args.prior_lift_hu:g} HU, adversarial weight {args.lambda_adv:g}, "
              f"hard-negative crops {args.hard_negative_fraction:g} (legacy arm 0); "
-             f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
+             + (f"CT-noise augmentation up to {args.noise_augment_hu:g} HU with probability "
+                f"{args.noise_augment_probability:g} (legacy arm off); " if args.noise_augment_hu else "")
+             + (f"render residual bounded to +-{args.residual_bound:g} (legacy arm: no render head); "
+                if args.residual_bound else "")
+             + f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
              f"(seeds {TRAIN_SEED0}.., {CAL_SEED0}.., {TEST_SEED0}..); machine: "
@@ -437,6 +443,12 @@ def main(argv=None):
     p.add_argument("--hard-negative-fraction", type=float, default=0.0,
                    help="this fraction of the training crops centred on normal brain >= 3 HU darker than its mirror "
                         "image (TrainConfig.hard_negative_fraction; the legacy arm: 0)")
+    p.add_argument("--noise-augment-hu", type=float, default=0.0,
+                   help="CT-noise augmentation up to this level (phantom ct_noise_hu scale; TrainConfig.noise_augment_hu; "
+                        "the legacy arm: off)")
+    p.add_argument("--noise-augment-probability", type=float, default=0.5)
+    p.add_argument("--residual-bound", type=float, default=0.0,
+                   help="soft bound of the render head's residual (GeneratorConfig.residual_bound; 0: unbounded)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -479,7 +491,8 @@ def main(argv=None):
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
-                "lr_schedule", "lr_final_ratio", "hard_negative_fraction")
+                "lr_schedule", "lr_final_ratio", "hard_negative_fraction", "noise_augment_hu",
+                "noise_augment_probability", "residual_bound")
         old = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(prev.read_text())}
         # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)

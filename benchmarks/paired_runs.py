@@ -17,6 +17,11 @@ case by case; also the issue's lesions shown by both, by A only and by B only.
 
 Per case: in-brain PSNR, false-bright mL, qualifying lesions shown, lesions darker than normal (all and
 qualifying). The interval is the paired t interval of B - A over cases (and seeds); one containing 0 is a tie.
+For two recipes (``curves``, ``audits``) that interval speaks of these checkpoints only: every case of one seed's
+checkpoint shares that checkpoint's draw (on this CPU the false-bright volume swings by tens of mL between
+evaluations of one run), so it understates how much the recipe's outcome varies. Those comparisons therefore also
+give the interval over seeds (the paired t interval of the seeds' mean differences, n - 1 degrees of freedom), and
+the recipe verdict is taken from it.
 """
 from __future__ import annotations
 
@@ -48,6 +53,20 @@ def _point(curve: dict, step: int | None) -> dict | None:
     return pts[-1] if pts else None
 
 
+def _mean_point(curve: dict, steps: list[int]) -> dict:
+    """A point whose per-case figures (and summary figures) are the means over the evaluations at ``steps``."""
+    pts = [p for p in curve["points"] if p["step"] in steps]
+    cases = [c["case"] for c in pts[0]["per_case"]]
+    by = [{c["case"]: c for c in p["per_case"]} for p in pts]
+    per_case = [{"case": name, **{k: float(np.mean([b[name][k] for b in by])) for k in KEYS}} for name in cases]
+    mean = lambda src: {k: float(np.mean([s[k] for s in src])) for k in lcb.RAW_KEYS if all(k in s for s in src)}
+    out = {"per_case": per_case, **mean(pts)}
+    raws = [p.get("raw") for p in pts]
+    if all(raws):
+        out["raw"] = mean(raws)
+    return out
+
+
 def _summary(point: dict, raw: bool = False) -> dict | None:
     """The point's figures (``raw``: those of the raw weights, when the run scored them)."""
     src = point.get("raw") if raw else point
@@ -66,17 +85,45 @@ def pair_cases(a_cases: list[dict], b_cases: list[dict]) -> dict:
     return out
 
 
-def table(rows: dict, name_a: str, name_b: str) -> str:
-    lines = [f"| per case | {name_a} | {name_b} | {name_b} - {name_a} (95 % CI) | verdict |", "|---|---|---|---|---|"]
+def pair_by_seed(a_cases: list[dict], b_cases: list[dict]) -> dict:
+    """{key: (diff, lo, hi, n_seeds)}: the paired t interval over seeds of each seed's mean B - A over the cases both
+    hold (a case's seed is the part of its name before the first "/", as ``cmd_curves`` and ``cmd_audits`` write it)."""
+    b_by = {c["case"]: c for c in b_cases}
+    seeds: dict[str, list] = {}
+    for c in a_cases:
+        if c["case"] in b_by:
+            seeds.setdefault(c["case"].split("/", 1)[0], []).append((c, b_by[c["case"]]))
+    out = {}
+    for k in KEYS:
+        ma = [float(np.mean([p[0][k] for p in pairs])) for pairs in seeds.values()]
+        mb = [float(np.mean([p[1][k] for p in pairs])) for pairs in seeds.values()]
+        out[k] = (*lcb.paired_ci(mb, ma), len(seeds))
+    return out
+
+
+def _verdict(k: str, d: float, lo: float, hi: float, name_a: str, name_b: str) -> str:
+    if not np.isfinite(lo):
+        return "undecided (too few pairs)"
+    if lo <= 0 <= hi:
+        return "tie"
+    better = (d > 0) == (k in ("psnr_brain", "shown"))
+    return f"{name_b if better else name_a} better"
+
+
+def table(rows: dict, name_a: str, name_b: str, by_seed: dict | None = None) -> str:
+    """The paired rows as markdown; with ``by_seed`` (two recipes) also the interval over seeds, whose verdict is the
+    recipe's, beside the verdict for these checkpoints."""
+    if by_seed is None:
+        lines = [f"| per case | {name_a} | {name_b} | {name_b} - {name_a} (95 % CI) | verdict |", "|---|---|---|---|---|"]
+    else:
+        lines = [f"| per case | {name_a} | {name_b} | {name_b} - {name_a}, over cases (95 % CI) | these runs "
+                 f"| over seeds (95 % CI) | recipe verdict |", "|---|---|---|---|---|---|---|"]
     for k, (ma, mb, (d, lo, hi), n) in rows.items():
-        if not np.isfinite(lo):
-            verdict = "undecided (too few pairs)"
-        elif lo <= 0 <= hi:
-            verdict = "tie"
-        else:
-            better = (d > 0) == (k in ("psnr_brain", "shown"))
-            verdict = f"{name_b if better else name_a} better"
-        lines.append(f"| {LABEL[k]} (n = {n}) | {ma:.2f} | {mb:.2f} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict} |")
+        row = f"| {LABEL[k]} (n = {n}) | {ma:.2f} | {mb:.2f} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {_verdict(k, d, lo, hi, name_a, name_b)} |"
+        if by_seed is not None:
+            sd, slo, shi, ns = by_seed[k]
+            row += (f" {sd:+.2f} [{slo:+.2f}, {shi:+.2f}] (n = {ns}) | {_verdict(k, sd, slo, shi, name_a, name_b)} |")
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -87,10 +134,18 @@ def cmd_curves(a) -> dict:
         ca, cb = _curve(fa, a.arm, seed), _curve(fb, a.arm_b or a.arm, seed)
         if ca is None or cb is None:
             continue
-        step = a.step
-        if step is None:  # the last step both reached
-            step = max({p["step"] for p in ca["points"]} & {p["step"] for p in cb["points"]}, default=None)
-        pa, pb = _point(ca, step), _point(cb, step)
+        common = sorted({p["step"] for p in ca["points"]} & {p["step"] for p in cb["points"]})
+        if getattr(a, "mean_over_steps", False):
+            if a.step is not None:
+                raise SystemExit("--step and --mean-over-steps exclude each other")
+            steps = [t for t in common if t >= a.from_step]
+            if not steps:
+                continue
+            pa, pb = _mean_point(ca, steps), _mean_point(cb, steps)
+            step = f"{steps[0]}-{steps[-1]} ({len(steps)} evaluations)"
+        else:
+            step = a.step if a.step is not None else (common[-1] if common else None)  # default: the last both reached
+            pa, pb = _point(ca, step), _point(cb, step)
         if pa is None or pb is None:
             continue
         cases_a += [{**c, "case": f"s{seed}/{c['case']}"} for c in pa["per_case"]]
@@ -99,10 +154,10 @@ def cmd_curves(a) -> dict:
                          "raw_a": _summary(pa, raw=True), "raw_b": _summary(pb, raw=True)})
     if not cases_a:
         raise SystemExit(f"no seed of arms {a.arm!r} / {a.arm_b or a.arm!r} evaluated at a common step in {fa} and {fb}")
-    rows = pair_cases(cases_a, cases_b)
+    rows, by_seed = pair_cases(cases_a, cases_b), pair_by_seed(cases_a, cases_b)
     arms = a.arm if not a.arm_b or a.arm_b == a.arm else f"A {a.arm} vs B {a.arm_b}"
     md = (f"Arm {arms}, seeds {[s['seed'] for s in per_seed]}, step {[s['step'] for s in per_seed]}: A = {fa}, B = {fb} "
-          f"(exported/averaged weights; pairs = seed x test case)\n\n" + table(rows, "A", "B"))
+          f"(exported/averaged weights; pairs = seed x test case)\n\n" + table(rows, "A", "B", by_seed))
     raw = [s for s in per_seed if s["raw_a"] and s["raw_b"]]
     if raw:
         md += "\n\nRaw weights, per seed (A -> B): " + "; ".join(
@@ -112,7 +167,7 @@ def cmd_curves(a) -> dict:
             f"{s['raw_a']['darker']} -> {s['raw_b']['darker']} ({s['raw_a']['darker_qualifying']} -> "
             f"{s['raw_b']['darker_qualifying']} qualifying)" for s in raw)
     return {"kind": "curves", "a": str(fa), "b": str(fb), "arm": a.arm, "arm_b": a.arm_b or a.arm, "per_seed": per_seed, "paired": rows,
-            "markdown": md}
+            "paired_by_seed": by_seed, "markdown": md}
 
 
 def evaluate_model(path: str, test) -> dict:
@@ -189,12 +244,12 @@ def cmd_audits(a) -> dict:
                     deep = [deep[0] + 1, deep[1] + xa["shown"], deep[2] + xb["shown"]]
     if not cases_a:
         raise SystemExit("the audits share no case")
-    rows = pair_cases(cases_a, cases_b)
+    rows, by_seed = pair_cases(cases_a, cases_b), pair_by_seed(cases_a, cases_b)
     md = (f"A = {', '.join(map(str, fa))}; B = {', '.join(map(str, fb))} (pairs = audit pair x test case, "
-          f"{len(cases_a)} in all)\n\n" + table(rows, "A", "B")
+          f"{len(cases_a)} in all)\n\n" + table(rows, "A", "B", by_seed)
           + f"\n\nQualifying lesions, pair by pair: shown by both {both}, by A only {only_a}, by B only {only_b}"
           + f"; of those more than 12 HU below their mirror ({deep[0]}): A shows {deep[1]}, B {deep[2]}.")
-    return {"kind": "audits", "a": [str(x) for x in fa], "b": [str(x) for x in fb], "paired": rows,
+    return {"kind": "audits", "a": [str(x) for x in fa], "b": [str(x) for x in fb], "paired": rows, "paired_by_seed": by_seed,
             "qualifying_discordant": {"both": both, "a_only": only_a, "b_only": only_b},
             "below_mirror_12hu": {"n": deep[0], "a_shown": deep[1], "b_shown": deep[2]}, "markdown": md}
 
@@ -209,6 +264,10 @@ def main(argv=None):
     c.add_argument("--arm-b", default=None, help="B's arm when it differs (e.g. pix2pix against jmmda)")
     c.add_argument("--seeds", default="0,1,2")
     c.add_argument("--step", type=int, default=None, help="the evaluation step (default: the last both reached)")
+    c.add_argument("--mean-over-steps", action="store_true",
+                   help="instead of one step: each case's figures averaged over every evaluation both runs reached "
+                        "(from --from-step), then paired - the recipe over its course, not one point of its swing")
+    c.add_argument("--from-step", type=int, default=0, help="with --mean-over-steps: the first step counted")
     m = sub.add_parser("models", help="two checkpoints on the benchmark's test phantoms, served path")
     m.add_argument("--a", required=True)
     m.add_argument("--b", required=True)

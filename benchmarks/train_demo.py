@@ -38,6 +38,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--hard-negative-fraction", type=float, default=0.0,
                    help="crops centred on normal brain >= 3 HU darker than its mirror image (TrainConfig; default 0)")
+    p.add_argument("--noise-augment-hu", type=float, default=0.0,
+                   help="CT-noise augmentation up to this level, phantom ct_noise_hu scale (TrainConfig; default 0: off)")
+    p.add_argument("--residual-bound", type=float, default=0.0,
+                   help="soft bound of the render head's residual (GeneratorConfig.residual_bound; default 0: unbounded)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -67,10 +71,11 @@ def main(argv=None):
 
     slices = sum(int((c.brain.reshape(c.brain.shape[0], -1).mean(1) >= pre.min_brain_fraction).sum()) for c in train)
     per_epoch = max(1, slices // args.batch_size)  # validation every ~val_every steps, not every (short) epoch
-    gen = GeneratorConfig(base_channels=args.base_channels, depth=3, heads=4, residual_prior=True)
+    gen = GeneratorConfig(base_channels=args.base_channels, depth=3, heads=4, residual_prior=True,
+                          residual_bound=args.residual_bound)
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6, max_steps=args.steps,
                       batch_size=args.batch_size, patch_size=args.patch_size,
-                      hard_negative_fraction=args.hard_negative_fraction,
+                      hard_negative_fraction=args.hard_negative_fraction, noise_augment_hu=args.noise_augment_hu,
                       lr_g=args.lr, lr_d=args.lr, seed=0, progress=False, tensorboard=False, device=args.device,
                       select_metric="lesion", val_every=max(1, int(np.ceil(args.val_every / per_epoch))))
     trainer = Trainer(cfg, args.out)
@@ -91,11 +96,14 @@ def main(argv=None):
         "training_data": f"{args.train_cases} phantoms, seeds {TRAIN_SEED0}..{TRAIN_SEED0 + args.train_cases - 1} "
                          f"(1.8 x 1.8 x 5 mm, head pitch +-{rot[0]:g} deg, roll +-{rot[1]:g}, yaw +-{rot[2]:g}); validation / calibration: {args.val_cases} phantoms, seeds "
                          f"{VAL_SEED0}..{VAL_SEED0 + args.val_cases - 1}; the sample cases (seeds 0-7) are held out",
-        "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual (prior lifted up to "
+        "recipe": "mirror-difference channels (mid-sagittal plane), tissue prior + residual"
+                  + (f" bounded to +-{args.residual_bound:g}" if args.residual_bound else "") + " (prior lifted up to "
                   f"{cfg.prior_mirror_lift_hu:g} HU towards the mirror image), lesion-probability head "
                   "(BCE + Dice; temperature-calibrated on the validation phantoms), lesion-centred 80 px crops "
                   "(1/3 on lesion voxels" + (f", {cfg.hard_negative_fraction:.2g} on normal brain >= 3 HU darker than its "
                                              "mirror image" if cfg.hard_negative_fraction else "")
+                  + (f"; CT noise added up to {cfg.noise_augment_hu:g} HU (phantom scale) to "
+                     f"{cfg.noise_augment_probability:.0%} of them" if cfg.noise_augment_hu else "")
                   + "), LSGAN + brain-weighted L1 + lesion contrast; "
                   f"generator weight average (EMA {cfg.ema_decay}) validated and exported; in-plane rotation "
                   f"augmentation +-{cfg.rotate_deg:g} deg with sub-pixel shifts (p {cfg.rotate_probability:g}), so "

@@ -55,6 +55,7 @@ def cmd_train(a):
         arch=a.arch, base_channels=a.base_channels, depth=a.depth, heads=a.heads, wavelet=a.wavelet,
         use_mask=not a.no_mask, use_dwt=not a.no_dwt, use_adaptive_fusion=not a.no_adaptive_fusion,
         fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion, residual_prior=new,
+        residual_bound=a.residual_bound if new else 0.0,
     )
     pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new)
     patch = (a.patch_size or None) if new else None
@@ -63,7 +64,8 @@ def cmd_train(a):
                       device=a.device, max_steps_per_epoch=a.max_steps_per_epoch,
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
                       select_metric=a.select, progress=not a.no_progress, patch_size=patch,
-                      hard_negative_fraction=a.hard_negative_fraction)
+                      hard_negative_fraction=a.hard_negative_fraction, noise_augment_hu=a.noise_augment_hu,
+                      noise_augment_probability=a.noise_augment_probability)
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
@@ -250,6 +252,14 @@ def build_parser():
     t.add_argument("--hard-negative-fraction", type=float, default=0.0,
                    help="lesion recipe: this fraction of the crops centred on normal brain >= 3 HU darker than its "
                         "mirror image, which the lesion head must learn to leave alone (default 0: none)")
+    t.add_argument("--noise-augment-hu", type=float, default=0.0,
+                   help="CT-noise augmentation: with probability --noise-augment-probability a crop's CT gets more "
+                        "noise of the phantoms' texture, at a level drawn from 0 to this (phantom ct_noise_hu scale, "
+                        "0-20; default 0: off)")
+    t.add_argument("--noise-augment-probability", type=float, default=0.5)
+    t.add_argument("--residual-bound", type=float, default=0.0,
+                   help="lesion recipe: bound the render head's residual softly to +- this (normalised DWI, normal "
+                        "brain 0.25), so brightness beyond it comes through the lesion probability (default 0: unbounded)")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)

@@ -203,13 +203,74 @@ def check_crop_fractions(lesion_patch_fraction: float, hard_negative_fraction: f
         raise ValueError("hard_negative_fraction needs patch training (a patch size)")
 
 
+#: the phantoms' CT noise texture (jmmda_model.phantom): white noise smoothed by this many voxels in every axis and
+#: scaled by PHANTOM_NOISE_SCALE x the case's noise level in HU (so the "noise level" of the augmentation is the
+#: phantom generator's own ``ct_noise_hu`` scale)
+NOISE_SIGMA_VOXELS, PHANTOM_NOISE_SCALE = 0.7, 2.2
+
+
+def check_noise_augment(noise_hu: float, probability: float) -> None:
+    """CT-noise augmentation settings (``SliceDataset``; checked again by ``TrainConfig``): a finite level of 0-20 HU
+    and a probability within 0..1."""
+    n, q = float(noise_hu), float(probability)
+    if not (math.isfinite(n) and 0.0 <= n <= 20.0):
+        raise ValueError(f"noise_augment_hu {noise_hu}: must be within 0..20 HU (0: off)")
+    if not (math.isfinite(q) and 0.0 <= q <= 1.0):
+        raise ValueError(f"noise_augment_probability {probability}: must be within 0..1")
+
+
+def ct_noise_field(rng: np.random.Generator, shape, level_hu: float) -> np.ndarray:
+    """Noise in HU of the phantoms' texture at ``level_hu`` (their ``ct_noise_hu`` scale: sd about 0.59 x the level)
+    over (slices, y, x) of the model grid. Drawn 3 voxels larger on every side and cut, so its edges are as smooth
+    as a whole volume's."""
+    pad = 3
+    big = tuple(int(n) + 2 * pad for n in shape)
+    f = ndi.gaussian_filter(rng.standard_normal(big).astype(np.float32), NOISE_SIGMA_VOXELS)
+    return f[pad:-pad, pad:-pad, pad:-pad] * np.float32(PHANTOM_NOISE_SCALE * float(level_hu))
+
+
+def add_ct_noise(x: np.ndarray, pre: PreprocessConfig, level_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """A copy of one model input ``x`` (C, H, W; see :func:`model_input`) whose CT carries more noise: correlated
+    noise of the phantoms' texture at ``level_hu`` (the phantom generator's scale) is added in HU to the CT of every
+    context slice - each window channel where it is not clipped, then clipped to [0, 1] as windowing does - and a
+    second, independent field stands for the noise of the mirrored CT (the CT's own noise at the mirror positions,
+    independent of the noise here): the CT-minus-mirror channels take the CT's change minus the mirror's, times
+    ``mirror_gain``, where neither side is clipped. The brain mask and the tissue prior (computed from the smoothed
+    CT) are left as they are."""
+    n_win = len(pre.ct_windows)
+    n_sl = 2 * int(pre.context_slices) + 1
+    n_ct = n_win * n_sl
+    out = np.array(x, dtype=np.float32, copy=True)
+    if level_hu <= 0:
+        return out
+    shape = (n_sl,) + out.shape[-2:]
+    here = ct_noise_field(rng, shape, level_hu)
+    there = ct_noise_field(rng, shape, level_hu) if pre.mirror_channels else None
+    for s in range(n_sl):
+        for k, (_level, width) in enumerate(pre.ct_windows):
+            c = s * n_win + k
+            v = out[c]
+            free = (v > 0.0) & (v < 1.0)
+            new = np.clip(v + np.where(free, here[s] / float(width), 0.0), 0.0, 1.0)
+            if pre.mirror_channels:
+                d = out[n_ct + c]
+                gain = float(pre.mirror_gain)
+                mirror = v - d / gain
+                mirror_free = (np.abs(d) < 1.0) & (mirror > 0.0) & (mirror < 1.0)
+                change = (new - v) - np.where(mirror_free, there[s] / float(width), 0.0)
+                out[n_ct + c] = np.where(np.abs(d) < 1.0, np.clip(d + change * gain, -1.0, 1.0), d)
+            out[c] = new
+    return out
+
+
 class SliceDataset(Dataset):
     """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
 
     def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False,
                  patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3, rotate_deg: float = 0.0,
                  rotate_probability: float = 0.75, hard_negative_fraction: float = 0.0,
-                 hard_negative_hu: float = HARD_NEGATIVE_HU):
+                 hard_negative_hu: float = HARD_NEGATIVE_HU, noise_augment_hu: float = 0.0,
+                 noise_augment_probability: float = 0.5):
         """``patch_size``: train on square crops of this size instead of whole slices: a ``lesion_patch_fraction``
         of them centred (with jitter) on a lesion voxel of a lesion slice, the rest on a brain voxel of the drawn
         slice. ``rotate_deg`` (with ``augment``): with probability ``rotate_probability`` a sample is turned by a
@@ -218,12 +279,19 @@ class SliceDataset(Dataset):
         ``hard_negative_fraction`` (patches only): this fraction of the crops is centred on normal brain that looks
         like an infarct to the hemispheric comparison - at least ``hard_negative_hu`` below its mirror image (smoothed
         in the slice, more than 3 pixels from any lesion; see :func:`hard_negative_voxels`), so the lesion head is
-        taught what normal asymmetry looks like. Needs the mirrored CT; 0 keeps the sampling exactly as before."""
+        taught what normal asymmetry looks like. Needs the mirrored CT; 0 keeps the sampling exactly as before.
+        ``noise_augment_hu`` (with ``augment``): with probability ``noise_augment_probability`` a sample's CT gets more
+        noise of the phantoms' texture, at a level drawn uniformly from 0..noise_augment_hu (see :func:`add_ct_noise`),
+        before it is turned; so the lesion head meets noisier hemispheric differences with the same labels. Drawn
+        from a generator of its own, so every other draw (crop, turn, flip) is the same with or without it; 0 keeps
+        every sample exactly as before."""
         self.pre, self.divisor, self.augment = pre, divisor, augment
         self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
         self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
         self.hard_negative_fraction = float(hard_negative_fraction)
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, patch_size)
+        check_noise_augment(noise_augment_hu, noise_augment_probability)
+        self.noise_augment_hu, self.noise_augment_probability = float(noise_augment_hu), float(noise_augment_probability)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)
         self.hard_items: list[tuple[int, np.ndarray]] = []  # (slice index, (n, 2) voxels) of normal asymmetry
@@ -280,6 +348,11 @@ class SliceDataset(Dataset):
             turn = ((2 * u[0] - 1) * self.rotate_deg, u[1] - 0.5, u[2] - 0.5)
         margin = int(math.ceil(self.patch_size * 0.21)) if (turn and self.patch_size) else 0  # sqrt(2)/2 - 1/2
         arrays = self._patch(i, g, margin) if self.patch_size else self.items[i]
+        if self.augment and self.noise_augment_hu > 0:
+            rng = np.random.default_rng((int(self.epoch_seed), int(i), 0x4E4F4953))  # its own stream ("NOIS")
+            if rng.random() < self.noise_augment_probability:
+                level = float(rng.uniform(0.0, self.noise_augment_hu))
+                arrays = [add_ct_noise(arrays[0], self.pre, level, rng), *arrays[1:]]
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         if turn is not None:
             tensors = rotate_sample(tensors, *turn, mask_channel=self.mask_channel)

@@ -18,6 +18,7 @@ All networks take ``(B, C_ct + 1, H, W)``: the CT window channels followed by th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -218,10 +219,15 @@ class RenderHead(nn.Module):
     ``out = clamp(prior * (1 + sigmoid(l) * softplus(g)) + r, 0, 1)``. The lesion probability decides how much
     brighter than the normal-tissue prior a pixel is rendered, so a confident lesion is never rendered at or
     below normal brightness unless the residual learns to. Zero-initialised (r = 0, g = softplus(0) = 0.69,
-    l = -4): an untrained model outputs the prior (x 1.01), never less than the lookup table."""
+    l = -4): an untrained model outputs the prior (x 1.01), never less than the lookup table.
 
-    def __init__(self, cin: int, kernel: int = 1):
+    ``residual_bound`` b > 0 bounds the residual softly, ``r = b * tanh(r_raw / b)`` (the identity near 0): brightness
+    far above the prior can then come only through the lesion gate, that is through the lesion probability. 0: an
+    unbounded residual (models trained before the option)."""
+
+    def __init__(self, cin: int, kernel: int = 1, residual_bound: float = 0.0):
         super().__init__()
+        self.residual_bound = float(residual_bound)
         self.conv = nn.Conv2d(cin, 3, kernel, padding=kernel // 2)
         nn.init.zeros_(self.conv.weight)
         with torch.no_grad():
@@ -229,6 +235,8 @@ class RenderHead(nn.Module):
 
     def forward(self, h: torch.Tensor, prior: torch.Tensor):
         r, logit, g = self.conv(h).chunk(3, dim=1)
+        if self.residual_bound > 0:
+            r = self.residual_bound * torch.tanh(r / self.residual_bound)
         out = prior * (1.0 + torch.sigmoid(logit) * F.softplus(g)) + r
         return out.clamp(0.0, 1.0), logit
 
@@ -262,9 +270,19 @@ class GeneratorConfig:
     #: the input carries the tissue prior as its last channel (after the mask); the output is a residual over it
     #: with a lesion-probability head (RenderHead). Inference returns the lesion logits with ``return_aux``.
     residual_prior: bool = False
+    #: soft bound of the render head's residual in normalised DWI (normal brain's median is 0.25): brightness beyond
+    #: it comes through the lesion probability (RenderHead); 0: unbounded
+    residual_bound: float = 0.0
 
     #: values of keys added after the first release, for checkpoints written before them
     LEGACY = {"fusion_scale": 1, "aux_lesion": False, "light_stem": False, "residual_prior": False}
+
+    def __post_init__(self):
+        rb = float(self.residual_bound)
+        if not (math.isfinite(rb) and 0.0 <= rb <= 1.0):
+            raise ValueError(f"residual_bound {self.residual_bound}: must be within 0..1 (normalised DWI; 0: unbounded)")
+        if rb > 0 and not self.residual_prior:
+            raise ValueError("residual_bound needs residual_prior (the render head over the tissue prior)")
 
     @property
     def input_channels(self) -> int:
@@ -302,7 +320,7 @@ class JMMDAGenerator(nn.Module):
             self.fusion = AdaptiveFusionWeighting(list(ch[: cfg.depth]), ch[0], cfg.heads, cfg.fusion_scale)
         if cfg.residual_prior:
             self.head = nn.Sequential(ConvBlock(ch[0], ch[0]))
-            self.render = RenderHead(ch[0])
+            self.render = RenderHead(ch[0], residual_bound=cfg.residual_bound)
             self.lesion_head = None
         else:
             self.head = nn.Sequential(ConvBlock(ch[0], ch[0]), nn.Conv2d(ch[0], 1, 1))
@@ -364,7 +382,7 @@ class UNetGenerator(nn.Module):
                 for i in reversed(range(cfg.depth))
             ]
         )
-        self.out = RenderHead(2 * ch[0], 3) if cfg.residual_prior else nn.Conv2d(2 * ch[0], 1, 3, padding=1)
+        self.out = RenderHead(2 * ch[0], 3, cfg.residual_bound) if cfg.residual_prior else nn.Conv2d(2 * ch[0], 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor, return_weights: bool = False, return_aux: bool = False):
         c = self.cfg.ct_channels

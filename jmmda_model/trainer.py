@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint as ckpt_io
-from .data import Case, SliceDataset, case_input, check_crop_fractions, load_case
+from .data import Case, SliceDataset, case_input, check_crop_fractions, check_noise_augment, load_case
 from .distributed import global_mean, global_sum, rank_and_world
 from .inference import pick_device, predict_slices
 from .metrics import (
@@ -96,6 +96,11 @@ class TrainConfig:
     #: a further fraction of the crops centred on hard negatives: normal brain at least 3 HU below its mirror image
     #: (data.hard_negative_voxels), so the lesion head learns normal asymmetry; 0: brain crops as before
     hard_negative_fraction: float = 0.0
+    #: CT-noise augmentation (data.add_ct_noise): with probability ``noise_augment_probability`` a crop's CT gets more
+    #: noise of the phantoms' texture at a level drawn from 0..noise_augment_hu (the phantom generator's ``ct_noise_hu``
+    #: scale; its cases hold 2.5-6), the mirror's noise drawn apart; 0: off, every sample as before
+    noise_augment_hu: float = 0.0
+    noise_augment_probability: float = 0.5
     #: weight of the soft Dice term of the lesion-probability loss (BCE + Dice)
     lambda_dice: float = 1.0
     #: exponential moving average of the generator's weights (0: off), kept beside the raw weights (which go on
@@ -128,6 +133,9 @@ class TrainConfig:
         if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
             raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, self.patch_size)
+        check_noise_augment(self.noise_augment_hu, self.noise_augment_probability)
+        if float(self.noise_augment_hu) > 0 and not self.augment:
+            raise ValueError("noise_augment_hu needs augmentation on (augment=True): it is an augmentation")
 
     def lr_factor(self, step: int, total: int) -> float:
         """Learning-rate multiplier for optimiser step ``step`` (0-based) of ``total``."""
@@ -418,7 +426,9 @@ class Trainer:
         ds = SliceDataset(train_loaded, self.pre, self.G.size_divisor, augment=cfg.augment, patch_size=cfg.patch_size,
                           lesion_patch_fraction=cfg.lesion_patch_fraction,
                           rotate_deg=cfg.rotate_deg if self.pre.canonical_rotation else 0.0,
-                          rotate_probability=cfg.rotate_probability, hard_negative_fraction=cfg.hard_negative_fraction)
+                          rotate_probability=cfg.rotate_probability, hard_negative_fraction=cfg.hard_negative_fraction,
+                          noise_augment_hu=cfg.noise_augment_hu,
+                          noise_augment_probability=cfg.noise_augment_probability)
         writer = None
         if cfg.tensorboard and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter

@@ -181,3 +181,59 @@ def test_paired_audits_pair_cases_and_lesions(tmp_path):
     write(tmp_path / "c", [case("p1", 29.0, 10.0, [lesion(True)])])
     with pytest.raises(SystemExit, match="different lesions"):
         paired_runs.cmd_audits(types.SimpleNamespace(a=str(tmp_path / "a"), b=str(tmp_path / "c")))
+
+
+def test_recipe_verdicts_come_from_the_interval_over_seeds(tmp_path):
+    """Two recipes' audits: a difference every case of one seed shares (that checkpoint's draw) is not the recipe's.
+    Seed 0's B is 2 mL better on every case, seed 1's 0.1 mL: over 2 x 30 cases B is better for these runs, over the
+    2 seeds it is a tie - and the recipe verdict says tie."""
+    import paired_runs
+
+    rng = np.random.default_rng(0)
+
+    def write(folder, fbs):
+        folder.mkdir()
+        (folder / "cases.jsonl").write_text("".join(
+            json.dumps({"case": f"p{i}", "psnr_brain": 29.0, "false_bright_ml": float(v), "lesions": []}) + "\n"
+            for i, v in enumerate(fbs)))
+
+    base = [rng.uniform(5, 25, 30) for _ in range(2)]
+    for s, shift in ((0, -2.0), (1, -0.1)):
+        write(tmp_path / f"a{s}", base[s])
+        write(tmp_path / f"b{s}", base[s] + shift + rng.normal(0, 0.05, 30))
+    res = paired_runs.cmd_audits(types.SimpleNamespace(a=f"{tmp_path / 'a0'},{tmp_path / 'a1'}",
+                                                        b=f"{tmp_path / 'b0'},{tmp_path / 'b1'}"))
+    d, lo, hi = res["paired"]["false_bright_ml"][2]
+    assert hi < 0  # over cases: B better for these runs
+    sd, slo, shi, n = res["paired_by_seed"]["false_bright_ml"]
+    assert n == 2 and sd == pytest.approx(d) and slo < 0 < shi
+    row = next(line for line in res["markdown"].splitlines() if line.startswith("| false-bright"))
+    assert row.rstrip(" |").endswith("tie") and "B better" in row
+
+
+def test_paired_curves_mean_over_steps(tmp_path):
+    """paired_runs.py curves --mean-over-steps: each case's figures averaged over the evaluations both runs reached
+    (from --from-step), then paired; with --step it is refused."""
+    import paired_runs
+
+    def write(folder, seed, by_step):
+        d = folder / f"jmmda_s{seed}"
+        d.mkdir(parents=True)
+        pts = [{"step": t, "psnr_brain": 29.0, "false_bright_ml": float(np.mean(v)), "qualifying_sensitivity": 0.5,
+                "darker": 0, "darker_qualifying": 0,
+                "per_case": [{"case": f"p{i}", "psnr_brain": 29.0, "false_bright_ml": x, "shown": 1, "darker": 0,
+                              "darker_qualifying": 0} for i, x in enumerate(v)]} for t, v in by_step.items()]
+        (d / "curve.json").write_text(json.dumps({"points": pts}))
+
+    for s in (0, 1):
+        write(tmp_path / "a", s, {250: [10.0, 20.0], 500: [30.0, 40.0]})
+        write(tmp_path / "b", s, {250: [10.0, 20.0], 500: [10.0, 20.0], 750: [99.0, 99.0]})  # 750: B only
+    ns = dict(a=str(tmp_path / "a"), b=str(tmp_path / "b"), arm="jmmda", arm_b=None, seeds="0,1", step=None)
+    res = paired_runs.cmd_curves(types.SimpleNamespace(**ns, mean_over_steps=True, from_step=0))
+    assert res["paired"]["false_bright_ml"][2][0] == pytest.approx(-10.0)  # (10 + 20 vs 30 + 40) / 2 per case
+    res = paired_runs.cmd_curves(types.SimpleNamespace(**ns, mean_over_steps=True, from_step=500))
+    assert res["paired"]["false_bright_ml"][2][0] == pytest.approx(-20.0)
+    last = paired_runs.cmd_curves(types.SimpleNamespace(**ns, mean_over_steps=False, from_step=0))
+    assert last["paired"]["false_bright_ml"][2][0] == pytest.approx(-20.0)  # the last common step, 500
+    with pytest.raises(SystemExit, match="exclude"):
+        paired_runs.cmd_curves(types.SimpleNamespace(**{**ns, "step": 500}, mean_over_steps=True, from_step=0))

@@ -1,6 +1,7 @@
 """The lesion recipe (model issue): mid-sagittal plane, mirror channels, tissue prior + residual, lesion head,
 probability calibration and its metrics, lesion-centred patches."""
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -93,9 +94,9 @@ def test_untrained_residual_models_output_the_tissue_prior(phantoms):
     x = case_input(lc, pre)
     k = lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax()
     prior = x[k, -1]
-    for arch in ("jmmda", "pix2pix"):
+    for arch, bound in (("jmmda", 0.0), ("pix2pix", 0.0), ("jmmda", 0.05), ("pix2pix", 0.05)):
         g = build_generator(GeneratorConfig(arch=arch, ct_channels=pre.input_channels, base_channels=8, depth=2,
-                                            heads=2, residual_prior=True)).eval()
+                                            heads=2, residual_prior=True, residual_bound=bound)).eval()
         with torch.no_grad():
             out, logit = g(torch.from_numpy(x[k : k + 1, :, :136, :128]), return_aux=True)
         assert logit is not None
@@ -341,3 +342,108 @@ def test_hard_negative_crops_are_centred_on_normal_asymmetry(phantoms):
         SliceDataset(phantoms, pre, 8, patch_size=64, lesion_patch_fraction=0.5, hard_negative_fraction=0.6)
     with pytest.raises(ValueError, match="needs patch training"):
         SliceDataset(phantoms, pre, 8, patch_size=None, hard_negative_fraction=0.2)
+
+
+def test_ct_noise_augmentation_is_the_noisier_ct_through_the_real_pipeline(phantoms):
+    """add_ct_noise on a model input equals the model input of the CT with that noise added in HU (and independent
+    noise on the mirrored CT), wherever windowing clips neither; its noise has the phantoms' level; the brain mask,
+    the prior and clipped pixels are untouched; level 0 is the input itself."""
+    from jmmda_model.data import add_ct_noise, ct_noise_field
+    from jmmda_model.data import model_input
+
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    lc = phantoms[0]
+    x = case_input(lc, pre)
+    k = int(lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax())
+    n_sl, n_ct = 2 * pre.context_slices + 1, pre.input_channels
+    level = 4.0
+    y = add_ct_noise(x[k], pre, level, np.random.default_rng(7))
+    rng = np.random.default_rng(7)  # the same draws, in the same order: the CT's field, then the mirror's
+    here, there = ct_noise_field(rng, (n_sl,) + x.shape[-2:], level), ct_noise_field(rng, (n_sl,) + x.shape[-2:], level)
+    ct, mirror = lc.ct_hu.copy(), lc.mirror_hu.copy()
+    for j, d in enumerate(range(-pre.context_slices, pre.context_slices + 1)):
+        ct[k + d] += here[j]
+        mirror[k + d] += there[j]
+    want = model_input(ct, lc.brain, pre, lc.spacing_zyx, mirror)[k]
+    lo, hi = pre.ct_windows[0][0] - pre.ct_windows[0][1] / 2, pre.ct_windows[0][0] + pre.ct_windows[0][1] / 2
+    for c in range(n_ct // 2):  # CT channels, then their CT-minus-mirror channels
+        s = k - pre.context_slices + c
+        free = ((lc.ct_hu[s] > lo + 1) & (lc.ct_hu[s] < hi - 1) & (ct[s] > lo) & (ct[s] < hi)
+                & (lc.mirror_hu[s] > lo + 1) & (lc.mirror_hu[s] < hi - 1) & (mirror[s] > lo) & (mirror[s] < hi))
+        assert free.sum() > 2000
+        np.testing.assert_allclose(y[c][free], want[c][free], atol=1e-5)
+        inside = free & (np.abs(want[n_ct // 2 + c]) < 1) & (np.abs(x[k, n_ct // 2 + c]) < 1)
+        np.testing.assert_allclose(y[n_ct // 2 + c][inside], want[n_ct // 2 + c][inside], atol=1e-4)
+        clipped = (x[k, c] == 0) | (x[k, c] == 1)
+        assert np.array_equal(y[c][clipped], x[k, c][clipped])
+    assert np.array_equal(y[n_ct:], x[k, n_ct:])  # brain mask and tissue prior
+    assert y[:n_ct // 2].min() >= 0 and y[:n_ct // 2].max() <= 1 and np.abs(y[n_ct // 2:n_ct]).max() <= 1
+    # the phantoms' own scale: sd about 0.59 x the level in HU (jmmda_model.phantom draws its noise the same way)
+    change = (y[pre.context_slices] - x[k, pre.context_slices]) * pre.ct_windows[0][1]
+    assert 0.5 * level < change[lc.brain[k] > 0].std() < 0.65 * level
+    assert np.array_equal(add_ct_noise(x[k], pre, 0.0, np.random.default_rng(1)), x[k])
+
+
+def test_noise_augmentation_changes_only_the_ct_and_is_refused_when_it_cannot_apply(phantoms):
+    """The noise has a stream of its own: with it every crop, turn, flip and label is the same as without, only the CT
+    channels differ (on about the asked share of samples); 0 is bit for bit as before; no augmentation, no noise."""
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    plain = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64, rotate_deg=10)
+    zero = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64, rotate_deg=10, noise_augment_hu=0.0)
+    noisy = SliceDataset(phantoms, pre, 8, augment=True, patch_size=64, rotate_deg=10, noise_augment_hu=5.0,
+                         noise_augment_probability=0.5)
+    still = SliceDataset(phantoms, pre, 8, augment=False, patch_size=64, noise_augment_hu=5.0)
+    fixed = SliceDataset(phantoms, pre, 8, augment=False, patch_size=64)
+    n_ct = pre.input_channels
+    changed = 0
+    idx = range(0, len(plain), 2)
+    for i in idx:
+        a, b, c = plain[i], zero[i], noisy[i]
+        assert all(torch.equal(a[key], b[key]) for key in a)
+        assert all(torch.equal(a[key], c[key]) for key in ("target", "brain", "lesion"))
+        assert torch.equal(a["input"][n_ct:], c["input"][n_ct:])
+        changed += not torch.equal(a["input"][:n_ct], c["input"][:n_ct])
+        assert torch.equal(still[i]["input"], fixed[i]["input"])
+    assert 0.3 < changed / len(idx) < 0.7, changed
+    assert torch.equal(noisy[3]["input"], noisy[3]["input"])  # deterministic per (epoch, item)
+    for bad in ({"noise_augment_hu": -1.0}, {"noise_augment_hu": float("nan")}, {"noise_augment_hu": 25.0},
+                {"noise_augment_hu": 2.0, "noise_augment_probability": 1.5}):
+        with pytest.raises(ValueError, match="noise_augment"):
+            SliceDataset(phantoms, pre, 8, patch_size=64, **bad)
+
+
+def test_bounded_residual_leaves_brightness_to_the_lesion_gate():
+    """GeneratorConfig.residual_bound: the render head's residual stays within +-bound however large its raw value
+    (the identity near 0), so brightness beyond it needs the lesion gate; 0 is the unbounded head of older models;
+    bad bounds and a bound without the render head are refused; the bounded head traces for TorchScript."""
+    from jmmda_model.networks import RenderHead
+
+    torch.manual_seed(0)
+    h = torch.randn(2, 4, 16, 16)
+    prior = torch.full((2, 1, 16, 16), 0.25)
+    for bound in (0.0, 0.05):
+        head = RenderHead(4, residual_bound=bound)
+        with torch.no_grad():
+            head.conv.weight.zero_()
+            head.conv.bias.copy_(torch.tensor([0.3, -20.0, 0.0]))  # a large residual, the gate shut
+            out, _ = head(h, prior)
+            assert torch.allclose(out, torch.full_like(out, 0.25 + (0.05 * math.tanh(0.3 / 0.05) if bound else 0.3)))
+            head.conv.bias.copy_(torch.tensor([0.001, -20.0, 0.0]))  # small residuals pass almost unchanged
+            out, _ = head(h, prior)
+            assert abs(float(out.mean()) - 0.251) < 1e-5
+            head.conv.bias.copy_(torch.tensor([0.0, 20.0, 1.0]))  # no residual, the gate open: the gate still brightens
+            out, _ = head(h, prior)
+            assert torch.allclose(out, 0.25 * (1 + torch.nn.functional.softplus(torch.tensor(1.0))).expand_as(out))
+    for bad in ({"residual_bound": -0.1}, {"residual_bound": float("nan")}, {"residual_bound": 2.0},
+                {"residual_bound": 0.05, "residual_prior": False}):
+        with pytest.raises(ValueError, match="residual_bound"):
+            GeneratorConfig(**{"residual_prior": True, **bad})
+    old = GeneratorConfig(residual_prior=True).to_dict()
+    del old["residual_bound"]  # a checkpoint written before the option
+    assert GeneratorConfig.from_dict(old).residual_bound == 0.0
+    g = build_generator(GeneratorConfig(ct_channels=6, base_channels=8, depth=2, heads=2, residual_prior=True,
+                                        residual_bound=0.05)).eval()
+    x = torch.rand(1, 8, 32, 32)
+    traced = torch.jit.trace(g, x, check_trace=False)
+    with torch.no_grad():
+        assert torch.allclose(traced(x), g(x), atol=1e-6)

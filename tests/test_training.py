@@ -297,3 +297,37 @@ def test_hard_negative_fraction_is_validated_recorded_and_trains(small_store, tm
     assert out["global_step"] == 2
     ck = torch.load(tmp_path / "hn" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["train_config"]["hard_negative_fraction"] == 0.5
+
+
+def test_noise_augmentation_is_validated_recorded_and_trains(small_store, tmp_path, tiny_gcfg, capsys):
+    """noise_augment_hu: out-of-range values and noise without augmentation are refused before anything is written
+    (TrainConfig and `jmmda train`, exit 2); a run trains with it and its checkpoint records it."""
+    from jmmda_model.cli import main
+
+    for bad in ({"noise_augment_hu": -0.5}, {"noise_augment_hu": 21.0}, {"noise_augment_hu": float("inf")},
+                {"noise_augment_hu": 3.0, "noise_augment_probability": -0.1},
+                {"noise_augment_hu": 3.0, "augment": False}):
+        with pytest.raises(ValueError, match="noise_augment"):
+            TrainConfig(**bad)
+    assert main(["train", "--data", str(small_store), "--out", str(tmp_path / "cli"), "--noise-augment-hu", "-2",
+                 "--max-steps", "1", "--no-progress"]) == 2
+    assert "noise_augment_hu" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    cases = find_cases(small_store)
+    out = Trainer(_cfg(tiny_gcfg, max_steps=2, batch_size=2, noise_augment_hu=4.0), tmp_path / "na").fit(cases[:2], [])
+    assert out["global_step"] == 2
+    ck = torch.load(tmp_path / "na" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["train_config"]["noise_augment_hu"] == 4.0 and ck["train_config"]["noise_augment_probability"] == 0.5
+
+
+def test_residual_bound_through_jmmda_train(small_store, tmp_path, capsys):
+    """`jmmda train --residual-bound`: a bad bound exits 2 before anything is written; a good one trains and the
+    model's generator config carries it (so inference rebuilds the same bounded head)."""
+    from jmmda_model.cli import main
+
+    base = ["train", "--data", str(small_store), "--max-steps", "1", "--batch-size", "2", "--base-channels", "8",
+            "--depth", "2", "--heads", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--residual-bound", "-0.2"]) == 2
+    assert "residual_bound" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main([*base, "--out", str(tmp_path / "rb"), "--residual-bound", "0.05"]) == 0
+    ck = torch.load(tmp_path / "rb" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["generator_config"]["residual_bound"] == 0.05
