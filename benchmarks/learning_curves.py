@@ -358,14 +358,25 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
                     rows.setdefault(c["case"], []).append(c[key])
             return {k: float(np.nanmean(v)) if not all(np.isnan(v)) else float("nan") for k, v in rows.items()}
 
-        lines += ["", "Paired per-case differences jmmda - pix2pix (each case averaged over seeds, 95 % t CI):", ""]
+        def per_seed(key):  # each seed's mean over cases of jmmda - pix2pix (the i-th run of each arm)
+            out = []
+            for ra, rb in zip(results["jmmda"], results["pix2pix"]):
+                cb = {c["case"]: c[key] for c in rb["points"][-1]["per_case"]}
+                out.append(float(np.nanmean([c[key] - cb[c["case"]] for c in ra["points"][-1]["per_case"] if c["case"] in cb])))
+            return out
+
+        lines += ["", "Paired differences jmmda - pix2pix, 95 % t CI over cases (each case averaged over seeds: these runs) "
+                  "and over seeds (each seed's mean difference: the recipe; the verdict comes from these with 2+ seeds):", ""]
         for key in ("psnr_brain", "false_bright_ml", "shown"):
             a, b = per_case("jmmda", key), per_case("pix2pix", key)
             ids = sorted(a)
             m, lo, hi = paired_ci([a[i] for i in ids], [b[i] for i in ids])
-            verdict = "tie (CI contains 0)" if not (lo > 0 or hi < 0) else ("jmmda higher" if lo > 0 else "pix2pix higher")
-            comp[key] = {"mean": m, "ci": [lo, hi], "verdict": verdict}
-            lines.append(f"- {key}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] -> {verdict}")
+            seeds = per_seed(key)
+            _, slo, shi = paired_ci(seeds, [0.0] * len(seeds)) if len(seeds) >= 2 else (m, lo, hi)
+            verdict = "tie (CI contains 0)" if not (slo > 0 or shi < 0) else ("jmmda higher" if slo > 0 else "pix2pix higher")
+            comp[key] = {"mean": m, "ci": [lo, hi], "ci_seeds": [slo, shi], "n_seeds": len(seeds), "verdict": verdict}
+            lines.append(f"- {key}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] over cases; [{slo:+.3f}, {shi:+.3f}] over "
+                         f"{len(seeds)} seeds -> {verdict}")
     targets = []
     j = arms.get("jmmda")
     if j:

@@ -42,6 +42,14 @@ def test_t_confidence_interval_and_tie():
     arm = {"runs": [{"cases": {"a": {"psnr_brain": 20.0}, "b": {"psnr_brain": 21.0}, "c": {"psnr_brain": 19.0}}}]}
     ref = {"runs": [{"cases": {"a": {"psnr_brain": 20.5}, "b": {"psnr_brain": 20.5}, "c": {"psnr_brain": 19.0}}}]}
     assert bench.paired(arm, ref, "psnr_brain")["verdict"] == "tie"
+    # two seeds: every case of seed 0 is 1 dB better, of seed 1 0.05 dB: better for these runs, a tie for the recipe
+    cases = [f"c{i}" for i in range(20)]
+    ref2 = {"runs": [{"cases": {c: {"psnr_brain": 20.0 + i % 3} for i, c in enumerate(cases)}} for _ in range(2)]}
+    arm2 = {"runs": [{"cases": {c: {"psnr_brain": 20.0 + i % 3 + shift} for i, c in enumerate(cases)}}
+                     for shift in (1.0, 0.05)]}
+    p2 = bench.paired(arm2, ref2, "psnr_brain")
+    assert p2["verdict_cases"] == "better" and p2["n_seeds"] == 2 and p2["verdict"] == "tie"
+    assert p2["ci95_seeds"][0] < 0 < p2["ci95_seeds"][1] and p2["mean_diff"] == pytest.approx(0.525)
 
 
 def test_lookup_table_recovers_a_deterministic_mapping():

@@ -73,6 +73,17 @@ for name, (curves, audits) in CHANGES.items():
             print(f"  - {line}")
     print()
 
+print("## JMMDA (A) vs pix2pix (B) under the lifted-prior recipe (cpu_lift_2026-12-04)\n")
+for label, ns in (("curves at step 1000", dict(step=1000, mean_over_steps=False, from_step=0)),
+                  ("curves averaged over steps 250-1000", dict(step=None, mean_over_steps=True, from_step=250))):
+    res = paired_runs.cmd_curves(types.SimpleNamespace(a=str(LIFT), b=str(LIFT), arm="jmmda", arm_b="pix2pix",
+                                                       seeds="0,1,2", **ns))
+    summary.setdefault("pix2pix instead of JMMDA", {})[label] = res
+    print(f"- {label}:")
+    for line in rows(res):
+        print(f"  - {line}")
+print()
+
 for k in ("false_bright_ml", "psnr_brain"):
     print(f"\n### {paired_runs.LABEL[k]}, B - A (95 % CI; * = the interval excludes 0)\n")
     print("| change | step 1000, over cases | over seeds | steps 250-1000 averaged, over cases | over seeds "
