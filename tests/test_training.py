@@ -24,6 +24,21 @@ def _weights_equal(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _cli_refuses_before_writing(store, out, flags, key, capsys):
+    """`jmmda train` with ``flags`` exits 2 naming ``key`` and leaves ``out`` unwritten."""
+    from jmmda_model.cli import main
+
+    assert main(["train", "--data", str(store), "--out", str(out), *flags, "--max-steps", "1", "--no-progress"]) == 2
+    assert key in capsys.readouterr().err and not out.exists()
+
+
+def _two_steps_then_checkpoint(store, out, gcfg, **kw) -> dict:
+    """Two optimiser steps on two cases with TrainConfig settings ``kw``; the last checkpoint."""
+    res = Trainer(_cfg(gcfg, max_steps=2, batch_size=2, **kw), out).fit(find_cases(store)[:2], [])
+    assert res["global_step"] == 2
+    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+
+
 def test_dataset_slices_and_normalisation(small_store):
     pre = PreprocessConfig()
     cases = [load_case(c, pre) for c in find_cases(small_store)]
@@ -278,7 +293,6 @@ def test_validation_chooses_the_better_of_raw_and_averaged_weights(small_store, 
 def test_hard_negative_fraction_is_validated_recorded_and_trains(small_store, tmp_path, tiny_gcfg, capsys):
     """hard_negative_fraction: refused before anything is written when it cannot be honoured (fractions over 1,
     whole slices, no mirror image to be asymmetric against); otherwise a run trains with it and records it."""
-    from jmmda_model.cli import main
     from jmmda_model.preprocess import PreprocessConfig
 
     for bad in ({"hard_negative_fraction": 0.8}, {"hard_negative_fraction": -0.1},
@@ -289,33 +303,22 @@ def test_hard_negative_fraction_is_validated_recorded_and_trains(small_store, tm
     with pytest.raises(ValueError, match="hemispheric comparison"):
         Trainer(_cfg(tiny_gcfg, preprocess=no_mirror, hard_negative_fraction=0.3), tmp_path / "nm")
     assert not (tmp_path / "nm").exists()
-    assert main(["train", "--data", str(small_store), "--out", str(tmp_path / "cli"), "--hard-negative-fraction", "0.9",
-                 "--max-steps", "1", "--no-progress"]) == 2
-    assert "hard_negative_fraction" in capsys.readouterr().err and not (tmp_path / "cli").exists()
-    cases = find_cases(small_store)
-    out = Trainer(_cfg(tiny_gcfg, max_steps=2, batch_size=2, hard_negative_fraction=0.5), tmp_path / "hn").fit(cases[:2], [])
-    assert out["global_step"] == 2
-    ck = torch.load(tmp_path / "hn" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    _cli_refuses_before_writing(small_store, tmp_path / "cli", ["--hard-negative-fraction", "0.9"],
+                                "hard_negative_fraction", capsys)
+    ck = _two_steps_then_checkpoint(small_store, tmp_path / "hn", tiny_gcfg, hard_negative_fraction=0.5)
     assert ck["train_config"]["hard_negative_fraction"] == 0.5
 
 
 def test_noise_augmentation_is_validated_recorded_and_trains(small_store, tmp_path, tiny_gcfg, capsys):
     """noise_augment_hu: out-of-range values and noise without augmentation are refused before anything is written
     (TrainConfig and `jmmda train`, exit 2); a run trains with it and its checkpoint records it."""
-    from jmmda_model.cli import main
-
     for bad in ({"noise_augment_hu": -0.5}, {"noise_augment_hu": 21.0}, {"noise_augment_hu": float("inf")},
                 {"noise_augment_hu": 3.0, "noise_augment_probability": -0.1},
                 {"noise_augment_hu": 3.0, "augment": False}):
         with pytest.raises(ValueError, match="noise_augment"):
             TrainConfig(**bad)
-    assert main(["train", "--data", str(small_store), "--out", str(tmp_path / "cli"), "--noise-augment-hu", "-2",
-                 "--max-steps", "1", "--no-progress"]) == 2
-    assert "noise_augment_hu" in capsys.readouterr().err and not (tmp_path / "cli").exists()
-    cases = find_cases(small_store)
-    out = Trainer(_cfg(tiny_gcfg, max_steps=2, batch_size=2, noise_augment_hu=4.0), tmp_path / "na").fit(cases[:2], [])
-    assert out["global_step"] == 2
-    ck = torch.load(tmp_path / "na" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    _cli_refuses_before_writing(small_store, tmp_path / "cli", ["--noise-augment-hu", "-2"], "noise_augment_hu", capsys)
+    ck = _two_steps_then_checkpoint(small_store, tmp_path / "na", tiny_gcfg, noise_augment_hu=4.0)
     assert ck["train_config"]["noise_augment_hu"] == 4.0 and ck["train_config"]["noise_augment_probability"] == 0.5
 
 
@@ -326,8 +329,7 @@ def test_residual_bound_through_jmmda_train(small_store, tmp_path, capsys):
 
     base = ["train", "--data", str(small_store), "--max-steps", "1", "--batch-size", "2", "--base-channels", "8",
             "--depth", "2", "--heads", "2", "--no-progress"]
-    assert main([*base, "--out", str(tmp_path / "bad"), "--residual-bound", "-0.2"]) == 2
-    assert "residual_bound" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    _cli_refuses_before_writing(small_store, tmp_path / "bad", ["--residual-bound", "-0.2"], "residual_bound", capsys)
     assert main([*base, "--out", str(tmp_path / "rb"), "--residual-bound", "0.05"]) == 0
     ck = torch.load(tmp_path / "rb" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["generator_config"]["residual_bound"] == 0.05
