@@ -55,7 +55,7 @@ def cmd_train(a):
         arch=a.arch, base_channels=a.base_channels, depth=a.depth, heads=a.heads, wavelet=a.wavelet,
         use_mask=not a.no_mask, use_dwt=not a.no_dwt, use_adaptive_fusion=not a.no_adaptive_fusion,
         fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion, residual_prior=new,
-        residual_bound=a.residual_bound if new else 0.0,
+        residual_bound=a.residual_bound,  # refused with the legacy recipe (it has no render head), not dropped
     )
     pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new)
     patch = (a.patch_size or None) if new else None

@@ -323,13 +323,15 @@ def test_noise_augmentation_is_validated_recorded_and_trains(small_store, tmp_pa
 
 
 def test_residual_bound_through_jmmda_train(small_store, tmp_path, capsys):
-    """`jmmda train --residual-bound`: a bad bound exits 2 before anything is written; a good one trains and the
-    model's generator config carries it (so inference rebuilds the same bounded head)."""
+    """`jmmda train --residual-bound`: a bad bound, or one with the legacy recipe, exits 2 before anything is written;
+    a good one trains and the model's generator config carries it (so inference rebuilds the same bounded head)."""
     from jmmda_model.cli import main
 
     base = ["train", "--data", str(small_store), "--max-steps", "1", "--batch-size", "2", "--base-channels", "8",
             "--depth", "2", "--heads", "2", "--no-progress"]
     _cli_refuses_before_writing(small_store, tmp_path / "bad", ["--residual-bound", "-0.2"], "residual_bound", capsys)
+    _cli_refuses_before_writing(small_store, tmp_path / "legacy", ["--recipe", "legacy", "--residual-bound", "0.05"],
+                                "residual_bound", capsys)  # no render head to bound: refused, not dropped
     assert main([*base, "--out", str(tmp_path / "rb"), "--residual-bound", "0.05"]) == 0
     ck = torch.load(tmp_path / "rb" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["generator_config"]["residual_bound"] == 0.05
