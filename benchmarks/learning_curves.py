@@ -240,6 +240,23 @@ def paired_ci(a: list[float], b: list[float]):
     return m, m - half, m + half
 
 
+def pair_by_seed(a_cases: list[dict], b_cases: list[dict], keys) -> dict:
+    """{key: (diff, lo, hi, n_seeds)}: the paired t interval over seeds of each seed's mean B - A over the cases both
+    hold (a case's seed is the part of its name before the first "/", e.g. "s0/phantom_30000"). Every case of one
+    seed's run shares that training's draw, so this - not the interval over cases - is the recipe's interval."""
+    b_by = {c["case"]: c for c in b_cases}
+    seeds: dict[str, list] = {}
+    for c in a_cases:
+        if c["case"] in b_by:
+            seeds.setdefault(c["case"].split("/", 1)[0], []).append((c, b_by[c["case"]]))
+    out = {}
+    for k in keys:
+        ma = [float(np.mean([p[0][k] for p in pairs])) for pairs in seeds.values()]
+        mb = [float(np.mean([p[1][k] for p in pairs])) for pairs in seeds.values()]
+        out[k] = (*paired_ci(mb, ma), len(seeds))
+    return out
+
+
 FLAT = {"qualifying_sensitivity": 0.05, "psnr_brain": 0.2, "false_bright_ml": 2.0}
 
 
@@ -358,25 +375,24 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
                     rows.setdefault(c["case"], []).append(c[key])
             return {k: float(np.nanmean(v)) if not all(np.isnan(v)) else float("nan") for k, v in rows.items()}
 
-        def per_seed(key):  # each seed's mean over cases of jmmda - pix2pix (the i-th run of each arm)
-            out = []
-            for ra, rb in zip(results["jmmda"], results["pix2pix"]):
-                cb = {c["case"]: c[key] for c in rb["points"][-1]["per_case"]}
-                out.append(float(np.nanmean([c[key] - cb[c["case"]] for c in ra["points"][-1]["per_case"] if c["case"] in cb])))
-            return out
+        seed_cases = lambda name: [{**c, "case": f"{i}/{c['case']}"}  # the i-th run of each arm paired
+                                   for i, r in enumerate(results[name]) for c in r["points"][-1]["per_case"]]
+        keys = ("psnr_brain", "false_bright_ml", "shown")
+        by_seed = pair_by_seed(seed_cases("pix2pix"), seed_cases("jmmda"), keys)  # jmmda - pix2pix
 
         lines += ["", "Paired differences jmmda - pix2pix, 95 % t CI over cases (each case averaged over seeds: these runs) "
                   "and over seeds (each seed's mean difference: the recipe; the verdict comes from these with 2+ seeds):", ""]
-        for key in ("psnr_brain", "false_bright_ml", "shown"):
+        for key in keys:
             a, b = per_case("jmmda", key), per_case("pix2pix", key)
             ids = sorted(a)
             m, lo, hi = paired_ci([a[i] for i in ids], [b[i] for i in ids])
-            seeds = per_seed(key)
-            _, slo, shi = paired_ci(seeds, [0.0] * len(seeds)) if len(seeds) >= 2 else (m, lo, hi)
+            _, slo, shi, n_seeds = by_seed[key]
+            if n_seeds < 2:
+                slo, shi = lo, hi
             verdict = "tie (CI contains 0)" if not (slo > 0 or shi < 0) else ("jmmda higher" if slo > 0 else "pix2pix higher")
-            comp[key] = {"mean": m, "ci": [lo, hi], "ci_seeds": [slo, shi], "n_seeds": len(seeds), "verdict": verdict}
+            comp[key] = {"mean": m, "ci": [lo, hi], "ci_seeds": [slo, shi], "n_seeds": n_seeds, "verdict": verdict}
             lines.append(f"- {key}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] over cases; [{slo:+.3f}, {shi:+.3f}] over "
-                         f"{len(seeds)} seeds -> {verdict}")
+                         f"{n_seeds} seeds -> {verdict}")
     targets = []
     j = arms.get("jmmda")
     if j:

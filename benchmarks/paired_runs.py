@@ -85,22 +85,6 @@ def pair_cases(a_cases: list[dict], b_cases: list[dict]) -> dict:
     return out
 
 
-def pair_by_seed(a_cases: list[dict], b_cases: list[dict]) -> dict:
-    """{key: (diff, lo, hi, n_seeds)}: the paired t interval over seeds of each seed's mean B - A over the cases both
-    hold (a case's seed is the part of its name before the first "/", as ``cmd_curves`` and ``cmd_audits`` write it)."""
-    b_by = {c["case"]: c for c in b_cases}
-    seeds: dict[str, list] = {}
-    for c in a_cases:
-        if c["case"] in b_by:
-            seeds.setdefault(c["case"].split("/", 1)[0], []).append((c, b_by[c["case"]]))
-    out = {}
-    for k in KEYS:
-        ma = [float(np.mean([p[0][k] for p in pairs])) for pairs in seeds.values()]
-        mb = [float(np.mean([p[1][k] for p in pairs])) for pairs in seeds.values()]
-        out[k] = (*lcb.paired_ci(mb, ma), len(seeds))
-    return out
-
-
 def _verdict(k: str, d: float, lo: float, hi: float, name_a: str, name_b: str) -> str:
     if not np.isfinite(lo):
         return "undecided (too few pairs)"
@@ -135,7 +119,7 @@ def cmd_curves(a) -> dict:
         if ca is None or cb is None:
             continue
         common = sorted({p["step"] for p in ca["points"]} & {p["step"] for p in cb["points"]})
-        if getattr(a, "mean_over_steps", False):
+        if a.mean_over_steps:
             if a.step is not None:
                 raise SystemExit("--step and --mean-over-steps exclude each other")
             steps = [t for t in common if t >= a.from_step]
@@ -154,7 +138,7 @@ def cmd_curves(a) -> dict:
                          "raw_a": _summary(pa, raw=True), "raw_b": _summary(pb, raw=True)})
     if not cases_a:
         raise SystemExit(f"no seed of arms {a.arm!r} / {a.arm_b or a.arm!r} evaluated at a common step in {fa} and {fb}")
-    rows, by_seed = pair_cases(cases_a, cases_b), pair_by_seed(cases_a, cases_b)
+    rows, by_seed = pair_cases(cases_a, cases_b), lcb.pair_by_seed(cases_a, cases_b, KEYS)
     arms = a.arm if not a.arm_b or a.arm_b == a.arm else f"A {a.arm} vs B {a.arm_b}"
     md = (f"Arm {arms}, seeds {[s['seed'] for s in per_seed]}, step {[s['step'] for s in per_seed]}: A = {fa}, B = {fb} "
           f"(exported/averaged weights; pairs = seed x test case)\n\n" + table(rows, "A", "B", by_seed))
@@ -244,7 +228,7 @@ def cmd_audits(a) -> dict:
                     deep = [deep[0] + 1, deep[1] + xa["shown"], deep[2] + xb["shown"]]
     if not cases_a:
         raise SystemExit("the audits share no case")
-    rows, by_seed = pair_cases(cases_a, cases_b), pair_by_seed(cases_a, cases_b)
+    rows, by_seed = pair_cases(cases_a, cases_b), lcb.pair_by_seed(cases_a, cases_b, KEYS)
     md = (f"A = {', '.join(map(str, fa))}; B = {', '.join(map(str, fb))} (pairs = audit pair x test case, "
           f"{len(cases_a)} in all)\n\n" + table(rows, "A", "B", by_seed)
           + f"\n\nQualifying lesions, pair by pair: shown by both {both}, by A only {only_a}, by B only {only_b}"

@@ -233,10 +233,16 @@ class RenderHead(nn.Module):
         with torch.no_grad():
             self.conv.bias.copy_(torch.tensor([0.0, -4.0, 0.0]))
 
-    def forward(self, h: torch.Tensor, prior: torch.Tensor):
+    def parts(self, h: torch.Tensor):
+        """The residual (bounded as configured), the lesion logit and the raw gain that ``forward`` renders with;
+        diagnostics that take the rendering apart call this rather than repeat it."""
         r, logit, g = self.conv(h).chunk(3, dim=1)
         if self.residual_bound > 0:
             r = self.residual_bound * torch.tanh(r / self.residual_bound)
+        return r, logit, g
+
+    def forward(self, h: torch.Tensor, prior: torch.Tensor):
+        r, logit, g = self.parts(h)
         out = prior * (1.0 + torch.sigmoid(logit) * F.softplus(g)) + r
         return out.clamp(0.0, 1.0), logit
 

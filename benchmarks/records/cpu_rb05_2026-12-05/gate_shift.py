@@ -25,9 +25,7 @@ SHIFT = {"b": 0.0}
 
 
 def forward(self, h, prior):
-    r, logit, g = self.conv(h).chunk(3, dim=1)
-    if self.residual_bound > 0:
-        r = self.residual_bound * torch.tanh(r / self.residual_bound)
+    r, logit, g = self.parts(h)  # the residual bounded as the model was trained
     out = prior * (1.0 + torch.sigmoid(logit - SHIFT["b"]) * F.softplus(g)) + r
     return out.clamp(0.0, 1.0), logit
 

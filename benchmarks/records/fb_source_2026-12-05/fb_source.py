@@ -46,9 +46,7 @@ def main(argv=None):
 
     def hook(mod, inp, _out):
         h, prior = inp
-        r, logit, g = mod.conv(h).chunk(3, dim=1)
-        if mod.residual_bound > 0:  # as the model renders (GeneratorConfig.residual_bound)
-            r = mod.residual_bound * torch.tanh(r / mod.residual_bound)
+        r, logit, g = mod.parts(h)  # as the model renders (its residual bound included)
         parts.append(torch.stack([prior[:, 0], r[:, 0], torch.sigmoid(logit[:, 0]) * F.softplus(g[:, 0])], 1).detach())
 
     heads[0].register_forward_hook(hook)
