@@ -121,7 +121,7 @@ def cmd_infer(a):
     mask = read_image(a.mask, "brain mask") if a.mask else None
     if a.save_probability and not syn.has_probability:
         raise InputError(f"--save-probability: the model {Path(a.model).name} has no lesion-probability head "
-                         "(trained with --recipe legacy, or a TorchScript export)")
+                         "(trained with --recipe legacy, or a TorchScript export made before release 0.2.1: export it again)")
     out, m, info, *prob = syn(ct, mask, return_probability=bool(a.save_probability))  # prob: [image] when asked
     del ct, mask  # thin-slice series: the inputs go before the outputs are compressed and written
     write_image(out, dst)

@@ -7,7 +7,11 @@ with ``--conf model_format torchscript``) loads either kind of file.
 
 The generator is traced on CPU in eval mode; every shape test in its forward pass depends only on the input
 being a multiple of the size divisor (which inference guarantees by padding), so one trace serves any slice size.
-The export is refused unless the traced module reproduces the eager generator on two other slice sizes.
+A generator with a lesion head is traced twice over: ``forward`` (the synthesis) and ``forward_with_logits`` (the
+synthesis and the lesion logit, ``networks.WithLogits``), so the export gives the infarct-probability map too;
+its metadata lists ``outputs`` ["dwi", "lesion_logit"]. Exports written before that (``outputs`` absent) load as
+before, without a probability map. The export is refused unless the traced module reproduces the eager generator
+(both methods) on two other slice sizes.
 ONNX is not produced: inference here runs in PyTorch (CPU or CUDA), not in ONNX Runtime.
 Note: PyTorch 2.13 marks TorchScript deprecated in favour of ``torch.export``; TorchScript is kept because the
 MONAI Bundle / MONAI Deploy tooling consumes it.
@@ -23,12 +27,17 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt_io
-from .networks import build_generator
+from .networks import build_generator, has_lesion_head
 
 META_NAME = "jmmda.json"
 TORCHSCRIPT_FORMAT = "jmmda-gan-torchscript"
-#: |traced - eager| allowed at export (outputs are in [0, 1])
+#: |traced - eager| allowed at export (the synthesis is in [0, 1]; lesion logits are compared relative to their
+#: largest magnitude, at least 1)
 AGREEMENT_TOL = 1e-5
+#: what an export's traced methods give (``outputs`` of its metadata)
+OUTPUTS_WITH_LOGITS = ["dwi", "lesion_logit"]
+#: revision of what export_torchscript writes (2: lesion logits traced); part of the server's cache key
+EXPORT_REVISION = 2
 
 
 def sha256(path: str | Path) -> str:
@@ -61,6 +70,17 @@ def _example(net, channels: int, hw: tuple[int, int], seed: int) -> torch.Tensor
     return torch.rand(2, channels, -(-hw[0] // d) * d, -(-hw[1] // d) * d, generator=g)
 
 
+def _disagreement(a, b, x, logits: bool) -> float:
+    """Largest |a - b| over ``forward`` (the synthesis) and, with ``logits``, ``forward_with_logits`` (the logit
+    channel relative to its largest magnitude, at least 1)."""
+    worst = float((a(x) - b(x)).abs().max())
+    if logits:
+        za, zb = a.forward_with_logits(x), b.forward_with_logits(x)
+        worst = max(worst, float((za[:, :1] - zb[:, :1]).abs().max()),
+                    float((za[:, 1:] - zb[:, 1:]).abs().max()) / max(1.0, float(zb[:, 1:].abs().max())))
+    return worst
+
+
 def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
     """Traces the generator of ``checkpoint`` into ``out`` (atomic write); returns the stored metadata with the
     measured agreement. Raises ``CheckpointError`` if the traced module disagrees with the eager one."""
@@ -80,15 +100,17 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
         "source_checkpoint": checkpoint.name,
         "source_sha256": sha256(checkpoint),
         "output": "SYNTHETIC DWI - not for diagnosis",
+        "outputs": OUTPUTS_WITH_LOGITS if has_lesion_head(net) else ["dwi"],
         "torch_version": torch.__version__,
     }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for padded input
-        traced = torch.jit.trace(net, _example(net, channels, (128, 128), 0), check_trace=False)
+        x0 = _example(net, channels, (128, 128), 0)
+        methods = {"forward": x0, **({"forward_with_logits": x0} if has_lesion_head(net) else {})}
+        traced = torch.jit.trace_module(net, methods, check_trace=False)
         worst = 0.0
         for i, hw in enumerate([(96, 160), (208, 176)]):  # sizes other than the traced one
-            x = _example(net, channels, hw, i + 1)
-            worst = max(worst, float((traced(x) - net(x)).abs().max()))
+            worst = max(worst, _disagreement(traced, net, _example(net, channels, hw, i + 1), has_lesion_head(net)))
     if worst > AGREEMENT_TOL:
         raise ckpt_io.CheckpointError(f"TorchScript export of {checkpoint.name} disagrees with the model (max |diff| {worst:.3g})")
     meta["agreement_max_abs_diff"] = worst
@@ -99,15 +121,25 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
 
 
 class ExportedGenerator(torch.nn.Module):
-    """A loaded TorchScript generator with the ``size_divisor`` inference pads to."""
+    """A loaded TorchScript generator with the ``size_divisor`` inference pads to; ``has_logits`` when it was traced
+    with its lesion logits (``forward(x, return_aux=True)`` then gives them, as the Python generator does)."""
 
-    def __init__(self, module, size_divisor: int):
+    def __init__(self, module, size_divisor: int, has_logits: bool = False):
         super().__init__()
         self.module = module
         self.size_divisor = size_divisor
+        self.has_logits = has_logits
 
-    def forward(self, x):
-        return self.module(x)
+    def forward(self, x, return_aux: bool = False):
+        if not return_aux:
+            return self.module(x)
+        if not self.has_logits:
+            return self.module(x), None
+        z = self.module.forward_with_logits(x)
+        return z[:, :1], z[:, 1:2]
+
+    def forward_with_logits(self, x):
+        return self.module.forward_with_logits(x)
 
 
 def load_torchscript(path: str | Path, device="cpu") -> tuple[ExportedGenerator, dict]:
@@ -122,7 +154,14 @@ def load_torchscript(path: str | Path, device="cpu") -> tuple[ExportedGenerator,
         raise ckpt_io.CheckpointError(f"{path.name} is corrupt or not a JMMDA-GAN TorchScript file: {exc}") from exc
     if meta.get("format") != TORCHSCRIPT_FORMAT:
         raise ckpt_io.CheckpointError(f"{path.name} is not a JMMDA-GAN TorchScript file (format tag missing)")
-    return ExportedGenerator(module.eval(), int(meta["size_divisor"])), meta
+    outputs = meta.get("outputs", ["dwi"])  # absent: an export written before the logits were traced
+    if outputs not in (["dwi"], OUTPUTS_WITH_LOGITS):
+        raise ckpt_io.CheckpointError(f"{path.name}: unknown outputs {outputs!r} in its metadata")
+    with_logits = outputs == OUTPUTS_WITH_LOGITS
+    if with_logits and not hasattr(module, "forward_with_logits"):
+        raise ckpt_io.CheckpointError(f"{path.name}: its metadata lists lesion logits, but the module has no "
+                                      "forward_with_logits method")
+    return ExportedGenerator(module.eval(), int(meta["size_divisor"]), with_logits), meta
 
 
 #: largest member read from an uploaded bundle zip (its weights); bigger, or a ratio past 200:1, is refused
@@ -150,9 +189,11 @@ def checkpoint_from_model_file(path: str | Path, out: str | Path, name: str | No
             fixed = {n for n, _ in fresh.named_buffers()} - set(fresh.state_dict())
             sd = {k: v for k, v in net.module.state_dict().items() if k not in fixed}
             rebuilt = _strict(fresh, sd, name)
-            with torch.no_grad():
-                x = _example(rebuilt, int(meta["input_channels"]), (96, 96), 3)
-                diff = float((rebuilt(x) - net(x)).abs().max())
+            if net.has_logits and not has_lesion_head(rebuilt):
+                raise ckpt_io.CheckpointError(f"{name}: it lists lesion logits, but its generator has no lesion head")
+            with torch.no_grad():  # an export written before the logits were traced is compared on the synthesis
+                diff = _disagreement(rebuilt, net, _example(rebuilt, int(meta["input_channels"]), (96, 96), 3),
+                                     net.has_logits)
             ck = {"generator_config": gcfg, "preprocess": meta["preprocess"], "model_card": meta.get("model_card", {}),
                   "lesion_calibration": meta.get("lesion_calibration", {}), "generator": sd}
         except ckpt_io.CheckpointError:

@@ -27,6 +27,7 @@ from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import calibrated_probability
+from .networks import has_lesion_head
 from .preprocess import PreprocessConfig, pad_to_multiple
 
 
@@ -48,11 +49,6 @@ def pick_device(device: str | None = None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     return dev
-
-
-def has_lesion_head(net) -> bool:
-    cfg = getattr(net, "cfg", None)
-    return bool(cfg is not None and (getattr(cfg, "residual_prior", False) or getattr(cfg, "aux_lesion", False)))
 
 
 @torch.no_grad()
@@ -301,7 +297,8 @@ class Synthesizer:
                                            "rules out an infarct"}
         elif return_probability:
             info["probability"] = None
-            info["probability_note"] = "this model has no lesion-probability head (or runs as TorchScript)"
+            info["probability_note"] = ("this model has no lesion-probability head (or is a TorchScript export "
+                                        "written without its lesion logits, before release 0.2.1)")
         info.update(
             {
                 "synthetic": True,

@@ -303,7 +303,26 @@ class GeneratorConfig:
         return strict_from_dict(cls, {**cls.LEGACY, **d}, "generator config")
 
 
-class JMMDAGenerator(nn.Module):
+def has_lesion_head(net) -> bool:
+    """Whether ``net`` gives lesion logits beside the synthesis (``net(x, return_aux=True)``): a generator with the
+    render head or the auxiliary lesion head, or a TorchScript export traced with its logits."""
+    cfg = getattr(net, "cfg", None)
+    if cfg is not None:
+        return bool(getattr(cfg, "residual_prior", False) or getattr(cfg, "aux_lesion", False))
+    return bool(getattr(net, "has_logits", False))
+
+
+class WithLogits:
+    """``forward_with_logits``: the synthesis and the lesion logit as one (N, 2, H, W) tensor - the method a
+    TorchScript export traces beside ``forward`` (``export.export_torchscript``), so an exported model keeps its
+    infarct-probability map."""
+
+    def forward_with_logits(self, x: torch.Tensor) -> torch.Tensor:
+        out, logit = self.forward(x, return_aux=True)
+        return torch.cat([out, logit], 1)
+
+
+class JMMDAGenerator(WithLogits, nn.Module):
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         if cfg.depth < 1 or cfg.depth > len(cfg.channel_mults) - 1:
@@ -362,7 +381,7 @@ class JMMDAGenerator(nn.Module):
         return (out, weights) if return_weights else out
 
 
-class UNetGenerator(nn.Module):
+class UNetGenerator(WithLogits, nn.Module):
     """pix2pix U-Net generator baseline (Isola et al. 2017), strided-conv encoder, transposed-conv decoder."""
 
     def __init__(self, cfg: GeneratorConfig):

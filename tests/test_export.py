@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +52,15 @@ def _same(a: sitk.Image, b: sitk.Image, tol: float):
 
 
 def test_torchscript_export_agrees_with_the_checkpoint_and_jmmda_infer_runs_it(tmp_path, reference):
+    """The export reproduces the checkpoint: slices, and `jmmda infer` volumes - the synthesis and, since the lesion
+    logits are traced too, the infarct-probability map."""
     ts = tmp_path / "jmmda.ts"
     r = _py("-m", "jmmda_model.cli", "export-torchscript", "--model", str(DEMO_MODEL), "--out", str(ts))
     assert r.returncode == 0, r.stderr[-2000:]
     assert is_torchscript(ts) and not is_torchscript(DEMO_MODEL)
     net, meta = load_torchscript(ts)
     assert meta["output"].startswith("SYNTHETIC") and meta["agreement_max_abs_diff"] <= 1e-5
+    assert meta["outputs"] == ["dwi", "lesion_logit"] and net.has_logits
     # slice level: another slice size than the traced one, on real model input
     eager = Synthesizer(DEMO_MODEL, device="cpu")
     from jmmda_model.data import model_input
@@ -64,15 +68,52 @@ def test_torchscript_export_agrees_with_the_checkpoint_and_jmmda_infer_runs_it(t
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(CT))).astype(np.float32)[:, :100, :90]
     brain = (sitk.GetArrayFromImage(sitk.ReadImage(str(MASK)))[:, :100, :90] > 0).astype(np.uint8)
     x = model_input(ct, brain, eager.pre, (5.0, 1.8, 1.8), ct[:, :, ::-1])[10:14]  # any mirror image will do here
-    ys = Synthesizer(ts, device="cpu").predict_slices(x)
-    assert np.abs(ys - eager.predict_slices(x)).max() < 1e-5
-    # volume level: jmmda infer with the .ts file = jmmda infer with the checkpoint
+    ys, ls = Synthesizer(ts, device="cpu").predict_slices(x, with_logits=True)
+    ye, le = eager.predict_slices(x, with_logits=True)
+    assert np.abs(ys - ye).max() < 1e-5 and np.abs(ls - le).max() < 1e-4 * max(1.0, np.abs(le).max())
+    # volume level: jmmda infer with the .ts file = jmmda infer with the checkpoint, probability map included
     out = tmp_path / "SYNTHETIC_ts.nii.gz"
+    prob = tmp_path / "SYNTHETIC_ts_prob.nii.gz"
     r = _py("-m", "jmmda_model.cli", "infer", "--model", str(ts), "--ct", str(CT), "--mask", str(MASK), "--out", str(out),
-            "--device", "cpu")
+            "--device", "cpu", "--save-probability", str(prob))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["model_format"] == "torchscript"
     _same(reference, sitk.ReadImage(str(out)), 1e-5)
+    _same(REFERENCE["probability"], sitk.ReadImage(str(prob)), 1e-5)
+
+
+def test_an_export_made_before_the_logits_still_serves_and_says_why_it_has_no_probability(tmp_path):
+    """An export of the forward pass alone (as written before release 0.2.1: no `outputs` in its metadata) loads,
+    synthesises as the checkpoint does, has no probability map and says so; `publish` still rebuilds it. A file whose
+    metadata lists the logits without the traced method, or an unknown output list, is refused, naming it."""
+    from jmmda_model.export import META_NAME, checkpoint_from_model_file, load_generator
+
+    export_torchscript(DEMO_MODEL, tmp_path / "new.ts")
+    _, meta = load_torchscript(tmp_path / "new.ts")
+    net, _ = load_generator(DEMO_MODEL)
+
+    def save(name, m):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape checks, as in export_torchscript
+            traced = torch.jit.trace(net, torch.rand(1, meta["input_channels"], 64, 64), check_trace=False)
+        torch.jit.save(traced, str(tmp_path / name), _extra_files={META_NAME: json.dumps(m)})
+        return tmp_path / name
+
+    old = save("old.ts", {k: v for k, v in meta.items() if k != "outputs"})
+    syn = Synthesizer(old, device="cpu")
+    assert not syn.has_probability
+    x = torch.rand(3, meta["input_channels"], 48, 56).numpy()
+    y, logits = syn.predict_slices(x, with_logits=True)
+    assert logits is None and np.abs(y - Synthesizer(DEMO_MODEL, device="cpu").predict_slices(x)).max() < 1e-5
+    r = _py("-m", "jmmda_model.cli", "infer", "--model", str(old), "--ct", str(CT), "--mask", str(MASK), "--out",
+            str(tmp_path / "SYNTHETIC_old.nii.gz"), "--save-probability", str(tmp_path / "SYNTHETIC_old_p.nii.gz"))
+    assert r.returncode == 2 and "before release 0.2.1" in r.stderr and not (tmp_path / "SYNTHETIC_old.nii.gz").exists()
+    ck, kind = checkpoint_from_model_file(old, tmp_path / "rebuilt.pt")
+    assert kind == "torchscript" and Synthesizer(ck, device="cpu").has_probability
+    for name, outputs, msg in (("lying.ts", ["dwi", "lesion_logit"], "no forward_with_logits"),
+                               ("odd.ts", ["dwi", "segmentation"], "unknown outputs")):
+        with pytest.raises(CheckpointError, match=f"{name}.*{msg}"):
+            load_torchscript(save(name, {**meta, "outputs": outputs}))
 
 
 def test_corrupt_or_foreign_exports_are_refused(tmp_path):
@@ -146,13 +187,17 @@ def test_shipped_demo_bundle_is_the_demo_model(tmp_path, reference):
     from jmmda_model.export import sha256
 
     assert sha256(DEMO_MODEL)[:16] in meta["changelog"]["1.0.0"]
+    # its TorchScript file is this release's export: the same generator, traced with its lesion logits
+    ts_net, ts_meta = load_torchscript(SHIPPED_BUNDLE / "models" / "model.ts")
+    assert ts_net.has_logits and ts_meta["source_sha256"] == sha256(DEMO_MODEL)
     copy = tmp_path / "shipped"
     shutil.copytree(SHIPPED_BUNDLE, copy)  # run from a copy: the bundle run writes nothing into the repository
     _bundle_checks(copy, tmp_path, reference)
 
 
 def test_the_server_infer_task_serves_the_torchscript_export(tmp_path, reference):
-    """--conf model_format torchscript: the served version is exported once (checked) and that file runs."""
+    """--conf model_format torchscript: the served version is exported once (checked) and that file runs, with its
+    probability map; an export cached by an earlier release (another revision in its name) is not reused."""
     sys.path.insert(0, str(ROOT / "apps" / "ct2dwi"))
     from ct2dwi_app.infer import CT2DWIInfer
     from ct2dwi_app.versions import ModelVersions
@@ -163,10 +208,16 @@ def test_the_server_infer_task_serves_the_torchscript_export(tmp_path, reference
     task = CT2DWIInfer(ModelVersions(model_dir, model_dir / "jmmda_demo.pt"), device="cpu", model_format="torchscript")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    path, info = task.run(CT, MASK, out_dir, ct_name=CT.name, mask_name=MASK.name)
-    assert info["model_format"] == "torchscript" and info["served_file"].endswith(".ts")
-    exported = list((model_dir / "exported").glob("v0-*.ts"))
+    from jmmda_model.export import EXPORT_REVISION, sha256
+
+    stale = model_dir / "exported" / f"v0-{sha256(DEMO_MODEL)[:16]}.ts"  # the cache name before revisions
+    stale.parent.mkdir()
+    stale.write_bytes(b"an export of an earlier release")
+    path, info = task.run(CT, MASK, out_dir, ct_name=CT.name, mask_name=MASK.name, probability=True)
+    assert info["model_format"] == "torchscript" and info["served_file"].endswith(f"-r{EXPORT_REVISION}.ts")
+    exported = list((model_dir / "exported").glob(f"v0-*-r{EXPORT_REVISION}.ts"))
     assert len(exported) == 1 and is_torchscript(exported[0])
     _same(reference, sitk.ReadImage(str(path)), 1e-5)
+    _same(REFERENCE["probability"], sitk.ReadImage(str(out_dir / info["probability_file"])), 1e-5)
     with pytest.raises(ValueError, match="model_format"):
         CT2DWIInfer(ModelVersions(model_dir), model_format="onnx")

@@ -85,9 +85,10 @@ class CT2DWIInfer(InferTask):
 
     def _exported(self, ck: Path, vid: int) -> Path:
         """The TorchScript export of checkpoint ``ck`` (made once, keyed by the checkpoint's SHA-256)."""
-        from jmmda_model.export import export_torchscript, sha256
+        from jmmda_model.export import EXPORT_REVISION, export_torchscript, sha256
 
-        dst = self.versions.model_dir / "exported" / f"v{vid}-{sha256(ck)[:16]}.ts"
+        # keyed by the export's revision too: an export made by an earlier release (no lesion logits) is made again
+        dst = self.versions.model_dir / "exported" / f"v{vid}-{sha256(ck)[:16]}-r{EXPORT_REVISION}.ts"
         if not dst.exists():
             log.info("exporting %s to TorchScript %s", ck.name, dst)
             export_torchscript(ck, dst)
