@@ -229,15 +229,10 @@ def _run_job(job):
 
 
 def paired_ci(a: list[float], b: list[float]):
-    from scipy import stats
+    """Mean of A - B and its paired 95 % t interval (``compare_models.t_ci`` of the differences)."""
+    from compare_models import t_ci
 
-    d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
-        return float("nan"), float("nan"), float("nan")
-    m = float(d.mean())
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
-    return m, m - half, m + half
+    return t_ci(np.asarray(a, float) - np.asarray(b, float))
 
 
 def pair_by_seed(a_cases: list[dict], b_cases: list[dict], keys) -> dict:

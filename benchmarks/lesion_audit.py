@@ -2,6 +2,7 @@
 """Lesion audit of one model on many fresh test phantoms: which lesions it shows, which it misses, and why.
 
     python benchmarks/lesion_audit.py --model apps/ct2dwi/model/jmmda_demo.pt --seeds 30000:30120 --out runs/audit
+    python benchmarks/lesion_audit.py --model A.pt B.pt C.pt ...     (an ensemble: the members' mean)
 
 What it runs, exactly: phantoms built in memory (``jmmda_model.phantom.loaded_case``, 1.8 x 1.8 x 5 mm) from the
 benchmark's test seeds (30000.., never used in any training: not by ``learning_curves.py``, not by
@@ -179,6 +180,24 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
     return out, "\n".join(lines) + "\n"
 
 
+class Ensemble:
+    """Several checkpoints as one model: the mean of their syntheses and of their lesion logits, each member run
+    through the served path; preprocessing, tissue prior (the table baseline) and probability temperature are the
+    first member's."""
+
+    def __init__(self, members):
+        self.members = members
+        self.pre = members[0].pre
+
+    def predict_volume(self, ct_hu, brain, spacing_zyx, plane=None, mirror=None):
+        runs = [m.predict_volume(ct_hu, brain, spacing_zyx, plane, mirror) for m in self.members]
+        logits = None if any(r[1] is None for r in runs) else np.mean([r[1] for r in runs], axis=0)
+        return np.mean([r[0] for r in runs], axis=0), logits, runs[0][2]
+
+    def probability(self, logits):
+        return self.members[0].probability(logits)
+
+
 def parse_seeds(text: str) -> list[int]:
     a, sep, b = text.partition(":")
     if not sep or not a.strip().isdigit() or not b.strip().isdigit() or int(b) <= int(a):
@@ -188,7 +207,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(ROOT / "apps/ct2dwi/model/jmmda_demo.pt"))
+    p.add_argument("--model", nargs="+", default=[str(ROOT / "apps/ct2dwi/model/jmmda_demo.pt")],
+                   help="one checkpoint, or several: audited as an ensemble (mean synthesis and mean lesion logit)")
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("30000:30120"), help="FIRST:END test seeds")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cpu")
@@ -202,18 +222,23 @@ def main(argv=None) -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(Path(a.model).read_bytes()).hexdigest()[:16]
+    hashes = [hashlib.sha256(Path(m).read_bytes()) for m in a.model]
+    digest = (hashes[0] if len(hashes) == 1 else hashlib.sha256(b"".join(h.digest() for h in hashes))).hexdigest()[:16]
     seeds = f"{a.seeds[0]}:{a.seeds[-1] + 1}"
-    meta = {"model": Path(a.model).name, "model_sha256_16": digest, "seeds": seeds, "machine": machine_info()}
+    name = Path(a.model[0]).name if len(a.model) == 1 else "ensemble of " + ", ".join(a.model)
+    meta = {"model": name, "model_sha256_16": digest, "seeds": seeds, "machine": machine_info()}
     run = out / "run.json"
     if run.exists():
         old = json.loads(run.read_text())
         if (old["model_sha256_16"], old["seeds"]) != (digest, seeds):
             p.error(f"{out} holds an audit of {old['model']} ({old['model_sha256_16']}) on seeds {old['seeds']}: "
                     "use another --out")
-    syn = Synthesizer(a.model, device=a.device)
-    # the probability's temperature: the checkpoint's calibration, or 1 (uncalibrated: learning-curve checkpoints)
-    meta["probability_temperature"] = (syn.temperature if "lesion_calibration" in syn.ckpt_meta else None)
+    members = [Synthesizer(m, device=a.device) for m in a.model]
+    syn = members[0] if len(members) == 1 else Ensemble(members)
+    # the probability's temperature: the (first) checkpoint's calibration, or 1 (uncalibrated: learning-curve
+    # checkpoints; an ensemble's mean logit has not been calibrated)
+    meta["probability_temperature"] = (members[0].temperature if len(members) == 1
+                                       and "lesion_calibration" in members[0].ckpt_meta else None)
     write_json_atomic(meta, run)
     # the test phantoms exactly as learning_curves.py and paired_runs.py build them
     pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": True})

@@ -160,6 +160,34 @@ def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, ca
         la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30014", "--out", str(out)])
 
 
+def test_lesion_audit_ensemble_is_the_members_mean():
+    """lesion_audit.Ensemble (--model with several checkpoints): the mean synthesis and the mean lesion logit of its
+    members, each called with the same CT, plane and mirror; no logits when a member has none; the first member's
+    preprocessing and probability."""
+    import lesion_audit as la
+
+    calls = []
+
+    class Member:
+        def __init__(self, k, logits=True):
+            self.k, self.logits, self.pre = k, logits, f"pre{k}"
+
+        def predict_volume(self, ct, brain, spacing, plane=None, mirror=None):
+            calls.append((self.k, plane, mirror))
+            return ct * self.k, (np.full(ct.shape, float(self.k)) if self.logits else None), {"pose": self.k}
+
+        def probability(self, logits):
+            return logits / 10.0
+
+    ct = np.arange(8.0).reshape(2, 2, 2)
+    ens = la.Ensemble([Member(1), Member(2), Member(6)])
+    y, logits, pose = ens.predict_volume(ct, None, (5.0, 1.8, 1.8), "plane", "mirror")
+    assert np.allclose(y, ct * 3.0) and np.allclose(logits, 3.0) and pose == {"pose": 1}
+    assert calls == [(k, "plane", "mirror") for k in (1, 2, 6)]
+    assert ens.pre == "pre1" and np.allclose(ens.probability(logits), 0.3)
+    assert la.Ensemble([Member(1), Member(2, logits=False)]).predict_volume(ct, None, (5.0, 1.8, 1.8))[1] is None
+
+
 def test_paired_audits_pair_cases_and_lesions(tmp_path):
     """paired_runs.py audits: the i-th audit of A against the i-th of B, case by case (shared cases only) and lesion
     by lesion; unequal folder counts and differing lesion lists are refused."""
