@@ -36,6 +36,7 @@ from . import SYNTHETIC_LABEL, __version__
 from .data import strip_image_ext
 from .errors import InputError
 from .export import export_torchscript, load_generator, sha256
+from .networks import GeneratorConfig
 
 MONAI_SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json"
@@ -148,7 +149,7 @@ def metadata(ck: dict, size_divisor: int, source: Path) -> dict:
                         "0": "SYNTHETIC infarct probability (AI; sigmoid(lesion logit / temperature), "
                              "temperature-calibrated on phantoms; a low value never rules out an infarct)"}),
                     "from_network": "the second value of forward(x, return_aux=True): lesion logits",
-                }} if gcfg.get("residual_prior") or gcfg.get("aux_lesion") else {}),
+                }} if GeneratorConfig.from_dict(gcfg).lesion_logits else {}),
             },
         },
     }

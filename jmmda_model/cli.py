@@ -182,7 +182,9 @@ def cmd_export_torchscript(a):
     if dst.is_dir():
         raise InputError(f"--out {dst} is a folder; name the file to write, e.g. {dst / 'jmmda.ts'}")
     meta = export_torchscript(a.model, dst)
-    print(f"wrote {dst} (traced generator; max |TorchScript - model| {meta['agreement_max_abs_diff']:.2g} on test slices)")
+    gives = "synthesis and lesion logits (probability map)" if meta["outputs"] != ["dwi"] else "synthesis"
+    print(f"wrote {dst} (traced generator: {gives}; max |TorchScript - model| {meta['agreement_max_abs_diff']:.2g} "
+          "on test slices)")
     return 0
 
 

@@ -291,6 +291,12 @@ class GeneratorConfig:
             raise ValueError("residual_bound needs residual_prior (the render head over the tissue prior)")
 
     @property
+    def lesion_logits(self) -> bool:
+        """Whether the generator gives lesion logits beside the synthesis (``forward(x, return_aux=True)``): the
+        render head, or the JMMDA generator's auxiliary lesion head (the pix2pix U-Net has none)."""
+        return bool(self.residual_prior or (self.aux_lesion and self.arch == "jmmda"))
+
+    @property
     def input_channels(self) -> int:
         """CT channels, the mask, and the prior when ``residual_prior``."""
         return self.ct_channels + 1 + (1 if self.residual_prior else 0)
@@ -305,11 +311,10 @@ class GeneratorConfig:
 
 def has_lesion_head(net) -> bool:
     """Whether ``net`` gives lesion logits beside the synthesis (``net(x, return_aux=True)``): a generator with the
-    render head or the auxiliary lesion head, or a TorchScript export traced with its logits."""
+    render head, a JMMDA generator with the auxiliary lesion head (the pix2pix U-Net has none: its ``aux_lesion``
+    gives no logits), or a TorchScript export traced with its logits."""
     cfg = getattr(net, "cfg", None)
-    if cfg is not None:
-        return bool(getattr(cfg, "residual_prior", False) or getattr(cfg, "aux_lesion", False))
-    return bool(getattr(net, "has_logits", False))
+    return bool(cfg.lesion_logits) if cfg is not None else bool(getattr(net, "has_logits", False))
 
 
 class WithLogits:

@@ -264,7 +264,7 @@ class Trainer:
 
     @property
     def has_lesion_head(self) -> bool:
-        return bool(self.gcfg.residual_prior or self.gcfg.aux_lesion)
+        return self.gcfg.lesion_logits
 
     @property
     def mask_channel(self) -> int:

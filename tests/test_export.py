@@ -57,6 +57,7 @@ def test_torchscript_export_agrees_with_the_checkpoint_and_jmmda_infer_runs_it(t
     ts = tmp_path / "jmmda.ts"
     r = _py("-m", "jmmda_model.cli", "export-torchscript", "--model", str(DEMO_MODEL), "--out", str(ts))
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "lesion logits (probability map)" in r.stdout
     assert is_torchscript(ts) and not is_torchscript(DEMO_MODEL)
     net, meta = load_torchscript(ts)
     assert meta["output"].startswith("SYNTHETIC") and meta["agreement_max_abs_diff"] <= 1e-5
@@ -114,6 +115,25 @@ def test_an_export_made_before_the_logits_still_serves_and_says_why_it_has_no_pr
                                ("odd.ts", ["dwi", "segmentation"], "unknown outputs")):
         with pytest.raises(CheckpointError, match=f"{name}.*{msg}"):
             load_torchscript(save(name, {**meta, "outputs": outputs}))
+
+
+def test_lesion_logits_are_claimed_only_where_the_generator_gives_them():
+    """has_lesion_head (what inference and the export trust) is true exactly where return_aux gives logits, and
+    forward_with_logits is the synthesis and that logit side by side; the pix2pix U-Net's aux_lesion gives none."""
+    from jmmda_model.networks import GeneratorConfig, build_generator, has_lesion_head
+
+    for extra, expect in (({"residual_prior": True}, True), ({"aux_lesion": True}, True), ({}, False),
+                          ({"arch": "pix2pix", "residual_prior": True}, True),
+                          ({"arch": "pix2pix", "aux_lesion": True}, False)):
+        cfg = GeneratorConfig(base_channels=8, depth=2, **extra)
+        net = build_generator(cfg).eval()
+        x = torch.rand(2, cfg.input_channels, 32, 32)
+        with torch.no_grad():
+            out, logit = net(x, return_aux=True)
+            assert has_lesion_head(net) == expect == (logit is not None), extra
+            if expect:
+                z = net.forward_with_logits(x)
+                assert torch.equal(z[:, :1], out) and torch.equal(z[:, 1:], logit)
 
 
 def test_corrupt_or_foreign_exports_are_refused(tmp_path):

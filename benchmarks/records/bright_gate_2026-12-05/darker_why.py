@@ -6,12 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[2]))
-from rule_eval import FULL, local_ratio  # noqa: E402
+from rule_eval import local_ratio  # noqa: E402
 
 from jmmda_model.metrics import lesion_metrics  # noqa: E402
 
