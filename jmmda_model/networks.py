@@ -255,6 +255,12 @@ def strict_from_dict(cls, d: dict, what: str):
     return cls(**d)
 
 
+def gives_lesion_logits(cfg) -> bool:
+    """``GeneratorConfig.lesion_logits`` of any object with its fields (a network's ``cfg`` may be another kind)."""
+    return bool(getattr(cfg, "residual_prior", False)
+                or (getattr(cfg, "aux_lesion", False) and getattr(cfg, "arch", "jmmda") == "jmmda"))
+
+
 @dataclass
 class GeneratorConfig:
     arch: str = "jmmda"  # "jmmda" or "pix2pix"
@@ -294,7 +300,7 @@ class GeneratorConfig:
     def lesion_logits(self) -> bool:
         """Whether the generator gives lesion logits beside the synthesis (``forward(x, return_aux=True)``): the
         render head, or the JMMDA generator's auxiliary lesion head (the pix2pix U-Net has none)."""
-        return bool(self.residual_prior or (self.aux_lesion and self.arch == "jmmda"))
+        return gives_lesion_logits(self)
 
     @property
     def input_channels(self) -> int:
@@ -314,7 +320,7 @@ def has_lesion_head(net) -> bool:
     render head, a JMMDA generator with the auxiliary lesion head (the pix2pix U-Net has none: its ``aux_lesion``
     gives no logits), or a TorchScript export traced with its logits."""
     cfg = getattr(net, "cfg", None)
-    return bool(cfg.lesion_logits) if cfg is not None else bool(getattr(net, "has_logits", False))
+    return gives_lesion_logits(cfg) if cfg is not None else bool(getattr(net, "has_logits", False))
 
 
 class WithLogits:
