@@ -120,6 +120,7 @@ def test_an_export_made_before_the_logits_still_serves_and_says_why_it_has_no_pr
 def test_lesion_logits_are_claimed_only_where_the_generator_gives_them():
     """has_lesion_head (what inference and the export trust) is true exactly where return_aux gives logits, and
     forward_with_logits is the synthesis and that logit side by side; the pix2pix U-Net's aux_lesion gives none."""
+    from jmmda_model.inference import predict_slices
     from jmmda_model.networks import GeneratorConfig, build_generator, has_lesion_head
 
     for extra, expect in (({"residual_prior": True}, True), ({"aux_lesion": True}, True), ({}, False),
@@ -134,6 +135,9 @@ def test_lesion_logits_are_claimed_only_where_the_generator_gives_them():
             if expect:
                 z = net.forward_with_logits(x)
                 assert torch.equal(z[:, :1], out) and torch.equal(z[:, 1:], logit)
+        # inference asks for logits only where they exist (a pix2pix U-Net with aux_lesion crashed here before)
+        y, lg = predict_slices(net, x.numpy(), torch.device("cpu"), with_logits=True)
+        assert y.shape == (2, 32, 32) and (lg is not None) == expect
 
 
 def test_corrupt_or_foreign_exports_are_refused(tmp_path):
