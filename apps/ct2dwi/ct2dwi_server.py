@@ -578,6 +578,8 @@ def _public_task(t, redact: bool = False):
 
 #: seconds a stopping training child gets to finish its step and write its status before it is killed
 TRAIN_STOP_GRACE_S = float(os.environ.get("CT2DWI_TRAIN_STOP_GRACE_S", "30"))
+#: a stop that comes between a run's submission and its process start waits this long for the process to appear
+TRAIN_SPAWN_WAIT_S = 30.0
 
 
 def _stop_training(reason: str) -> dict | None:
@@ -589,6 +591,12 @@ def _stop_training(reason: str) -> dict | None:
     from monailabel.utils.async_tasks import utils as bg
 
     procs = dict(bg.background_processes.get("train") or {})
+    t0 = time.monotonic()
+    # MONAI Label registers the run's process only once its worker thread has started it: a stop right after a
+    # start (a submitted run, no process yet) waits for it, instead of answering "no run" and letting it train on
+    while not procs and _train_running() and time.monotonic() - t0 < TRAIN_SPAWN_WAIT_S:
+        time.sleep(0.05)
+        procs = dict(bg.background_processes.get("train") or {})
     if not procs:
         return None
     task_id, proc = next(iter(procs.items()))

@@ -213,3 +213,46 @@ def test_half_open_connections_are_bounded_and_time_out(tmp_path):
         for c in socks:
             c.close()
         s.stop()
+
+
+def test_a_stop_right_after_a_start_stops_the_run(monkeypatch):
+    """DELETE /train/ between a run's submission and its process start (MONAI Label registers the process only once
+    its worker thread has started it): the stop waits for the process and stops it, instead of answering "no run"
+    while the run trains on (seen once under load in the full suite)."""
+    import threading
+    import time
+    import types
+
+    sys.path.insert(0, str(ROOT / "apps" / "ct2dwi"))
+    import ct2dwi_server as srv_mod
+    from monailabel.utils.async_tasks import utils as bg
+
+    class FakeProcess:
+        pid = 4242
+        terminated = False
+
+        def terminate(self):
+            self.terminated = True
+
+        def wait(self, timeout=None):
+            return 0
+
+    task = {"id": "t-1", "status": "SUBMITTED", "request": {}}
+    proc = FakeProcess()
+    monkeypatch.setitem(bg.background_tasks, "train", [task])
+    monkeypatch.setitem(bg.background_processes, "train", {})
+    monkeypatch.setattr(srv_mod, "_instance", lambda: types.SimpleNamespace(train_task=lambda name: None))
+    monkeypatch.setattr(srv_mod, "TRAIN_SPAWN_WAIT_S", 10.0)
+
+    def spawn():  # what MONAI Label's worker thread does a moment later
+        time.sleep(0.5)
+        bg.background_processes["train"]["t-1"] = proc
+        task["status"] = "RUNNING"
+
+    threading.Thread(target=spawn, daemon=True).start()
+    res = srv_mod._stop_training("test")
+    assert res is task and task["status"] == "STOPPED" and proc.terminated
+    # nothing submitted, nothing running: answered at once
+    bg.background_tasks["train"], bg.background_processes["train"] = [], {}
+    t0 = time.monotonic()
+    assert srv_mod._stop_training("test") is None and time.monotonic() - t0 < 1.0
