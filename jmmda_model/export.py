@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt_io
-from .networks import build_generator, has_lesion_head
+from .networks import GeneratorConfig, build_generator, has_lesion_head
 
 META_NAME = "jmmda.json"
 TORCHSCRIPT_FORMAT = "jmmda-gan-torchscript"
@@ -86,9 +86,8 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
     measured agreement. Raises ``CheckpointError`` if the traced module disagrees with the eager one."""
     checkpoint, out = Path(checkpoint), Path(out)
     net, ck = load_generator(checkpoint)
-    from .networks import GeneratorConfig
-
     channels = GeneratorConfig.from_dict(ck["generator_config"]).input_channels
+    logits = has_lesion_head(net)  # traced with its lesion logits too
     meta = {
         "format": TORCHSCRIPT_FORMAT,
         "generator_config": ck["generator_config"],
@@ -100,17 +99,17 @@ def export_torchscript(checkpoint: str | Path, out: str | Path) -> dict:
         "source_checkpoint": checkpoint.name,
         "source_sha256": sha256(checkpoint),
         "output": "SYNTHETIC DWI - not for diagnosis",
-        "outputs": OUTPUTS_WITH_LOGITS if has_lesion_head(net) else ["dwi"],
+        "outputs": OUTPUTS_WITH_LOGITS if logits else ["dwi"],
         "torch_version": torch.__version__,
     }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for padded input
         x0 = _example(net, channels, (128, 128), 0)
-        methods = {"forward": x0, **({"forward_with_logits": x0} if has_lesion_head(net) else {})}
+        methods = {"forward": x0, **({"forward_with_logits": x0} if logits else {})}
         traced = torch.jit.trace_module(net, methods, check_trace=False)
         worst = 0.0
         for i, hw in enumerate([(96, 160), (208, 176)]):  # sizes other than the traced one
-            worst = max(worst, _disagreement(traced, net, _example(net, channels, hw, i + 1), has_lesion_head(net)))
+            worst = max(worst, _disagreement(traced, net, _example(net, channels, hw, i + 1), logits))
     if worst > AGREEMENT_TOL:
         raise ckpt_io.CheckpointError(f"TorchScript export of {checkpoint.name} disagrees with the model (max |diff| {worst:.3g})")
     meta["agreement_max_abs_diff"] = worst
