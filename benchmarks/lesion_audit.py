@@ -67,7 +67,7 @@ def audit_case(syn, lc) -> dict:
     """One loaded case through the served path: per-lesion rows and per-case figures."""
     from scipy import ndimage as ndi
 
-    from jmmda_model.metrics import lesion_metrics, psnr, qualifying
+    from jmmda_model.metrics import lesion_metrics, probability_metrics, psnr, qualifying
 
     y, logits, _ = syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
     b = lc.brain > 0
@@ -89,6 +89,9 @@ def audit_case(syn, lc) -> dict:
                      "p_max": round(float(prob[region].max()), 4),
                      "height": round(float(height[np.nonzero(region)[0]].mean()), 3),
                      "mirror_diff_hu": round(float(diff[region].mean()), 2)})
+    # the probability map lesion-wise (FROC) and its calibration, the issue's lesions flagged (same labelling)
+    prob_metrics = (probability_metrics(prob, lc.lesion, lc.brain, lc.spacing_zyx,
+                                        counted=[r["qualifying"] for r in rows]) if logits is not None else None)
     # what the false-bright brain is made of
     vox_ml = float(np.prod(lc.spacing_zyx)) / 1000.0
     depth = ndi.distance_transform_edt(b, sampling=lc.spacing_zyx)
@@ -113,7 +116,33 @@ def audit_case(syn, lc) -> dict:
             "fb_prob_ge_0.5_ml": float((fb & (prob >= 0.5)).sum()) * vox_ml,
             "fb_deep_ml": float((fb & (depth >= DEEP_MM)).sum()) * vox_ml,
             "fb_in_clusters_ge_0.5ml_ml": float(big.sum()) * vox_ml,
-            "mirror_diff_spread": spread, "lesions": rows}
+            "mirror_diff_spread": spread, "probability": prob_metrics, "lesions": rows}
+
+
+def probability_summary(cases: list[dict], max_fp: float = 2.0) -> dict | None:
+    """The probability map over the cases (each with ``probability_metrics``' row under "probability"): pooled
+    ECE, and per lesion set (the issue's lesions, all lesions) the best lesion-wise sensitivity at <= ``max_fp``
+    false-positive clusters (>= 0.5 mL) per case with its threshold, and the figures at threshold 0.5. None when
+    any case has no probability (a model without a lesion head, or an audit written before this was kept)."""
+    from jmmda_model.metrics import ece_from_bins, froc_curve, pool_reliability
+
+    per_case = [c.get("probability") for c in cases]
+    if not per_case or any(m is None for m in per_case):
+        return None
+    out = {"ece": ece_from_bins(pool_reliability(per_case)), "max_fp_per_case": max_fp}
+    for key, counted_only in (("qualifying", True), ("all", False)):
+        curve = froc_curve(per_case, counted_only=counted_only)
+        ok = [r for r in curve if r["fp_per_case"] <= max_fp and math.isfinite(r["sensitivity"])]
+        best = max(ok, key=lambda r: (r["sensitivity"], r["threshold"])) if ok else None
+        at05 = min(curve, key=lambda r: abs(r["threshold"] - 0.5))
+        n = curve[0]["lesions"] if curve else 0
+        out[key] = {"lesions": n,
+                    "found_at_max_fp": round(best["sensitivity"] * n) if best else 0,
+                    "sensitivity_at_max_fp": best["sensitivity"] if best else (float("nan") if not n else 0.0),
+                    "threshold": best["threshold"] if best else None,
+                    "fp_per_case": best["fp_per_case"] if best else None,
+                    "sensitivity_at_0.5": at05["sensitivity"], "fp_per_case_at_0.5": at05["fp_per_case"]}
+    return out
 
 
 def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
@@ -147,7 +176,8 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
            "darker_all": sum(x["darker"] for x in lesions), "by": by,
            "missed_qualifying_p_mean": [x["p_mean"] for x in missed],
            "psnr_brain": float(np.mean([c["psnr_brain"] for c in cases])), "false_bright_ml": fb,
-           "false_bright_make_up_ml": part, "normal_mirror_diff_sd_hu": spread}
+           "false_bright_make_up_ml": part, "normal_mirror_diff_sd_hu": spread,
+           "probability_map": probability_summary(cases)}
     sq = out["qualifying"]
     pct = lambda v: f"{100 * v:.0f} %" if math.isfinite(v) else "n/a"  # noqa: E731
     lines = [f"# Lesion audit: {meta['model']} ({time.strftime('%Y-%m-%d')})", "",
@@ -170,6 +200,7 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
                                           if meta.get("probability_temperature") else
                                           "NOT calibrated (the checkpoint holds no calibration: temperature 1)") + ".",
              f"- Missed qualifying lesions' mean probability: {', '.join(f'{v:.2f}' for v in sorted(out['missed_qualifying_p_mean'])) or 'none'}.",
+             *probability_lines(out["probability_map"]),
              "", "| qualifying lesions by | band | shown / n | sensitivity (95 % CI) | darker |", "|---|---|---|---|---|"]
     for kind, bands in by.items():
         for name, v in bands.items():
@@ -178,6 +209,24 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
     lines += ["", "Spread (sd) of the smoothed CT-minus-mirror difference over normal brain (15-60 HU), by height: "
               + ", ".join(f"{k} {v:.1f} HU" for k, v in spread.items()) + "."]
     return out, "\n".join(lines) + "\n"
+
+
+def probability_lines(pm: dict | None) -> list[str]:
+    """The probability map's markdown line (none without one)."""
+    if pm is None:
+        return []
+    pct = lambda v: f"{100 * v:.0f} %" if v is not None and math.isfinite(v) else "n/a"  # noqa: E731
+    q, a = pm["qualifying"], pm["all"]
+    verdict = ("n/a (no such lesion)" if not q["lesions"] else
+               "MET" if q["sensitivity_at_max_fp"] >= 0.85 else "MISSED")
+    where = (f"threshold {q['threshold']:.2f}, {q['fp_per_case']:.2f} FP clusters/case" if q["threshold"] is not None
+             else f"no threshold keeps to {pm['max_fp_per_case']:g} FP clusters/case")
+    return [f"- Probability map, lesion-wise: the qualifying lesions found at <= {pm['max_fp_per_case']:g} "
+            f"false-positive clusters (>= 0.5 mL) per case: **{q['found_at_max_fp']} of {q['lesions']} = "
+            f"{pct(q['sensitivity_at_max_fp'])}** ({where}); target 85 %: {verdict}; all lesions "
+            f"{pct(a['sensitivity_at_max_fp'])}. At probability 0.5: {pct(q['sensitivity_at_0.5'])} of the qualifying "
+            f"lesions, {q['fp_per_case_at_0.5']:.2f} FP clusters/case. Pooled ECE {pm['ece']:.3f} (target 0.05: "
+            f"{'MET' if pm['ece'] <= 0.05 else 'MISSED'})."]
 
 
 class Ensemble:

@@ -103,6 +103,28 @@ def fill_outside(y: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return y
 
 
+def read_calibration(cal, name: str) -> tuple[float, float | None]:
+    """(temperature, operating threshold or None) of a model's ``lesion_calibration``; ``CheckpointError`` naming
+    ``name`` for a value that is not a positive finite temperature or a threshold in [0, 1] (a model whose
+    probability would be silently wrong is refused when loaded)."""
+    import math
+
+    cal = cal if cal is not None else {}
+    if not isinstance(cal, dict):
+        raise CheckpointError(f"{name}: its lesion calibration is not a mapping")
+    try:
+        t = float(cal.get("temperature", 1.0))
+        op = cal.get("operating_point")
+        thr = None if op is None else float(op["threshold"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{name}: unusable lesion calibration ({type(exc).__name__}: {exc})") from exc
+    if not (math.isfinite(t) and t > 0):
+        raise CheckpointError(f"{name}: unusable lesion calibration (temperature {t!r})")
+    if thr is not None and not (math.isfinite(thr) and 0.0 <= thr <= 1.0):
+        raise CheckpointError(f"{name}: unusable lesion calibration (operating threshold {thr!r})")
+    return t, thr
+
+
 class Synthesizer:
     """Loads a trained generator once; thread-safe ``__call__`` per volume."""
 
@@ -126,6 +148,8 @@ class Synthesizer:
         except (KeyError, TypeError, ValueError) as exc:
             name = self.path.name if self.path is not None else "the model"
             raise CheckpointError(f"{name}: unusable preprocessing settings ({type(exc).__name__}: {exc})") from exc
+        self._temperature, self._operating = read_calibration(self.ckpt_meta.get("lesion_calibration"),
+                                                              self.path.name if self.path is not None else "the model")
         self.net.to(self.device).eval()
         self.batch_size = batch_size
         # mixed precision for the Python model on a GPU; an export runs in float32, as traced and checked
@@ -147,7 +171,14 @@ class Synthesizer:
 
     @property
     def temperature(self) -> float:
-        return float(self.ckpt_meta.get("lesion_calibration", {}).get("temperature", 1.0))
+        return self._temperature
+
+    @property
+    def operating_threshold(self) -> float | None:
+        """The probability threshold chosen on the validation cases (``metrics.operating_threshold``: the lowest
+        that keeps to 2 false-positive clusters per case), where a viewer's suspected-infarct outline starts; None
+        for a model calibrated before it was kept."""
+        return self._operating
 
     def probability(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated infarct probability from lesion logits (temperature from the validation cases)."""
@@ -293,8 +324,13 @@ class Synthesizer:
         if prob is not None:
             prob_img = label_synthetic(to_ct(prob, True), PROBABILITY_NOTE)  # 0 outside the brain
             info["probability"] = {"temperature": self.temperature,
+                                   "operating_threshold": self.operating_threshold,
                                    "note": "calibrated on phantom validation cases only; a low probability never "
                                            "rules out an infarct"}
+            if self.operating_threshold is not None:
+                info["probability"]["operating_note"] = (
+                    "operating_threshold: the lowest probability threshold that kept to 2 false-positive clusters "
+                    "(>= 0.5 mL) per case on the model's phantom validation cases; lesions below it are not outlined")
         elif return_probability:
             info["probability"] = None
             info["probability_note"] = ("this model has no lesion-probability head (or is a TorchScript export "

@@ -400,6 +400,25 @@ def froc_curve(per_case: list[dict], min_ml: float = 0.0, counted_only: bool = F
     return out
 
 
+#: false-positive clusters (>= FP_MIN_ML) per case that the operating point of a probability map may cost
+OPERATING_MAX_FP = 2.0
+
+
+def operating_threshold(per_case: list[dict], max_fp: float = OPERATING_MAX_FP) -> dict | None:
+    """The operating point of a probability map, chosen from its false positives alone: the lowest threshold of the
+    FROC grid whose false-positive clusters (>= FP_MIN_ML) per case stay <= ``max_fp`` - of the thresholds that keep
+    to the budget, the one that hides the fewest lesions (lesions first; it does not depend on how many lesions
+    the cases hold, so a few validation lesions cannot push it up). None when no threshold keeps to it.
+    ``per_case``: ``probability_metrics`` rows."""
+    curve = froc_curve(per_case)
+    ok = [r for r in curve if r["fp_per_case"] <= max_fp]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: r["threshold"])
+    return {"threshold": float(best["threshold"]), "fp_per_case": float(best["fp_per_case"]),
+            "max_fp_per_case": float(max_fp), "cases": len(per_case)}
+
+
 def froc_summary(per_case: list[dict], max_fp: float = 2.0, min_ml: float = 0.0, counted_only: bool = False) -> dict:
     """The best lesion-wise sensitivity among thresholds whose false positives per case stay <= ``max_fp``: 0 when
     no threshold keeps to it, NaN when there is no lesion to find (none counted: not a sensitivity of 0)."""

@@ -42,6 +42,7 @@ from .metrics import (
     evaluate_volume,
     fit_temperature,
     froc_summary,
+    operating_threshold,
     probability_metrics,
     qualifying,
 )
@@ -335,6 +336,9 @@ class Trainer:
             pm = [probability_metrics(calibrated_probability(lg, t), c.lesion, c.brain, c.spacing_zyx,
                                       counted=[qualifying(x) for x in m["lesion_detail"]])
                   for lg, c, m in zip(logits, val_cases, per_case)]
+            op = operating_threshold(pm)  # the threshold a viewer starts from (the suspected-infarct outline)
+            if op is not None:
+                cal["operating_point"] = op
             prob = {"prob_ece": float(np.mean([m["ece"] for m in pm])), "prob_temperature": float(t),
                     "prob_sensitivity_at_2fp": froc_summary(pm, 2.0)["sensitivity"],
                     "prob_sensitivity_at_2fp_qualifying": froc_summary(pm, 2.0, counted_only=True)["sensitivity"]}

@@ -152,12 +152,49 @@ def test_lesion_audit_counts_what_lesion_metrics_counts_and_resumes(tmp_path, ca
     assert summary["table"]["psnr_brain"] == pytest.approx(case["table"]["psnr_brain"]) and "own lookup table" in (out / "audit.md").read_text()
     for part in summary["false_bright_make_up_ml"].values():
         assert 0.0 <= part <= case["false_bright_ml"] + 1e-9
+    # the probability map lesion-wise: a lesion is found at a threshold exactly when its maximal probability reaches
+    # it (same labelling as the rows), and the issue's lesions are the rows' qualifying ones
+    pm = case["probability"]
+    assert pm["counted"] == [x["qualifying"] for x in case["lesions"]]
+    for row in pm["froc"]:
+        assert row["detected"] == [x["p_max"] >= row["threshold"] - 1e-4 for x in case["lesions"]]
+    ps = summary["probability_map"]
+    assert ps["qualifying"]["lesions"] == len(q) and ps["all"]["lesions"] == len(case["lesions"])
+    assert 0 <= ps["qualifying"]["found_at_max_fp"] <= len(q) and 0.0 <= ps["ece"] <= 1.0
+    assert "Probability map, lesion-wise" in (out / "audit.md").read_text()
     capsys.readouterr()
     assert la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30013", "--out", str(out)]) == 0
     assert "phantom_30012:" not in capsys.readouterr().out  # finished: not run again
     assert len((out / "cases.jsonl").read_text().splitlines()) == 1
     with pytest.raises(SystemExit):
         la.main(["--model", str(DEMO_MODEL), "--seeds", "30012:30014", "--out", str(out)])
+
+
+def test_lesion_audit_probability_summary():
+    """The audit's probability-map summary: the best sensitivity among thresholds within 2 FP clusters per case,
+    over the issue's lesions and over all; none when a case has no probability (no lesion head, or an older
+    audit)."""
+    import lesion_audit as la
+
+    def case(detected_by_t, fp_by_t, counted):
+        return {"probability": {"froc": [{"threshold": t, "fp": fp_by_t[t], "detected": detected_by_t[t]}
+                                         for t in (0.3, 0.5, 0.7)],
+                                "lesion_volumes_ml": [5.0] * len(counted), "counted": counted,
+                                "reliability": {"count": [10.0, 0.0], "sum_p": [1.0, 0.0], "sum_y": [1.0, 0.0]}}}
+
+    cases = [case({0.3: [True, True], 0.5: [True, False], 0.7: [False, False]}, {0.3: 5, 0.5: 2, 0.7: 0},
+                  [True, False]),
+             case({0.3: [True], 0.5: [True], 0.7: [False]}, {0.3: 3, 0.5: 1, 0.7: 0}, [True])]
+    s = la.probability_summary(cases)
+    # threshold 0.3 has 4 FP/case: out; 0.5 has 1.5: the issue's 2 lesions both found there; all 3: 2 of 3
+    assert s["qualifying"] == {"lesions": 2, "found_at_max_fp": 2, "sensitivity_at_max_fp": 1.0, "threshold": 0.5,
+                               "fp_per_case": 1.5, "sensitivity_at_0.5": 1.0, "fp_per_case_at_0.5": 1.5}
+    assert s["all"]["found_at_max_fp"] == 2 and s["all"]["sensitivity_at_max_fp"] == pytest.approx(2 / 3)
+    assert s["ece"] == pytest.approx(0.0)
+    assert "2 of 2 = 100 %" in la.probability_lines(s)[0] and "MET" in la.probability_lines(s)[0]
+    s = la.probability_summary(cases, max_fp=1.0)  # only 0.7 keeps to 1 FP/case: nothing found
+    assert s["qualifying"]["found_at_max_fp"] == 0 and "MISSED" in la.probability_lines(s)[0]
+    assert la.probability_summary(cases + [{"probability": None}]) is None and la.probability_lines(None) == []
 
 
 def test_lesion_audit_ensemble_is_the_members_mean():

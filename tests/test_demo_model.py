@@ -26,6 +26,15 @@ def test_model_card_says_phantom_and_not_for_diagnosis():
     assert 0.1 < ck["lesion_calibration"]["temperature"] < 10
 
 
+def test_the_model_card_states_the_checkpoints_own_calibration():
+    """MODEL_CARD.md's temperature is the shipped checkpoint's (it once kept an earlier demo's 1.43)."""
+    import re
+
+    card = (DEMO_MODEL.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    stated = [float(v) for v in re.findall(r"temperature (\d+\.\d+)", card)]
+    assert stated and all(round(v, 2) == round(load(DEMO_MODEL)["lesion_calibration"]["temperature"], 2) for v in stated)
+
+
 @pytest.fixture(scope="module")
 def held_out(syn, sample_cases):
     """Per case: (metrics of the demo model, metrics of the constant in-brain mean) on the committed cases - the

@@ -17,7 +17,7 @@ from jmmda_model.clinical.midplane import (
     mirror_volume,
 )
 from jmmda_model.data import SliceDataset, case_input
-from jmmda_model.metrics import fit_temperature, froc_summary, probability_metrics
+from jmmda_model.metrics import fit_temperature, froc_summary, operating_threshold, probability_metrics
 from jmmda_model.networks import GeneratorConfig, build_generator
 from jmmda_model.phantom import loaded_case, make_case, to_image
 from jmmda_model.preprocess import PreprocessConfig
@@ -213,6 +213,61 @@ def test_temperature_scaling_and_probability_metrics():
     perfect = probability_metrics(lesion.astype(float), lesion, brain, (1.0, 4.0, 5.0))
     assert perfect["ece"] == 0.0
     assert m["ece"] > 0.05
+
+
+def test_operating_threshold_is_the_lowest_within_the_false_positive_budget():
+    """The probability map's operating point: the lowest FROC threshold whose false-positive clusters per case keep
+    to the budget, whatever the lesions; None when none does."""
+    def row(fps):  # per threshold of a 3-threshold grid: false-positive clusters of one case
+        return {"froc": [{"threshold": t, "fp": f, "detected": [t < 0.6]} for t, f in zip((0.3, 0.5, 0.7), fps)],
+                "lesion_volumes_ml": [2.0], "counted": [True]}
+
+    cases = [row((5, 3, 0)), row((3, 1, 0))]  # 4, 2 and 0 FP clusters per case
+    assert operating_threshold(cases) == {"threshold": 0.5, "fp_per_case": 2.0, "max_fp_per_case": 2.0, "cases": 2}
+    assert operating_threshold(cases, max_fp=1.0)["threshold"] == 0.7  # a stricter budget: a higher threshold
+    assert operating_threshold(cases, max_fp=5.0)["threshold"] == 0.3
+    assert operating_threshold([row((5, 5, 5))]) is None
+    # the lesions do not move it: the same false positives with every lesion missed give the same point
+    missed = [{**c, "froc": [{**r, "detected": [False]} for r in c["froc"]]} for c in cases]
+    assert operating_threshold(missed) == operating_threshold(cases)
+
+
+@pytest.mark.parametrize("cal, what", [({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+                                       ({"temperature": "x"}, "ValueError"), ([1.5], "not a mapping"),
+                                       ({"temperature": 1.5, "operating_point": {"threshold": 1.5}}, "operating threshold"),
+                                       ({"temperature": 1.5, "operating_point": {}}, "KeyError")])
+def test_a_checkpoint_with_an_unusable_lesion_calibration_is_refused_when_loaded(tmp_path, cal, what):
+    from conftest import DEMO_MODEL
+    from jmmda_model.checkpoint import CheckpointError, atomic_save, load
+    from jmmda_model.inference import Synthesizer
+
+    ck = load(DEMO_MODEL)
+    ck["lesion_calibration"] = cal
+    bad = atomic_save(ck, tmp_path / "odd_calibration.pt")
+    with pytest.raises(CheckpointError, match=f"odd_calibration.pt: .*{what}"):
+        Synthesizer(bad, device="cpu")
+
+
+def test_the_operating_threshold_reaches_the_infer_info(tmp_path):
+    from conftest import DEMO_MODEL, SAMPLE
+    from jmmda_model.checkpoint import atomic_save, load
+    from jmmda_model.inference import Synthesizer
+
+    ck = load(DEMO_MODEL)
+    ck["lesion_calibration"] = {"temperature": 1.5, "operating_point": {"threshold": 0.8, "fp_per_case": 1.5,
+                                                                        "max_fp_per_case": 2.0, "cases": 12}}
+    path = atomic_save(ck, tmp_path / "with_point.pt")
+    ct = sitk.ReadImage(str(SAMPLE / "phantom_001.nii.gz"))
+    mask = sitk.ReadImage(str(SAMPLE / "labels" / "brainmask" / "phantom_001.nii.gz"))
+    syn = Synthesizer(path, device="cpu")
+    assert syn.temperature == 1.5 and syn.operating_threshold == 0.8
+    info = syn(ct, mask, return_probability=True)[2]
+    assert info["probability"]["operating_threshold"] == 0.8 and "2 false-positive" in info["probability"]["operating_note"]
+    del ck["lesion_calibration"]["operating_point"]  # a model calibrated before the point was kept
+    syn = Synthesizer(atomic_save(ck, tmp_path / "without.pt"), device="cpu")
+    assert syn.operating_threshold is None
+    info = syn(ct, mask, return_probability=True)[2]
+    assert info["probability"]["operating_threshold"] is None and "operating_note" not in info["probability"]
 
 
 def test_series_notes_and_midplane_reach_the_infer_info():

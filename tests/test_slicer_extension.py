@@ -18,7 +18,7 @@ MODULE_DIR = ROOT / "slicer_extension" / "CT2DWI"
 sys.path.insert(0, str(MODULE_DIR))
 
 from CT2DWILib import BANNER, BackgroundCall, CT2DWIClient, ServerError, synthetic_name, window_level_from_brain  # noqa: E402
-from CT2DWILib.logic import reading_cautions, training_summary  # noqa: E402
+from CT2DWILib.logic import operating_threshold, reading_cautions, suspected_infarct_text, training_summary  # noqa: E402
 
 slicer = pytest.importorskip("slicer")  # slicer-core (Qt-free MRML)
 from CT2DWILib import mrml  # noqa: E402
@@ -66,6 +66,22 @@ def test_reading_cautions_name_what_limits_this_image():
     assert "angled 15.0 degrees" in text and "r 0.833" in text
     assert "Series reader: localizer left out." in text and "made automatically" in text
     assert ".." not in text
+
+
+def test_the_threshold_slider_starts_at_the_models_operating_point():
+    """The served model's operating point (info["probability"]["operating_threshold"]) is where the slider starts;
+    without one, or with a value that is not a probability, the slider is left where it is (None)."""
+    assert operating_threshold({"probability": {"temperature": 1.6, "operating_threshold": 0.75}}) == 0.75
+    for info in (None, {}, {"probability": None}, {"probability": {"temperature": 1.6}},
+                 {"probability": {"operating_threshold": None}}, {"probability": {"operating_threshold": "0.7"}},
+                 {"probability": {"operating_threshold": True}}, {"probability": {"operating_threshold": 1.2}},
+                 {"probability": {"operating_threshold": -0.1}}):
+        assert operating_threshold(info) is None, info
+    at_point = suspected_infarct_text(0.75, 12.34, 0.75)
+    assert "p >= 0.75" in at_point and "operating point" in at_point and "12.3 mL" in at_point
+    assert "never rules out" in at_point and "SYNTHETIC" in at_point
+    assert "operating point" not in suspected_infarct_text(0.5, 1.0, 0.75)
+    assert "operating point" not in suspected_infarct_text(0.5, 1.0, None)
 
 
 def test_background_call_does_not_block_and_reports_errors():

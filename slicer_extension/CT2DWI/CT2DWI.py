@@ -23,7 +23,8 @@ from slicer.util import VTKObservationMixin
 from CT2DWILib import BANNER, CT2DWIClient, ServerError
 from CT2DWILib import mrml
 from CT2DWILib.client import default_server_url
-from CT2DWILib.logic import promotion_warning, reading_cautions, training_summary, version_label
+from CT2DWILib.logic import (operating_threshold, promotion_warning, reading_cautions, suspected_infarct_text,
+                             training_summary, version_label)
 from CT2DWILib.state import JobRunner, TempFolder
 
 SETTINGS_URL = "CT2DWI/ServerURL"
@@ -266,6 +267,9 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      overlay=self.ui.overlayRadio.checked, opacity=self.ui.opacitySlider.value)
         self._result = node
         self._probability, self._suspected = None, None
+        self._operating = operating_threshold(info)
+        if self._operating is not None:  # each new result starts at its model's operating point
+            self.ui.probabilityThresholdSlider.value = self._operating
         if info.get("probability_path"):
             self._probability = mrml.load_probability(slicer.mrmlScene, info["probability_path"], ct, info,
                                                       self.ui.probabilityThresholdSlider.value)
@@ -297,8 +301,7 @@ class CT2DWIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             mrml.show_probability_overlay(slicer.mrmlScene, prob, {"Red": self._inputs[0], "Yellow": self._result})
         else:
             self.onLayoutChanged()
-        self.ui.suspectedInfarctLabel.text = (f"Suspected infarct (AI, p >= {t:.2f}): {ml:.1f} mL. SYNTHETIC; calibrated on "
-                                              "phantoms only; a low probability never rules out an infarct.")
+        self.ui.suspectedInfarctLabel.text = suspected_infarct_text(t, ml, getattr(self, "_operating", None))
         self.logic.updateBanners(BANNER)
 
     def onOutlineToggled(self, checked):

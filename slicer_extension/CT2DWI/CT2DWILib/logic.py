@@ -64,6 +64,28 @@ def reading_cautions(info: dict | None) -> list[str]:
     return out
 
 
+def operating_threshold(info: dict | None) -> float | None:
+    """The served model's operating point for the infarct-probability map (``info["probability"]
+    ["operating_threshold"]``: the lowest threshold that kept to 2 false-positive clusters per case on its
+    validation phantoms), where the threshold slider starts for each new result; None when the model has none (a
+    model calibrated before it was kept: the slider stays where it is) or the value is not a number in [0, 1]."""
+    prob = (info or {}).get("probability")
+    value = prob.get("operating_threshold") if isinstance(prob, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def suspected_infarct_text(threshold: float, ml: float, operating: float | None = None) -> str:
+    """The label under the slider: what is outlined, at which threshold, and whether that is the model's own
+    operating point."""
+    where = (" - the model's operating point (at most 2 false clusters per case on its validation phantoms)"
+             if operating is not None and abs(threshold - operating) < 1e-6 else "")
+    return (f"Suspected infarct (AI, p >= {threshold:.2f}{where}): {ml:.1f} mL. SYNTHETIC; calibrated on phantoms "
+            "only; a low probability never rules out an infarct.")
+
+
 def training_summary(status: dict) -> str:
     """One line for the UI from GET /train/ output."""
     if not status or status.get("status") in (None, "NONE"):
