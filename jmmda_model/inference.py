@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from pathlib import Path
 
@@ -107,8 +108,6 @@ def read_calibration(cal, name: str) -> tuple[float, float | None]:
     """(temperature, operating threshold or None) of a model's ``lesion_calibration``; ``CheckpointError`` naming
     ``name`` for a value that is not a positive finite temperature or a threshold in [0, 1] (a model whose
     probability would be silently wrong is refused when loaded)."""
-    import math
-
     cal = cal if cal is not None else {}
     if not isinstance(cal, dict):
         raise CheckpointError(f"{name}: its lesion calibration is not a mapping")
