@@ -309,13 +309,27 @@ def evaluate_cases(model: str | Path, cases: list[Case], out_dir: str | Path, de
                                  "froc": curve, "sensitivity_at_2fp": at2, "sensitivity_at_2fp_lesions_ge_1ml": at2_big,
                                  "sensitivity_at_2fp_qualifying": at2_q,
                                  "per_case_ece": [m["ece"] for m in prob_metrics]}
+        op = syn.operating_threshold  # where the viewer's outline starts: these cases read at that threshold
+        op_row = op_q = None
+        if op is not None:
+            op_row = min(curve, key=lambda r: abs(r["threshold"] - op))
+            op_q = min(froc_curve(prob_metrics, counted_only=True), key=lambda r: abs(r["threshold"] - op))
+            report["probability"]["operating_point"] = {
+                "threshold": op, "sensitivity": op_row["sensitivity"], "sensitivity_qualifying": op_q["sensitivity"],
+                "fp_per_case": op_row["fp_per_case"]}
         prob_md = (f"\n## Infarct probability (calibrated on phantoms only; a low probability never rules out an "
                    f"infarct)\n\nTemperature {syn.temperature:.3f}; ECE {ece_from_bins(rel):.4f} (in-brain voxels, "
                    f"pooled); lesion-wise sensitivity at <= 2 false-positive clusters (>= 0.5 mL) per case: "
                    f"{_fmt(at2['sensitivity'])} (threshold {at2['threshold']}), lesions >= 1 mL: "
                    f"{_fmt(at2_big['sensitivity'])}, lesions the CT shows (>= 1 mL, >= 3 HU, real DWI ratio >= 1.3): "
-                   f"{_fmt(at2_q['sensitivity'])}.\n\n| threshold | sensitivity | FP clusters / case |\n|---|---|---|\n"
-                   + "".join(f"| {r['threshold']:.2f} | {_fmt(r['sensitivity'])} | {r['fp_per_case']:.2f} |\n" for r in curve)
+                   f"{_fmt(at2_q['sensitivity'])}."
+                   + (f" At the model's operating point {op:.2f} (chosen on its validation cases: the lowest threshold "
+                      f"with <= 2 false-positive clusters per case there; where the viewer's outline starts): "
+                      f"sensitivity {_fmt(op_row['sensitivity'])}, lesions the CT shows {_fmt(op_q['sensitivity'])}, "
+                      f"{op_row['fp_per_case']:.2f} false-positive clusters per case on these cases." if op_row else "")
+                   + "\n\n| threshold | sensitivity | FP clusters / case |\n|---|---|---|\n"
+                   + "".join(f"| {r['threshold']:.2f}{' (operating point)' if r is op_row else ''} | "
+                             f"{_fmt(r['sensitivity'])} | {r['fp_per_case']:.2f} |\n" for r in curve)
                    + f"\n![reliability]({rel_png.name}) ![FROC]({froc_png.name})\n")
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     md = (

@@ -50,6 +50,14 @@ def test_evaluate_writes_report_and_figure(trained, capsys):
     # the lesion recipe's model has a probability head: calibration and FROC are reported
     prob = report["probability"]
     assert 0 <= prob["ece"] <= 1 and len(prob["froc"]) > 10 and "sensitivity_at_2fp" in prob
+    # read at the model's own operating point too (chosen when it was trained), marked in the FROC table
+    from jmmda_model.inference import Synthesizer
+
+    op = prob["operating_point"]
+    assert op["threshold"] == Synthesizer(model, device="cpu").operating_threshold
+    row = next(r for r in prob["froc"] if abs(r["threshold"] - op["threshold"]) < 1e-9)
+    assert op["fp_per_case"] == row["fp_per_case"] and op["sensitivity"] == pytest.approx(row["sensitivity"], nan_ok=True)
+    assert f"| {op['threshold']:.2f} (operating point) |" in (base / "eval" / "report.md").read_text()
     for name in ("reliability.png", "froc.png"):
         assert (base / "eval" / name).read_bytes()[:4] == b"\x89PNG"
 
