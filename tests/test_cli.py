@@ -34,6 +34,18 @@ def test_train_outputs(trained):
     assert any((base / "run" / "tensorboard").iterdir())
     status = json.loads((base / "run" / "status.json").read_text())
     assert status["state"] == "finished"
+    # the lesion calibration holds the temperature and the probability map's operating point, chosen on the same
+    # validation cases (metrics.operating_threshold), which inference then serves
+    from jmmda_model.checkpoint import load
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.metrics import PROB_THRESHOLDS
+
+    cal = load(model)["lesion_calibration"]
+    assert cal["temperature"] > 0 and cal["fitted_on"]
+    op = cal["operating_point"]
+    assert op["threshold"] in PROB_THRESHOLDS and op["fp_per_case"] <= op["max_fp_per_case"] == 2.0
+    assert op["cases"] == len(cal["fitted_on"])
+    assert Synthesizer(model, device="cpu").operating_threshold == op["threshold"]
 
 
 def test_evaluate_writes_report_and_figure(trained, capsys):

@@ -336,19 +336,3 @@ def test_residual_bound_through_jmmda_train(small_store, tmp_path, capsys):
     ck = torch.load(tmp_path / "rb" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["generator_config"]["residual_bound"] == 0.05
 
-
-def test_the_trained_model_keeps_its_probability_operating_point(small_store, tmp_path):
-    """`jmmda train` with validation cases: the exported model's lesion calibration holds the temperature and the
-    operating point chosen on the same cases (``metrics.operating_threshold``), which inference then serves."""
-    from jmmda_model.cli import main
-    from jmmda_model.inference import Synthesizer
-    from jmmda_model.metrics import PROB_THRESHOLDS
-
-    assert main(["train", "--data", str(small_store), "--max-steps", "2", "--batch-size", "2", "--base-channels", "8",
-                 "--depth", "2", "--heads", "2", "--no-progress", "--out", str(tmp_path / "op")]) == 0
-    cal = ckpt_io.load(tmp_path / "op" / "model.pt")["lesion_calibration"]
-    assert cal["temperature"] > 0 and cal["fitted_on"]
-    op = cal["operating_point"]
-    assert op["threshold"] in PROB_THRESHOLDS and op["fp_per_case"] <= op["max_fp_per_case"] == 2.0
-    assert op["cases"] == len(cal["fitted_on"])
-    assert Synthesizer(tmp_path / "op" / "model.pt", device="cpu").operating_threshold == op["threshold"]
