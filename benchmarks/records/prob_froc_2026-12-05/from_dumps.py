@@ -6,7 +6,8 @@ CT per case) instead of running the network again. The figures are ``lesion_audi
 lesions counted by ``lesion_metrics`` / ``qualifying`` as the audit counts them (checked below against the audit's
 own count of shown qualifying lesions).
 
-    python from_dumps.py DUMP_DIR > from_dumps.txt      (DUMP_DIR: runs/gate_test, seeds 30000-30119)
+    python from_dumps.py DUMP_DIR [OUT.json] > from_dumps.txt      (DUMP_DIR: runs/gate_test, seeds 30000-30119;
+                                                                     OUT.json: the summary and the FROC, kept)
 """
 import sys
 from pathlib import Path
@@ -40,5 +41,12 @@ for key in ("qualifying", "all"):
 print("FROC, the issue's lesions (threshold: sensitivity, FP clusters per case):")
 from jmmda_model.metrics import froc_curve  # noqa: E402
 
-for r in froc_curve([c["probability"] for c in cases], counted_only=True):
+curve = froc_curve([c["probability"] for c in cases], counted_only=True)
+for r in curve:
     print(f"  {r['threshold']:.2f}: {r['sensitivity']:.3f}, {r['fp_per_case']:.2f}")
+if len(sys.argv) > 2:
+    import json
+
+    Path(sys.argv[2]).write_text(json.dumps({"cases": len(files), "first": files[0].stem, "last": files[-1].stem,
+                                             "summary": s, "froc_qualifying": curve,
+                                             "froc_all": froc_curve([c["probability"] for c in cases])}, indent=1))

@@ -6,8 +6,11 @@ with <= 2 false-positive clusters of >= 0.5 mL per case). For a model trained be
 
     python operating_point.py MODEL.pt            prints the refitted temperature (must equal the stored one) and
                                                   the point
-    python operating_point.py MODEL.pt --write    also stores the point in the model's lesion_calibration
+    python operating_point.py MODEL.pt --write [FROC.json]
+                                                  also stores the point in the model's lesion_calibration
                                                   (atomic; the weights and the temperature are left as they are)
+                                                  and, given from_dumps.py's FROC.json of the same model's test
+                                                  dump, the map's test figures at that point in its model card
 """
 import json
 import sys
@@ -47,5 +50,28 @@ if "--write" in sys.argv:
     if abs(cal["temperature"] - stored["temperature"]) > 1e-3 * stored["temperature"]:
         sys.exit("the refitted temperature differs from the stored one: not the model's validation, nothing written")
     ck["lesion_calibration"] = {**stored, "operating_point": cal["operating_point"]}
+    extra = [a for a in sys.argv[2:] if a != "--write"]
+    if extra:
+        import math
+
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from lesion_audit import wilson
+
+        froc = json.loads(Path(extra[0]).read_text())
+        thr = cal["operating_point"]["threshold"]
+        row = min(froc["froc_qualifying"], key=lambda r: abs(r["threshold"] - thr))
+        n = row["lesions"]
+        k = round(row["sensitivity"] * n)
+        lo, hi = wilson(k, n)
+        ok = row["sensitivity"] >= 0.85 and row["fp_per_case"] <= 2.0 and math.isfinite(row["sensitivity"])
+        ck["model_card"]["probability_map"] = (
+            f"operating point {thr:.2f} (the lowest threshold with <= 2 false-positive clusters of >= 0.5 mL per case on "
+            f"the {cal['operating_point']['cases']} validation phantoms, where the temperature was fitted): on "
+            f"{froc['cases']} test phantoms (seeds {froc['first'].split('_')[1]}-{froc['last'].split('_')[1]}) it finds "
+            f"{k} of {n} qualifying lesions = {100 * k / n:.0f} % (95 % CI {100 * lo:.0f}-{100 * hi:.0f} %) with "
+            f"{row['fp_per_case']:.2f} false-positive clusters per case: target (85 % at <= 2) "
+            f"{'MET' if ok else 'MISSED'} by the touch rule (a cluster touching the lesion); pooled ECE "
+            f"{froc['summary']['ece']:.3f}; all lesions (any size or CT contrast) "
+            f"{100 * min(froc['froc_all'], key=lambda r: abs(r['threshold'] - thr))['sensitivity']:.0f} % at that point")
     ckpt_io.atomic_save(ck, model)
     print(f"wrote the operating point into {model}")
