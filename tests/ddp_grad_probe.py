@@ -46,6 +46,11 @@ def main(out, mutation=None):
     t = Trainer(cfg, os.path.dirname(out) or ".")
     rank, world = t.rank, t.world
     if mutation == "no_allreduce":
+        # the step runs on the plain modules; the DDP wrappers are kept alive, as in the unmutated run, so the
+        # mutation changes which module computes the step and nothing of the processes' object lifetimes (a rank
+        # aborted once, under heavy load, with the wrappers freed mid-run: "terminate called without an active
+        # exception")
+        wrappers = (t.G_train, t.D_train)  # noqa: F841 - held until the end of main()
         t.G_train, t.D_train = t.G, t.D
     elif mutation == "local_denominators":
         trainer_mod.global_sum = lambda v: v.detach()
