@@ -124,7 +124,7 @@ def probability_summary(cases: list[dict], max_fp: float = 2.0) -> dict | None:
     ECE, and per lesion set (the issue's lesions, all lesions) the best lesion-wise sensitivity at <= ``max_fp``
     false-positive clusters (>= 0.5 mL) per case with its threshold, and the figures at threshold 0.5. None when
     any case has no probability (a model without a lesion head, or an audit written before this was kept)."""
-    from jmmda_model.metrics import ece_from_bins, froc_curve, pool_reliability
+    from jmmda_model.metrics import ece_from_bins, froc_curve, froc_summary, pool_reliability
 
     per_case = [c.get("probability") for c in cases]
     if not per_case or any(m is None for m in per_case):
@@ -132,15 +132,13 @@ def probability_summary(cases: list[dict], max_fp: float = 2.0) -> dict | None:
     out = {"ece": ece_from_bins(pool_reliability(per_case)), "max_fp_per_case": max_fp}
     for key, counted_only in (("qualifying", True), ("all", False)):
         curve = froc_curve(per_case, counted_only=counted_only)
-        ok = [r for r in curve if r["fp_per_case"] <= max_fp and math.isfinite(r["sensitivity"])]
-        best = max(ok, key=lambda r: (r["sensitivity"], r["threshold"])) if ok else None
+        best = froc_summary(per_case, max_fp, counted_only=counted_only)  # the point validation reports too
         at05 = min(curve, key=lambda r: abs(r["threshold"] - 0.5))
         n = curve[0]["lesions"] if curve else 0
         out[key] = {"lesions": n,
-                    "found_at_max_fp": round(best["sensitivity"] * n) if best else 0,
-                    "sensitivity_at_max_fp": best["sensitivity"] if best else (float("nan") if not n else 0.0),
-                    "threshold": best["threshold"] if best else None,
-                    "fp_per_case": best["fp_per_case"] if best else None,
+                    "found_at_max_fp": round(best["sensitivity"] * n) if n else 0,
+                    "sensitivity_at_max_fp": best["sensitivity"], "threshold": best["threshold"],
+                    "fp_per_case": best["fp_per_case"],
                     "sensitivity_at_0.5": at05["sensitivity"], "fp_per_case_at_0.5": at05["fp_per_case"]}
     return out
 
