@@ -27,7 +27,7 @@ from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synt
 from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
 from .data import model_input
 from .export import is_torchscript, load_generator, load_torchscript
-from .metrics import calibrated_probability
+from .metrics import OPERATING_MAX_FP, calibrated_probability
 from .networks import has_lesion_head
 from .preprocess import PreprocessConfig, pad_to_multiple
 
@@ -328,8 +328,9 @@ class Synthesizer:
                                            "rules out an infarct"}
             if self.operating_threshold is not None:
                 info["probability"]["operating_note"] = (
-                    "operating_threshold: the lowest probability threshold that kept to 2 false-positive clusters "
-                    "(>= 0.5 mL) per case on the model's phantom validation cases; lesions below it are not outlined")
+                    f"operating_threshold: the lowest probability threshold that kept to {OPERATING_MAX_FP:g} "
+                    "false-positive clusters (>= 0.5 mL) per case on the model's phantom validation cases; lesions "
+                    "below it are not outlined")
         elif return_probability:
             info["probability"] = None
             info["probability_note"] = ("this model has no lesion-probability head (or is a TorchScript export "

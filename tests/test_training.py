@@ -335,4 +335,3 @@ def test_residual_bound_through_jmmda_train(small_store, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "rb"), "--residual-bound", "0.05"]) == 0
     ck = torch.load(tmp_path / "rb" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["generator_config"]["residual_bound"] == 0.05
-
