@@ -14,7 +14,8 @@ wheel (no download), so sulci and ventricles come from the template. Per case (a
   some subacute ones with T2 shine-through (more CT hypodensity, DWI only 1.3-1.6x); and 0-1 *old* infarcts
   (CSF-like, dark on DWI, NOT in the lesion mask) as distractors;
 * DWI with an EPI-like distortion along the phase-encoding axis (A-P) and susceptibility signal loss near the
-  sinuses and skull base, a bias field and Rician noise.
+  sinuses and skull base, a bias field and Rician noise. ``PhantomConfig.dwi_effects`` leaves any of these out and
+  ``dwi_tissue`` sets the tissue signals (``ct_noise`` leaves out the CT's noise), on the same head (for measuring what a synthesis from CT can reach).
 
 Default geometry: 1.8 x 1.8 mm in plane, 5 mm axial slices (``PhantomConfig.spacing``; the field of view is
 fixed in mm, so the grid follows the spacing), LPS direction. The brain mask excludes the skull's partial-volume
@@ -41,6 +42,11 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 
+#: the DWI's acquisition effects, in the order they are applied: signal loss next to air spaces, EPI distortion
+#: along the phase-encoding axis, a smooth bias field, Rician noise
+DWI_EFFECTS = ("susceptibility", "epi", "bias", "noise")
+
+
 @dataclass
 class PhantomConfig:
     spacing: tuple[float, float, float] = (1.8, 1.8, 5.0)  # x, y, z in mm
@@ -51,6 +57,23 @@ class PhantomConfig:
     dwi_scale: float = 800.0  # arbitrary DWI units of the b1000 trace, stored as int16
     #: head rotation drawn uniformly in +-these degrees about x (pitch: nodding), y (roll) and z (yaw)
     max_rotation_deg: tuple[float, float, float] = (4.0, 4.0, 10.0)
+    #: the DWI's acquisition effects that are applied (any of DWI_EFFECTS). Their random draws are made whether or
+    #: not an effect is applied, so a case with fewer effects is the same head: CT, masks, lesions and the DWI's
+    #: anatomy are identical. For measuring how much of the DWI no CT can predict (what a synthesis can reach).
+    dwi_effects: tuple[str, ...] = ("susceptibility", "epi", "bias", "noise")
+    #: DWI signal of grey matter, white matter and CSF; None (default): drawn per case. Set, the draws are still
+    #: made (same head) and these values used instead.
+    dwi_tissue: tuple[float, float, float] | None = None
+    #: False: the CT without its noise (drawn all the same: the same head)
+    ct_noise: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.dwi_effects) - set(DWI_EFFECTS)
+        if unknown:
+            raise ValueError(f"unknown DWI effects {sorted(unknown)}; known: {', '.join(DWI_EFFECTS)}")
+        if self.dwi_tissue is not None and (len(self.dwi_tissue) != 3 or not all(
+                math.isfinite(v) and v > 0 for v in self.dwi_tissue)):
+            raise ValueError(f"dwi_tissue must be three positive numbers (GM, WM, CSF), not {self.dwi_tissue!r}")
 
     def grid(self) -> tuple[int, int, int]:
         if self.size is not None:
@@ -173,6 +196,9 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     hu = {"gm": rng.uniform(34, 42), "csf": rng.uniform(2, 12), "skin": rng.uniform(30, 50), "fat": rng.uniform(-110, -70)}
     hu["wm"] = min(rng.uniform(24, 32), hu["gm"] - 4.0)
     sig = {"gm": rng.uniform(0.9, 1.1), "wm": rng.uniform(0.72, 0.9), "csf": rng.uniform(0.12, 0.3), "scalp": 0.1}
+    if cfg.dwi_tissue is not None:
+        sig.update(zip(("gm", "wm", "csf"), (float(v) for v in cfg.dwi_tissue)))
+    effects = set(cfg.dwi_effects)
 
     # ---- lesions: acute (in the mask), old (distractors)
     lesions, lesion_meta = [], []
@@ -256,7 +282,9 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     if n > 1:
         mask = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
     noise_hu = rng.uniform(2.5, 6.0)
-    ct += ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7) * noise_hu * 2.2
+    ct_noise = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7) * noise_hu * 2.2
+    if cfg.ct_noise:
+        ct += ct_noise
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)
     lesion &= mask
 
@@ -275,18 +303,23 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     dwi[shell_csf] = sig["csf"]
     # susceptibility: signal loss next to air spaces (orbitofrontal, inferior temporal)
     d_air = ndi.distance_transform_edt(~air_cells, sampling=cfg.spacing) if air_cells.any() else np.full(shape, 1e3)
-    dwi *= 1.0 - rng.uniform(0.4, 0.8) * np.exp(-d_air / rng.uniform(6.0, 10.0))
+    loss = 1.0 - rng.uniform(0.4, 0.8) * np.exp(-d_air / rng.uniform(6.0, 10.0))
+    if "susceptibility" in effects:
+        dwi *= loss
     # EPI distortion along the phase-encoding axis (y = A-P), largest near the air spaces and skull base
     amp = rng.uniform(1.5, 4.0)  # mm
     shift_mm = amp * (np.exp(-d_air / 15.0) + 0.4 * np.clip((-mm[2] - 10.0) / 30.0, 0, 1)) * np.sign(rng.uniform(-1, 1))
     coords = np.indices(shape).astype(np.float32)
     coords[1] += shift_mm / cfg.spacing[1]
     jac = 1.0 + np.gradient(shift_mm / cfg.spacing[1], axis=1)  # pile-up / stretching of signal
-    dwi = ndi.map_coordinates(dwi, coords, order=1, mode="constant") * np.clip(jac, 0.5, 1.5)
+    if "epi" in effects:
+        dwi = ndi.map_coordinates(dwi, coords, order=1, mode="constant") * np.clip(jac, 0.5, 1.5)
     bias = 1.0 + _smooth_noise(rng, shape, sigma=30.0 / spacing.mean(), amplitude=0.08)
-    dwi = ndi.gaussian_filter(dwi * bias, (0.6, 0.6, 0.25))
+    dwi = ndi.gaussian_filter(dwi * bias if "bias" in effects else dwi, (0.6, 0.6, 0.25))
     noise = rng.uniform(0.025, 0.045)
-    dwi = np.sqrt((dwi + rng.normal(0, noise, shape)) ** 2 + rng.normal(0, noise, shape) ** 2)
+    n_real, n_imag = rng.normal(0, noise, shape), rng.normal(0, noise, shape)
+    if "noise" in effects:
+        dwi = np.sqrt((dwi + n_real) ** 2 + n_imag**2)
     dwi = np.round(dwi * cfg.dwi_scale).astype(np.int16)
 
     # per-lesion facts (connected parts of one territory lesion count as one lesion here)

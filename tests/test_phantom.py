@@ -119,3 +119,37 @@ def test_fine_grids_are_drawn_coarse_and_upsampled_in_the_same_frame():
     assert np.median(np.abs(back[brain].astype(float) - ref[brain])) <= 0.05 * np.median(ref[brain])
     assert phantom._work_config(dataclasses.replace(coarse_cfg, spacing=(0.45, 0.45, 0.5))).spacing == phantom.WORK_SPACING
     assert phantom._work_config(coarse_cfg) is coarse_cfg
+
+
+def test_dwi_effects_and_tissue_signals_can_be_set_on_the_same_head():
+    """PhantomConfig.dwi_effects / dwi_tissue (what a synthesis can reach, benchmarks/records/dwi_ceiling_*): the
+    random draws are made whatever is applied, so the CT, masks and lesions stay those of the same seed."""
+    import dataclasses
+
+    import pytest
+    from scipy import ndimage as ndi
+
+    from jmmda_model.phantom import PhantomConfig
+
+    cfg = PhantomConfig(spacing=(3.6, 3.6, 10.0))
+    full = make_case(7, cfg)
+    assert np.array_equal(full["dwi"], make_case(7, dataclasses.replace(cfg, dwi_effects=("noise", "bias", "epi", "susceptibility")))["dwi"])
+    quiet = make_case(7, dataclasses.replace(cfg, dwi_effects=("susceptibility", "epi", "bias")))
+    for k in ("ct", "brainmask", "lesion"):
+        assert np.array_equal(full[k], quiet[k]), k
+    brain = ndi.binary_erosion(full["brainmask"] > 0, iterations=2)
+    resid = (full["dwi"].astype(float) - quiet["dwi"])[brain] / cfg.dwi_scale
+    assert 0.02 < resid.std() < 0.06 and abs(np.median(resid)) < 0.02  # the Rician noise drawn (0.025-0.045)
+    smooth = make_case(7, dataclasses.replace(cfg, ct_noise=False))
+    assert np.array_equal(smooth["dwi"], full["dwi"]) and np.array_equal(smooth["lesion"], full["lesion"])
+    ct_resid = (full["ct"].astype(float) - smooth["ct"])[brain]
+    assert 1.0 < ct_resid.std() < 5.0 and abs(np.median(ct_resid)) <= 1.0  # the CT noise drawn (2.5-6 HU scale)
+    a = make_case(7, dataclasses.replace(cfg, dwi_effects=(), dwi_tissue=(1.0, 0.8, 0.2)))
+    b = make_case(7, dataclasses.replace(cfg, dwi_effects=(), dwi_tissue=(2.0, 1.6, 0.4)))
+    assert np.array_equal(a["ct"], full["ct"])
+    ratio = b["dwi"][brain].astype(float) / np.maximum(a["dwi"][brain], 1)
+    assert np.all(np.abs(ratio - 2.0) < 0.02)  # deep brain: the signal set, nothing else on it
+    for bad in ({"dwi_effects": ("noise", "motion")}, {"dwi_tissue": (1.0, 0.8)}, {"dwi_tissue": (1.0, -0.8, 0.2)},
+                {"dwi_tissue": (1.0, float("nan"), 0.2)}):
+        with pytest.raises(ValueError):
+            PhantomConfig(**bad)
