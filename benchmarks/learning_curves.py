@@ -53,7 +53,8 @@ TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 #: report's header and the resume check, which refuses to resume an old folder with another value of them)
 SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
                                 "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0,
-                                "noise_augment_hu": 0.0, "noise_augment_probability": 0.5, "residual_bound": 0.0}
+                                "noise_augment_hu": 0.0, "noise_augment_probability": 0.5, "residual_bound": 0.0,
+                                "mirror_noise_ref_hu": None}
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False, "residual_bound": 0.0}, "pre": {"mirror_channels": False},
                "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0,
@@ -155,7 +156,10 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
         return curve
     curve["done"] = False  # a finished run asked for more steps (constant learning rate: the same recipe) goes on
     spec = NETWORK_ARMS[name]
-    pre = PreprocessConfig(**spec["pre"])
+    # the hemispheric difference in noise units: for every arm with the mirror channels (not the legacy arm)
+    noise_ref = ({"mirror_noise_ref_hu": args.mirror_noise_ref_hu}
+                 if getattr(args, "mirror_noise_ref_hu", None) and spec["pre"].get("mirror_channels", True) else {})
+    pre = PreprocessConfig(**{**noise_ref, **spec["pre"]})
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, "residual_bound": args.residual_bound, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
@@ -325,6 +329,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
                 f"{args.noise_augment_probability:g} (legacy arm off); " if args.noise_augment_hu else "")
              + (f"render residual bounded to +-{args.residual_bound:g} (legacy arm: no render head); "
                 if args.residual_bound else "")
+             + (f"hemispheric difference scaled to the case's noise (reference {args.mirror_noise_ref_hu:g} HU; legacy "
+                "arm: no mirror); " if getattr(args, "mirror_noise_ref_hu", None) else "")
              + f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
@@ -471,6 +477,9 @@ def main(argv=None):
     p.add_argument("--noise-augment-probability", type=float, default=0.5)
     p.add_argument("--residual-bound", type=float, default=0.0,
                    help="soft bound of the render head's residual (GeneratorConfig.residual_bound; 0: unbounded)")
+    p.add_argument("--mirror-noise-ref-hu", type=float, default=None,
+                   help="scale the CT-minus-mirror channels to the case's noise, this many HU as the reference "
+                        "(PreprocessConfig.mirror_noise_ref_hu; default: not scaled)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -513,7 +522,7 @@ def main(argv=None):
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
-                "lr_schedule", "lr_final_ratio", "hard_negative_fraction", "noise_augment_hu",
+                "lr_schedule", "lr_final_ratio", "hard_negative_fraction", "noise_augment_hu", "mirror_noise_ref_hu",
                 "noise_augment_probability", "residual_bound")
         old = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(prev.read_text())}
         # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)

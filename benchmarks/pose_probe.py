@@ -91,7 +91,7 @@ def main(argv=None):
             def fwd(self, vol, order=1, cval=0.0, _o=canvas_order):  # CT and mirror: the volumes padded with -1000 HU
                 return forward(self, vol, _o if cval == -1000.0 else order, cval)
 
-            def stream(self, ct, b, sp, mirror=None, _b=blur, _m=mblur, _n=nomirror):
+            def stream(self, ct, b, sp, mirror=None, _b=blur, _m=mblur, _n=nomirror, **kw):
                 if _b:
                     ct = ndi.gaussian_filter(ct, (0, _b, _b))
                     mirror = None if mirror is None else ndi.gaussian_filter(mirror, (0, _b, _b))
@@ -99,7 +99,7 @@ def main(argv=None):
                     mirror = ct
                 if _m and mirror is not None:
                     mirror = ct + ndi.gaussian_filter(mirror - ct, (0, _m, _m))
-                return streamed(self, ct, b, sp, mirror)
+                return streamed(self, ct, b, sp, mirror, **kw)
 
             midplane.CanonicalPose.forward = fwd
             Synthesizer.predict_streamed = stream

@@ -75,8 +75,10 @@ def _channel_names(pre: dict) -> dict:
     if pre.get("mirror_channels"):
         for d in range(-k, k + 1):
             where = "slice z" if d == 0 else f"slice z{d:+d}"
+            noise = (f" x {pre['mirror_noise_ref_hu']:g} HU / the case's spread of CT minus mirror over parenchyma"
+                     if pre.get("mirror_noise_ref_hu") else "")
             names += [f"(CT - CT mirrored across the mid-sagittal plane) {where}, window {level:g}/{width:g} HU, "
-                      f"x {pre.get('mirror_gain', 4.0):g}, clipped to [-1, 1]" for level, width in pre["ct_windows"]]
+                      f"x {pre.get('mirror_gain', 4.0):g}{noise}, clipped to [-1, 1]" for level, width in pre["ct_windows"]]
     names.append("brain mask of slice z (0/1)")
     if pre.get("tissue_prior"):
         names.append("tissue prior of slice z (lookup table: smoothed HU x distance to the brain edge -> DWI)")

@@ -57,7 +57,15 @@ def cmd_train(a):
         fusion_scale=a.fusion_scale, aux_lesion=a.aux_lesion, residual_prior=new,
         residual_bound=a.residual_bound,  # refused with the legacy recipe (it has no render head), not dropped
     )
-    pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new)
+    if a.mirror_noise_ref_hu is not None and not new:
+        raise InputError("--mirror-noise-ref-hu scales the hemispheric difference: the legacy recipe has none")
+    try:
+        pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new, mirror_noise_ref_hu=a.mirror_noise_ref_hu)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if a.mirror_noise_ref_hu is not None and a.noise_augment_hu > 0:
+        raise InputError("--mirror-noise-ref-hu cannot be combined with --noise-augment-hu (the added noise would need "
+                         "each case's noise scale measured again)")
     patch = (a.patch_size or None) if new else None
     cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
                       lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed,
@@ -262,6 +270,9 @@ def build_parser():
     t.add_argument("--residual-bound", type=float, default=0.0,
                    help="lesion recipe: bound the render head's residual softly to +- this (normalised DWI, normal "
                         "brain 0.25), so brightness beyond it comes through the lesion probability (default 0: unbounded)")
+    t.add_argument("--mirror-noise-ref-hu", type=float, default=None,
+                   help="lesion recipe: scale the CT-minus-mirror channels to each case's own noise, this many HU as "
+                        "the reference (0-50; default: not scaled); not with --noise-augment-hu")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)

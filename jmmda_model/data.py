@@ -122,13 +122,39 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     return with_mirror(lc, pre)
 
 
+#: parenchyma for the noise of the hemispheric difference: CT and mirror both in this HU range (no CSF, bone, air)
+PARENCHYMA_HU = (15.0, 60.0)
+#: fewest parenchyma voxels a noise estimate is made from (fewer: no scaling); the scale's bounds
+MIN_NOISE_VOXELS = 1000
+MIRROR_SCALE_BOUNDS = (0.25, 4.0)
+
+
+def mirror_noise_scale(ct_hu: np.ndarray, mirror_hu: np.ndarray | None, brain: np.ndarray, pre: PreprocessConfig) -> float:
+    """The factor ``pre.mirror_noise_ref_hu`` / (spread of CT minus mirror over the parenchyma: 1.4826 x its median
+    absolute deviation, HU) applied to the CT-minus-mirror channels; within MIRROR_SCALE_BOUNDS. 1.0 without the
+    setting, without a mirror, or with fewer than MIN_NOISE_VOXELS parenchyma voxels. Computed on the whole volume
+    on the model's grid before any re-sampling (a caller streaming slabs computes it once)."""
+    if pre.mirror_noise_ref_hu is None or mirror_hu is None:
+        return 1.0
+    lo, hi = PARENCHYMA_HU
+    par = (brain > 0) & (ct_hu > lo) & (ct_hu < hi) & (mirror_hu > lo) & (mirror_hu < hi)
+    if int(par.sum()) < MIN_NOISE_VOXELS:
+        return 1.0
+    d = (ct_hu[par] - mirror_hu[par]).astype(np.float64)
+    spread = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    if not math.isfinite(spread) or spread <= 0:  # the CT as its own mirror (plane not trusted): nothing to scale
+        return 1.0
+    return float(np.clip(float(pre.mirror_noise_ref_hu) / spread, *MIRROR_SCALE_BOUNDS))
+
+
 def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spacing_zyx=None,
-                mirror_hu: np.ndarray | None = None, prior: np.ndarray | None = None) -> np.ndarray:
+                mirror_hu: np.ndarray | None = None, prior: np.ndarray | None = None,
+                mirror_scale: float | None = None) -> np.ndarray:
     """(z, y, x) -> (z, C, y, x). Channels: CT windows of slices z-k..z+k (k = ``pre.context_slices``, edge
-    slices repeated); with ``pre.mirror_channels`` the same of (CT - mirrored CT) x ``mirror_gain`` clipped to
-    +-1; then the brain mask of slice z; with ``pre.tissue_prior`` the prior DWI of slice z last (``prior``: that
-    prior already computed for these slices - it needs the whole volume's brain, so a caller streaming slabs
-    computes it once)."""
+    slices repeated); with ``pre.mirror_channels`` the same of (CT - mirrored CT) x ``mirror_gain`` (x the case's
+    ``mirror_noise_scale`` with ``pre.mirror_noise_ref_hu``) clipped to +-1; then the brain mask of slice z; with
+    ``pre.tissue_prior`` the prior DWI of slice z last (``prior``: that prior already computed for these slices - it
+    needs the whole volume's brain, so a caller streaming slabs computes it once; ``mirror_scale`` likewise)."""
     k = int(pre.context_slices)
     n = ct_hu.shape[0]
     near = [np.clip(np.arange(n) + d, 0, n - 1) for d in range(-k, k + 1)]
@@ -137,7 +163,9 @@ def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spa
     if pre.mirror_channels:
         if mirror_hu is None:
             raise ValueError("this model needs the mirrored CT (mid-sagittal plane) as input")
-        diff = np.clip((w - window_ct(mirror_hu, pre.ct_windows)) * pre.mirror_gain, -1.0, 1.0)
+        if mirror_scale is None:
+            mirror_scale = mirror_noise_scale(ct_hu, mirror_hu, brain, pre)
+        diff = np.clip((w - window_ct(mirror_hu, pre.ct_windows)) * (pre.mirror_gain * mirror_scale), -1.0, 1.0)
         chans += [diff[:, i] for i in near]
     chans.append(brain[None].astype(np.float32))
     if pre.tissue_prior is not None:
@@ -291,6 +319,9 @@ class SliceDataset(Dataset):
         self.hard_negative_fraction = float(hard_negative_fraction)
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, patch_size)
         check_noise_augment(noise_augment_hu, noise_augment_probability)
+        if float(noise_augment_hu) > 0 and pre.mirror_noise_ref_hu is not None:
+            raise ValueError("CT-noise augmentation cannot be combined with mirror_noise_ref_hu (the added noise would "
+                             "need the case's noise scale measured again)")
         self.noise_augment_hu, self.noise_augment_probability = float(noise_augment_hu), float(noise_augment_probability)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)

@@ -25,7 +25,7 @@ from .clinical.geometry import (
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
 from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
-from .data import model_input
+from .data import mirror_noise_scale, model_input
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import OPERATING_MAX_FP, calibrated_probability
 from .networks import has_lesion_head
@@ -188,13 +188,17 @@ class Synthesizer:
     #: lesion logit of slices without brain (not run through the network): probability 0
     NO_BRAIN_LOGIT = -30.0
 
-    def predict_streamed(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, mirror: np.ndarray | None = None):
+    def predict_streamed(self, ct_hu: np.ndarray, brain: np.ndarray, spacing_zyx, mirror: np.ndarray | None = None,
+                         mirror_scale: float | None = None):
         """``predict_slices(model_input(...))`` slab by slab: each slab's input is built with its context slices
-        (and the tissue prior computed once for the whole volume), so the result is the same as building the whole
-        input, at a fraction of the memory. Returns (dwi, logits or None)."""
+        (and the tissue prior and the hemispheric difference's noise scale computed once for the whole volume; the
+        scale is ``mirror_scale`` when given), so the result is the same as building the whole input, at a fraction
+        of the memory. Returns (dwi, logits or None)."""
         from .prior import TissuePrior
 
         n, k = ct_hu.shape[0], int(self.pre.context_slices)
+        if mirror_scale is None:
+            mirror_scale = mirror_noise_scale(ct_hu, mirror, brain, self.pre)
         prior = (TissuePrior.from_dict(self.pre.tissue_prior).predict(ct_hu, brain, spacing_zyx, mirror)
                  if self.pre.tissue_prior is not None else None)
         # the output is defined inside the brain only: slices without brain (above the vertex, below the skull base
@@ -209,7 +213,7 @@ class Synthesizer:
                 continue
             a, b = max(0, s - k), min(n, e + k)
             x = model_input(ct_hu[a:b], brain[a:b], self.pre, spacing_zyx, None if mirror is None else mirror[a:b],
-                            prior=None if prior is None else prior[a:b])
+                            prior=None if prior is None else prior[a:b], mirror_scale=mirror_scale)
             yb, lb = self.predict_slices(x[s - a : e - a][todo], with_logits=True)
             y[s + todo] = yb
             if logits is not None and lb is not None:
@@ -233,7 +237,9 @@ class Synthesizer:
         c_ct = pose.forward(ct_hu, order=1, cval=-1000.0)
         c_brain = (pose.forward(brain, order=0) > 0.5).astype(np.uint8)
         c_mirror = pose.forward(mirror, order=1, cval=-1000.0) if mirror is not None else None
-        y, logits = self.predict_streamed(c_ct, c_brain, spacing_zyx, c_mirror)
+        # the noise of the hemispheric difference, measured before the pose's interpolation smooths it (as in training)
+        scale = mirror_noise_scale(ct_hu, mirror, brain, self.pre)
+        y, logits = self.predict_streamed(c_ct, c_brain, spacing_zyx, c_mirror, mirror_scale=scale)
         if self.pre.mask_output:
             # the synthesis is defined inside the brain: carried outwards before it is interpolated back (here and
             # onto the CT grid), so the brain's rim is not darkened by the zeros around it; callers mask it again

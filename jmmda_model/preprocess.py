@@ -33,6 +33,11 @@ class PreprocessConfig:
     #: plane (clinical.midplane), window-scaled and multiplied by ``mirror_gain``
     mirror_channels: bool = True
     mirror_gain: float = 4.0
+    #: the hemispheric difference in units of the case's own noise: with a value (HU), the CT-minus-mirror channels
+    #: are also multiplied by this value / the spread of CT minus mirror over the case's parenchyma
+    #: (``data.mirror_noise_scale``), so a dip of a few HU weighs less in a noisy CT than in a quiet one.
+    #: None (default, and every model before): not scaled.
+    mirror_noise_ref_hu: float | None = None
     #: the CT->DWI lookup table (prior.TissuePrior.to_dict()) fitted on the training set; when set, the model
     #: input gets the prior as its last channel (generators with ``residual_prior`` predict a residual over it)
     tissue_prior: dict | None = None
@@ -43,7 +48,15 @@ class PreprocessConfig:
 
     #: values of keys added after the first release, for checkpoints written before them
     LEGACY = {"context_slices": 0, "mirror_channels": False, "mirror_gain": 4.0, "tissue_prior": None,
-              "canonical_rotation": False}
+              "canonical_rotation": False, "mirror_noise_ref_hu": None}
+
+    def __post_init__(self):
+        ref = self.mirror_noise_ref_hu
+        if ref is not None:
+            if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not (0.0 < float(ref) <= 50.0):
+                raise ValueError(f"mirror_noise_ref_hu must be a number of HU in (0, 50] or None, not {ref!r}")
+            if not self.mirror_channels:
+                raise ValueError("mirror_noise_ref_hu scales the CT-minus-mirror channels, but the mirror channels are off")
 
     def to_dict(self):
         return asdict(self)

@@ -125,6 +125,12 @@ def test_errors_exit_2_with_message(trained, tmp_path, capsys):
     assert jmmda("infer", "--model", broken, "--ct", store / "phantom_000.nii.gz", "--out", tmp_path / "y_synthetic.nii.gz") == 2
     assert "corrupt" in capsys.readouterr().err
     assert jmmda("train", "--data", tmp_path, "--out", tmp_path / "r") == 2
+    # the hemispheric difference's noise scale: refused where it cannot be honoured, before any training
+    for extra, said in ((("--recipe", "legacy", "--mirror-noise-ref-hu", 3.5), "legacy recipe"),
+                        (("--mirror-noise-ref-hu", 0), "mirror_noise_ref_hu"),
+                        (("--mirror-noise-ref-hu", 3.5, "--noise-augment-hu", 5), "--noise-augment-hu")):
+        assert jmmda("train", "--data", store, "--out", tmp_path / "nn", *extra) == 2
+        assert said in capsys.readouterr().err and not (tmp_path / "nn").exists()
 
 
 def test_console_script_and_module_entry_point():

@@ -502,3 +502,76 @@ def test_bounded_residual_leaves_brightness_to_the_lesion_gate():
     traced = torch.jit.trace(g, x, check_trace=False)
     with torch.no_grad():
         assert torch.allclose(traced(x), g(x), atol=1e-6)
+
+
+def test_hemispheric_difference_in_units_of_the_case_noise(phantoms):
+    """PreprocessConfig.mirror_noise_ref_hu: the CT-minus-mirror channels x ref / (the case's spread of CT minus
+    mirror over parenchyma); measured on the whole volume before the pose, passed to every streamed slab; off by
+    default (every input as before); refused where it cannot be honoured."""
+    from jmmda_model.data import MIRROR_SCALE_BOUNDS, mirror_noise_scale, model_input
+
+    rng = np.random.default_rng(3)
+    shape = (6, 40, 40)
+    brain = np.ones(shape, np.uint8)
+    ct = (35.0 + rng.normal(0.0, 3.0, shape)).astype(np.float32)
+    mirror = (35.0 + rng.normal(0.0, 3.0, shape)).astype(np.float32)
+    pre = PreprocessConfig(mirror_noise_ref_hu=3.5)
+    assert mirror_noise_scale(ct, mirror, brain, pre) == pytest.approx(3.5 / (3.0 * math.sqrt(2)), rel=0.05)
+    assert mirror_noise_scale(ct, mirror, brain, PreprocessConfig()) == 1.0  # off by default
+    assert mirror_noise_scale(ct, ct, brain, pre) == 1.0  # plane not trusted: the CT is its own mirror
+    assert mirror_noise_scale(ct, None, brain, pre) == 1.0
+    assert mirror_noise_scale(ct[:, :5, :5], mirror[:, :5, :5], brain[:, :5, :5], pre) == 1.0  # too few voxels
+    loud = (35.0 + rng.normal(0.0, 12.0, shape)).astype(np.float32)  # mostly outside the parenchyma range: bounded
+    assert MIRROR_SCALE_BOUNDS[0] <= mirror_noise_scale(loud, mirror, brain, pre) <= MIRROR_SCALE_BOUNDS[1]
+
+    lc = phantoms[0]
+    plain = PreprocessConfig()
+    scaled = dataclasses.replace(plain, mirror_noise_ref_hu=3.5)
+    s = mirror_noise_scale(lc.ct_hu, lc.mirror_hu, lc.brain, scaled)
+    assert 0.5 < s < 2.0 and s != 1.0
+    x0, x1 = case_input(lc, plain), case_input(lc, scaled)
+    n_ct = plain.input_channels // 2
+    np.testing.assert_array_equal(x0[:, :n_ct], x1[:, :n_ct])  # CT, brain (and everything else) unchanged
+    np.testing.assert_array_equal(x0[:, 2 * n_ct :], x1[:, 2 * n_ct :])
+    d0, d1 = x0[:, n_ct : 2 * n_ct], x1[:, n_ct : 2 * n_ct]
+    free = (np.abs(d0) < 1.0) & (np.abs(d0 * s) < 1.0)
+    assert free.sum() > 10000
+    np.testing.assert_allclose(d1[free], d0[free] * s, atol=1e-5)
+    # a slab alone would measure another noise: the caller's scale wins
+    slab = model_input(lc.ct_hu[10:14], lc.brain[10:14], scaled, lc.spacing_zyx, lc.mirror_hu[10:14], mirror_scale=s)
+    np.testing.assert_allclose(slab[1:3], x1[11:13], atol=1e-6)
+
+    assert PreprocessConfig.from_dict({k: v for k, v in plain.to_dict().items() if k != "mirror_noise_ref_hu"}).mirror_noise_ref_hu is None
+    for bad in ({"mirror_noise_ref_hu": 0.0}, {"mirror_noise_ref_hu": float("nan")}, {"mirror_noise_ref_hu": "3"},
+                {"mirror_noise_ref_hu": 3.5, "mirror_channels": False}):
+        with pytest.raises(ValueError):
+            PreprocessConfig.from_dict({**plain.to_dict(), **bad})
+    with pytest.raises(ValueError, match="noise augmentation"):
+        SliceDataset(phantoms[:1], scaled, 8, augment=True, noise_augment_hu=3.0)
+    from jmmda_model.bundle import _channel_names  # the bundle's channel definitions say so
+
+    assert any("spread of CT minus mirror" in v for v in _channel_names(scaled.to_dict()).values())
+    assert not any("spread" in v for v in _channel_names(plain.to_dict()).values())
+
+
+def test_noise_scaled_models_stream_and_pose_with_the_whole_volume_scale():
+    """The served path measures the scale once, on the model grid before the canonical pose, and every slab uses it:
+    the same synthesis as the whole input built at once."""
+    from conftest import DEMO_MODEL
+    from jmmda_model.data import mirror_noise_scale, model_input
+    from jmmda_model.inference import Synthesizer
+
+    syn = Synthesizer(DEMO_MODEL, device="cpu")
+    syn.pre = dataclasses.replace(syn.pre, mirror_noise_ref_hu=3.5)  # the weights do not matter here, the input does
+    lc = loaded_case(3, syn.pre)
+    s = mirror_noise_scale(lc.ct_hu, lc.mirror_hu, lc.brain, syn.pre)
+    y0 = syn.predict_slices(model_input(lc.ct_hu, lc.brain, syn.pre, lc.spacing_zyx, lc.mirror_hu))
+    has = lc.brain.reshape(lc.brain.shape[0], -1).any(1)
+    syn.SLAB = 5
+    y1, _ = syn.predict_streamed(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu)
+    np.testing.assert_allclose(y1[has], y0[has], atol=1e-5)
+    seen = []
+    streamed = syn.predict_streamed
+    syn.predict_streamed = lambda *a, **kw: seen.append(kw.get("mirror_scale")) or streamed(*a, **kw)
+    syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
+    assert seen == [pytest.approx(s)]
