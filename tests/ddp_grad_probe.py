@@ -7,10 +7,11 @@ and runs ``Trainer._step`` once. The gradients each optimiser is about to apply 
 call (before Adam touches them) and rank 0 saves them. With 1 process the same script gives the single-process
 gradients of the whole batch.
 
-MUTATION (to show the comparison can fail): ``no_allreduce`` trains the plain modules instead of the DDP
-wrappers (no gradient all-reduce); ``local_denominators`` makes the batch-ratio losses divide by the local
-rank's denominators instead of the global ones.
+MUTATION (to show the comparison can fail): ``no_allreduce`` runs the step inside the DDP wrappers' ``no_sync()``
+(DDP's own switch: the same wrappers, forward and backward as always, no gradient all-reduce); ``local_denominators``
+makes the batch-ratio losses divide by the local rank's denominators instead of the global ones.
 """
+import contextlib
 import os
 import sys
 
@@ -45,13 +46,13 @@ def main(out, mutation=None):
                       tensorboard=False, progress=False, disc_channels=8, seed=3)
     t = Trainer(cfg, os.path.dirname(out) or ".")
     rank, world = t.rank, t.world
+    sync = contextlib.nullcontext()
     if mutation == "no_allreduce":
-        # the step runs on the plain modules; the DDP wrappers are kept alive, as in the unmutated run, so the
-        # mutation changes which module computes the step and nothing of the processes' object lifetimes (a rank
-        # aborted once, under heavy load, with the wrappers freed mid-run: "terminate called without an active
-        # exception")
-        wrappers = (t.G_train, t.D_train)  # noqa: F841 - held until the end of main()
-        t.G_train, t.D_train = t.G, t.D
+        # DDP's supported switch, not a swap of modules: a rank aborted twice under heavy load ("terminate called
+        # without an active exception") when the step ran on the plain modules beside DDP wrappers that never ran
+        sync = contextlib.ExitStack()
+        for wrapper in (t.G_train, t.D_train):
+            sync.enter_context(wrapper.no_sync())
     elif mutation == "local_denominators":
         trainer_mod.global_sum = lambda v: v.detach()
     elif mutation:
@@ -72,7 +73,8 @@ def main(out, mutation=None):
 
     record("D", t.D, t.opt_d)
     record("G", t.G, t.opt_g)
-    losses = t._step(local)
+    with sync:
+        losses = t._step(local)
     if rank == 0:
         torch.save({"grads": grads, "losses": losses, "world": world}, out)
     if world > 1:

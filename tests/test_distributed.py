@@ -61,8 +61,9 @@ def test_two_gloo_processes_give_the_global_batch_gradient(tmp_path):
     Adam steps, where Adam turns rounding noise into +-lr steps: 6.3e-4 on one CPU, 1.98e-3 on another.)
 
     Mutations, tried once by hand and kept as the second half of this test (the probe's MUTATION argument):
-    no gradient all-reduce (plain modules instead of the DDP wrappers) gives a relative error of 0.35 (each
-    rank keeps the gradient of its own half); local loss denominators (global_sum replaced by the local sum) gives
+    no gradient all-reduce (the step inside the DDP wrappers' ``no_sync()``) gives a relative error of 0.45 (each
+    rank keeps the gradient of its own half; bit for bit what the earlier mutation, plain modules instead of the
+    wrappers, gave); local loss denominators (global_sum replaced by the local sum) gives
     1.02 (the weighted-L1 and lesion-contrast terms are rescaled per rank); the correct wiring gives 5.7e-16 (AMD
     EPYC, torch 2.13 CPU). Both mutations fail the
     1e-9 bound by more than 6 orders of magnitude."""
