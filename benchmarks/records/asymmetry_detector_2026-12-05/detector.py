@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks/records/dwi_ceiling_2026-12-05"))
-from ceiling import score  # noqa: E402  (the audit's figures of one rendering, as the ceiling scores its oracles)
+from ceiling import pending_cases, score  # noqa: E402  (the same test phantoms, table and figures as the ceiling)
 
 GRID = [(sxy, sz, k) for sxy in (1.5, 2.5, 4.0) for sz in (0.0, 0.7) for k in (2.0, 2.5, 3.0, 3.5, 4.0)]
 LEVEL = 1.7
@@ -60,21 +60,8 @@ def render(lc, prior: np.ndarray, z: np.ndarray, k: float) -> np.ndarray:
 
 
 def run(seeds, out: Path, grid) -> None:
-    import torch
-
-    from jmmda_model.phantom import loaded_case
-    from jmmda_model.preprocess import PreprocessConfig
-    from jmmda_model.prior import TissuePrior
-
-    table = TissuePrior.from_dict(torch.load(ROOT / "apps/ct2dwi/model/jmmda_demo.pt", map_location="cpu",
-                                             weights_only=False)["preprocess"]["tissue_prior"])
-    pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": True})
-    done = {json.loads(x)["case"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
     t0 = time.time()
-    for s in seeds:
-        if f"phantom_{s:03d}" in done:
-            continue
-        lc = loaded_case(s, pre)
+    for _, lc, table in pending_cases(seeds, out):
         prior = table.predict(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu) * (lc.brain > 0)
         row = {"case": lc.id, "table": score(prior, lc), "settings": {}}
         zs = {}

@@ -55,25 +55,31 @@ def score(pred, lc) -> dict:
             "lesions": len(les["lesions"]), "darker": sum(x["darker"] for x in les["lesions"])}
 
 
-def run(seeds, out: Path) -> None:
-    import dataclasses
-
+def pending_cases(seeds, out: Path):
+    """(seed, test phantom as the audit builds it, the shipped demo's table) for every seed not yet written to
+    ``out`` (one JSON line per finished case: an interrupted run goes on from there)."""
     import torch
 
-    from jmmda_model.phantom import PhantomConfig, loaded_case, make_case
+    from jmmda_model.phantom import loaded_case
     from jmmda_model.preprocess import PreprocessConfig
     from jmmda_model.prior import TissuePrior
 
     torch.set_num_threads(1)
-    meta = torch.load(MODEL, map_location="cpu", weights_only=False)
-    table = TissuePrior.from_dict(meta["preprocess"]["tissue_prior"])
+    table = TissuePrior.from_dict(torch.load(MODEL, map_location="cpu", weights_only=False)["preprocess"]["tissue_prior"])
     pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": True})
     done = {json.loads(x)["case"] for x in out.read_text().splitlines() if x.strip()} if out.exists() else set()
-    t0 = time.time()
     for s in seeds:
-        if f"phantom_{s:03d}" in done:
-            continue
-        lc = loaded_case(s, pre)
+        if f"phantom_{s:03d}" not in done:
+            yield s, loaded_case(s, pre), table
+
+
+def run(seeds, out: Path) -> None:
+    import dataclasses
+
+    from jmmda_model.phantom import PhantomConfig, make_case
+
+    t0 = time.time()
+    for s, lc, table in pending_cases(seeds, out):
         b = lc.brain > 0
         row = {"case": lc.id, "ct_noise_hu": lc.meta["ct_noise_hu"]}
         t = table.predict(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.mirror_hu) * b
