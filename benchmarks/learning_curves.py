@@ -158,7 +158,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     spec = NETWORK_ARMS[name]
     # the hemispheric difference in noise units: for every arm with the mirror channels (not the legacy arm)
     noise_ref = ({"mirror_noise_ref_hu": args.mirror_noise_ref_hu}
-                 if getattr(args, "mirror_noise_ref_hu", None) and spec["pre"].get("mirror_channels", True) else {})
+                 if args.mirror_noise_ref_hu and spec["pre"].get("mirror_channels", True) else {})
     pre = PreprocessConfig(**{**noise_ref, **spec["pre"]})
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, "residual_bound": args.residual_bound, **spec["gen"]})
@@ -330,7 +330,7 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
              + (f"render residual bounded to +-{args.residual_bound:g} (legacy arm: no render head); "
                 if args.residual_bound else "")
              + (f"hemispheric difference scaled to the case's noise (reference {args.mirror_noise_ref_hu:g} HU; legacy "
-                "arm: no mirror); " if getattr(args, "mirror_noise_ref_hu", None) else "")
+                "arm: no mirror); " if args.mirror_noise_ref_hu else "")
              + f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "

@@ -59,13 +59,7 @@ def cmd_train(a):
     )
     if a.mirror_noise_ref_hu is not None and not new:
         raise InputError("--mirror-noise-ref-hu scales the hemispheric difference: the legacy recipe has none")
-    try:
-        pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new, mirror_noise_ref_hu=a.mirror_noise_ref_hu)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if a.mirror_noise_ref_hu is not None and a.noise_augment_hu > 0:
-        raise InputError("--mirror-noise-ref-hu cannot be combined with --noise-augment-hu (the added noise would need "
-                         "each case's noise scale measured again)")
+    pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new, mirror_noise_ref_hu=a.mirror_noise_ref_hu)
     patch = (a.patch_size or None) if new else None
     cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
                       lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed,

@@ -237,10 +237,13 @@ def check_crop_fractions(lesion_patch_fraction: float, hard_negative_fraction: f
 NOISE_SIGMA_VOXELS, PHANTOM_NOISE_SCALE = 0.7, 2.2
 
 
-def check_noise_augment(noise_hu: float, probability: float) -> None:
+def check_noise_augment(noise_hu: float, probability: float, mirror_noise_ref_hu: float | None = None) -> None:
     """CT-noise augmentation settings (``SliceDataset``; checked again by ``TrainConfig``): a finite level of 0-20 HU
-    and a probability within 0..1."""
+    and a probability within 0..1; not on with the preprocessing's ``mirror_noise_ref_hu``."""
     n, q = float(noise_hu), float(probability)
+    if n > 0 and mirror_noise_ref_hu is not None:
+        raise ValueError("CT-noise augmentation (--noise-augment-hu) cannot be combined with mirror_noise_ref_hu "
+                         "(--mirror-noise-ref-hu): the added noise would need the case's noise scale measured again")
     if not (math.isfinite(n) and 0.0 <= n <= 20.0):
         raise ValueError(f"noise_augment_hu {noise_hu}: must be within 0..20 HU (0: off)")
     if not (math.isfinite(q) and 0.0 <= q <= 1.0):
@@ -318,10 +321,7 @@ class SliceDataset(Dataset):
         self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
         self.hard_negative_fraction = float(hard_negative_fraction)
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, patch_size)
-        check_noise_augment(noise_augment_hu, noise_augment_probability)
-        if float(noise_augment_hu) > 0 and pre.mirror_noise_ref_hu is not None:
-            raise ValueError("CT-noise augmentation cannot be combined with mirror_noise_ref_hu (the added noise would "
-                             "need the case's noise scale measured again)")
+        check_noise_augment(noise_augment_hu, noise_augment_probability, pre.mirror_noise_ref_hu)
         self.noise_augment_hu, self.noise_augment_probability = float(noise_augment_hu), float(noise_augment_probability)
         self.items = []
         self.lesion_items = []  # indices of slices that hold lesion (for oversampling)

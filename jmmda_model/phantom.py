@@ -14,8 +14,9 @@ wheel (no download), so sulci and ventricles come from the template. Per case (a
   some subacute ones with T2 shine-through (more CT hypodensity, DWI only 1.3-1.6x); and 0-1 *old* infarcts
   (CSF-like, dark on DWI, NOT in the lesion mask) as distractors;
 * DWI with an EPI-like distortion along the phase-encoding axis (A-P) and susceptibility signal loss near the
-  sinuses and skull base, a bias field and Rician noise. ``PhantomConfig.dwi_effects`` leaves any of these out and
-  ``dwi_tissue`` sets the tissue signals (``ct_noise`` leaves out the CT's noise), on the same head (for measuring what a synthesis from CT can reach).
+  sinuses and skull base, a bias field and Rician noise. ``PhantomConfig.dwi_effects`` leaves any of these out,
+  ``dwi_tissue`` sets the tissue signals and ``ct_noise`` leaves out the CT's noise, on the same head (for
+  measuring what a synthesis from CT can reach).
 
 Default geometry: 1.8 x 1.8 mm in plane, 5 mm axial slices (``PhantomConfig.spacing``; the field of view is
 fixed in mm, so the grid follows the spacing), LPS direction. The brain mask excludes the skull's partial-volume
@@ -60,7 +61,7 @@ class PhantomConfig:
     #: the DWI's acquisition effects that are applied (any of DWI_EFFECTS). Their random draws are made whether or
     #: not an effect is applied, so a case with fewer effects is the same head: CT, masks, lesions and the DWI's
     #: anatomy are identical. For measuring how much of the DWI no CT can predict (what a synthesis can reach).
-    dwi_effects: tuple[str, ...] = ("susceptibility", "epi", "bias", "noise")
+    dwi_effects: tuple[str, ...] = DWI_EFFECTS
     #: DWI signal of grey matter, white matter and CSF; None (default): drawn per case. Set, the draws are still
     #: made (same head) and these values used instead.
     dwi_tissue: tuple[float, float, float] | None = None

@@ -134,7 +134,8 @@ class TrainConfig:
         if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
             raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, self.patch_size)
-        check_noise_augment(self.noise_augment_hu, self.noise_augment_probability)
+        check_noise_augment(self.noise_augment_hu, self.noise_augment_probability,
+                            (self.preprocess or {}).get("mirror_noise_ref_hu"))
         if float(self.noise_augment_hu) > 0 and not self.augment:
             raise ValueError("noise_augment_hu needs augmentation on (augment=True): it is an augmentation")
 
