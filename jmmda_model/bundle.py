@@ -206,6 +206,13 @@ def _readme(ck: dict, meta: dict, size_divisor: int) -> str:
         "",
         f"- input: {meta['image_classes']}; spatial size a multiple of {size_divisor}",
         f"- output: {meta['pred_classes']}",
+    ]
+    slab = (ck.get("preprocess") or {}).get("slab_mm")
+    if slab:
+        lines.append(f"- slices: the model learnt from {slab:g} mm slices; a CT with thinner slices is averaged into slabs "
+                     f"of about {slab:g} mm before the network and the result interpolated back onto its own slices "
+                     "(its resolution across slices is the slabs')")
+    lines += [
         "",
         "## Model card",
         "",

@@ -59,7 +59,8 @@ def cmd_train(a):
     )
     if a.mirror_noise_ref_hu is not None and not new:
         raise InputError("--mirror-noise-ref-hu scales the hemispheric difference: the legacy recipe has none")
-    pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new, mirror_noise_ref_hu=a.mirror_noise_ref_hu)
+    pre = PreprocessConfig(context_slices=a.context_slices, mirror_channels=new, mirror_noise_ref_hu=a.mirror_noise_ref_hu,
+                           slab_mm=a.slab_mm)
     patch = (a.patch_size or None) if new else None
     cfg = TrainConfig(generator=g.to_dict(), preprocess=pre.to_dict(), epochs=a.epochs, batch_size=a.batch_size,
                       lr_g=a.lr, lr_d=a.lr, lr_schedule=a.lr_schedule, lr_final_ratio=a.lr_final_ratio, seed=a.seed,
@@ -287,6 +288,10 @@ def build_parser():
     t.add_argument("--max-steps-per-epoch", type=int, default=None)
     t.add_argument("--max-steps", type=int, default=None, help="stop after exactly this many optimiser steps")
     t.add_argument("--context-slices", type=int, default=1, help="2.5-D input: adjacent slices on each side (0 = 2-D)")
+    t.add_argument("--slab-mm", type=float, default=None,
+                   help="slice thickness the model works at: training cases with thinner slices are averaged into "
+                        "slabs of about this many mm, and so are such CTs at inference (default: the training "
+                        "cases' median slice spacing, recorded in the model)")
     t.add_argument("--lesion-oversample", type=int, default=3, help="slices with lesion appear this many times per epoch")
     t.add_argument("--lambda-contrast", type=float, default=10.0, help="weight of the lesion-contrast loss (0 = off)")
     t.add_argument("--aux-lesion", action="store_true", help="auxiliary lesion-probability head (training only)")

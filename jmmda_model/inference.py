@@ -25,11 +25,11 @@ from .clinical.geometry import (
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
 from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
-from .data import mirror_noise_scale, model_input
+from .data import mirror_noise_scale, model_input, slab_mask
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import OPERATING_MAX_FP, calibrated_probability
 from .networks import has_lesion_head
-from .preprocess import PreprocessConfig, pad_to_multiple
+from .preprocess import PreprocessConfig, from_slabs, pad_to_multiple, slab_factor, to_slabs
 
 
 class DeviceError(RuntimeError):
@@ -102,6 +102,16 @@ def fill_outside(y: np.ndarray, brain: np.ndarray) -> np.ndarray:
             iy, ix = ndi.distance_transform_edt(out, return_distances=False, return_indices=True)
             y[k] = y[k][iy, ix]
     return y
+
+
+def fill_slabs_without_brain(a: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(z, y, x) ``a`` with every slice without brain set to the nearest slice with brain, in place: a result
+    computed on slabs is interpolated back onto thin slices whose brain may reach past the last slab with brain."""
+    has = np.flatnonzero(brain.reshape(brain.shape[0], -1).any(1))
+    if has.size:
+        for j in np.setdiff1d(np.arange(brain.shape[0]), has):
+            a[j] = a[has[np.argmin(np.abs(has - j))]]
+    return a
 
 
 def read_calibration(cal, name: str) -> tuple[float, float | None]:
@@ -294,12 +304,23 @@ class Synthesizer:
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
         del ct_ax, work_ct
         spacing = tuple(reversed(work_geo[1]))
+        n_slices, k = ct_hu.shape[0], slab_factor(spacing[0], self.pre.slab_mm)
+        if k > 1:  # thinner slices than the model learnt from: it sees slabs of its own thickness
+            ct_hu, brain = to_slabs(ct_hu, k), slab_mask(brain, k)
+            spacing = (spacing[0] * k, *spacing[1:])
+            info["slabs"] = (f"the CT's {n_slices} slices of {spacing[0] / k:.2f} mm were averaged {k} at a time into "
+                             f"{ct_hu.shape[0]} slabs of {spacing[0]:.2f} mm (the model was trained on "
+                             f"{self.pre.slab_mm:g} mm slices); the synthesis was computed on the slabs and "
+                             "interpolated back onto the CT's slices: its resolution across slices is the slabs'")
         plane = estimate_midplane(ct_hu, spacing)  # the plane is reported, and never used untrusted
         info["midplane"] = plane.to_dict()
         if self.pre.mirror_channels:  # hemispheric comparison
             info["hemispheric_comparison"] = ("used" if plane.trusted else
                                               f"NOT used (mid-sagittal plane not trusted: {plane.reason})")
         y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane, with_logits=return_probability)
+        if k > 1:  # slabs without brain (a thin slice of brain at the vertex) take the nearest brain slab's values
+            y = from_slabs(fill_slabs_without_brain(y, brain), n_slices, k)
+            logits = from_slabs(fill_slabs_without_brain(logits, brain), n_slices, k) if logits is not None else None
         prob = None
         if logits is not None and return_probability:
             # not masked here: masked on the CT grid (masking first would mix zeros into the rim when resampled)

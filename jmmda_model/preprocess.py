@@ -7,6 +7,10 @@ import numpy as np
 import SimpleITK as sitk
 
 
+#: the slab thicknesses (mm) a model may work at
+SLAB_MM_RANGE = (0.5, 20.0)
+
+
 @dataclass
 class PreprocessConfig:
     #: CT windows as (level, width) in HU, one input channel each, mapped to [0, 1]
@@ -45,12 +49,22 @@ class PreprocessConfig:
     #: so its mid-sagittal line is vertical before the network (clinical.midplane.canonical_pose(rotate=True)).
     #: Set by the trainer; models without it are fed whole-pixel translations only.
     canonical_rotation: bool = False
+    #: the slice thickness (mm) the model was trained at: a series whose slices are thinner is averaged into slabs
+    #: of about this thickness (``slab_factor`` of its slices each) before the network, in training and at
+    #: inference, and the result is interpolated back onto its own slices - the network sees the noise and the
+    #: partial volume of the slices it learnt from. Recorded by the trainer (its training cases' median slice
+    #: spacing) unless given; None (models written before it): every series on its own slices.
+    slab_mm: float | None = None
 
     #: values of keys added after the first release, for checkpoints written before them
     LEGACY = {"context_slices": 0, "mirror_channels": False, "mirror_gain": 4.0, "tissue_prior": None,
-              "canonical_rotation": False, "mirror_noise_ref_hu": None}
+              "canonical_rotation": False, "mirror_noise_ref_hu": None, "slab_mm": None}
 
     def __post_init__(self):
+        slab = self.slab_mm
+        if slab is not None and (isinstance(slab, bool) or not isinstance(slab, (int, float))
+                                 or not (SLAB_MM_RANGE[0] <= float(slab) <= SLAB_MM_RANGE[1])):
+            raise ValueError(f"slab_mm must be a slice thickness in mm within {SLAB_MM_RANGE} or None, not {slab!r}")
         ref = self.mirror_noise_ref_hu
         if ref is not None:
             if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not (0.0 < float(ref) <= 50.0):
@@ -91,6 +105,57 @@ class PreprocessConfig:
         sx, sy = spacing_xy
         tx, ty = self.inplane_spacing
         return abs(sx - tx) > self.spacing_tolerance * tx or abs(sy - ty) > self.spacing_tolerance * ty
+
+
+def slab_factor(slice_mm: float, slab_mm: float | None) -> int:
+    """Slices of ``slice_mm`` averaged into one slab of about ``slab_mm``: the whole number nearest below
+    slab_mm / slice_mm + 0.25 (a slab may be up to a quarter slice thinner than asked, never much thicker), and 1
+    (the series as it is) when that is 1 or ``slab_mm`` is None."""
+    if slab_mm is None or not slice_mm > 0:
+        return 1
+    return max(1, int(float(slab_mm) / float(slice_mm) + 0.25))
+
+
+def to_slabs(a: np.ndarray, k: int) -> np.ndarray:
+    """(z, ...) -> (ceil(z / k), ...) float32: the mean of every ``k`` consecutive slices from the first; the last
+    slab averages the slices left over (fewer than ``k`` when z is not a multiple). k = 1: the array as float32."""
+    a = np.asarray(a)
+    if k <= 1:
+        return a.astype(np.float32, copy=False)
+    n = a.shape[0]
+    full = n // k * k
+    out = np.empty((-(-n // k), *a.shape[1:]), np.float32)
+    if full:
+        out[: full // k] = a[:full].reshape(full // k, k, *a.shape[1:]).mean(1, dtype=np.float64)
+    if full < n:
+        out[-1] = a[full:].mean(0, dtype=np.float64)
+    return out
+
+
+def slab_centres(n: int, k: int) -> np.ndarray:
+    """Slice-index position of the centre of each slab of :func:`to_slabs` (the last one: of the slices it holds)."""
+    starts = np.arange(0, n, k)
+    return (starts + (np.minimum(starts + k, n) - 1)) / 2.0
+
+
+def from_slabs(a: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The inverse direction of :func:`to_slabs` for a result computed on the slabs: (slabs, ...) -> (n, ...)
+    float32, linear along z between the slab centres; slices beyond the first or last centre take that slab's value."""
+    a = np.asarray(a, np.float32)
+    if k <= 1:
+        return a
+    c = slab_centres(n, k)
+    if len(c) != a.shape[0]:
+        raise ValueError(f"{a.shape[0]} slabs given for {n} slices of {k} per slab ({len(c)} expected)")
+    if len(c) == 1:
+        return np.repeat(a, n, axis=0)
+    z = np.clip(np.arange(n, dtype=np.float64), c[0], c[-1])
+    i = np.clip(np.searchsorted(c, z, side="right") - 1, 0, len(c) - 2)
+    w = ((z - c[i]) / (c[i + 1] - c[i])).astype(np.float32).reshape(-1, *([1] * (a.ndim - 1)))
+    out = np.empty((n, *a.shape[1:]), np.float32)
+    for j in range(n):  # slice by slice: no (n, ...) temporaries besides the result
+        out[j] = (1.0 - w[j]) * a[i[j]] + w[j] * a[i[j] + 1]
+    return out
 
 
 def window_ct(ct_hu: np.ndarray, windows) -> np.ndarray:

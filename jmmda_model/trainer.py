@@ -52,7 +52,7 @@ from .networks import (
     build_generator,
     strict_from_dict,
 )
-from .preprocess import PreprocessConfig
+from .preprocess import SLAB_MM_RANGE, PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -535,8 +535,12 @@ class Trainer:
             self.pre.tissue_prior = ck["preprocess"]["tissue_prior"]
 
     def prepare(self, train_loaded) -> None:
-        """Fits the tissue prior on the training cases when the generator predicts a residual over it (once: a
-        resumed or fine-tuned run keeps its checkpoint's table)."""
+        """Records the slice thickness the model learns from (``slab_mm``: the training cases' median slice
+        spacing, unless the preprocessing set it), and fits the tissue prior on the training cases when the
+        generator predicts a residual over it (once: a resumed or fine-tuned run keeps its checkpoint's table)."""
+        if self.pre.slab_mm is None and train_loaded:
+            median = float(np.median([float(c.spacing_zyx[0]) for c in train_loaded]))
+            self.pre.slab_mm = round(min(max(median, SLAB_MM_RANGE[0]), SLAB_MM_RANGE[1]), 3)
         if self.gcfg.residual_prior and self.pre.tissue_prior is None:
             from .prior import TissuePrior
 

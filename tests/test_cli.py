@@ -34,6 +34,9 @@ def test_train_outputs(trained):
     assert any((base / "run" / "tensorboard").iterdir())
     status = json.loads((base / "run" / "status.json").read_text())
     assert status["state"] == "finished"
+    from jmmda_model.checkpoint import load as load_checkpoint
+
+    assert load_checkpoint(model)["preprocess"]["slab_mm"] == 5.0  # the slice thickness it learnt from (5 mm cases)
     # the lesion calibration holds the temperature and the probability map's operating point, chosen on the same
     # validation cases (metrics.operating_threshold), which inference then serves
     from jmmda_model.checkpoint import load
@@ -125,10 +128,12 @@ def test_errors_exit_2_with_message(trained, tmp_path, capsys):
     assert jmmda("infer", "--model", broken, "--ct", store / "phantom_000.nii.gz", "--out", tmp_path / "y_synthetic.nii.gz") == 2
     assert "corrupt" in capsys.readouterr().err
     assert jmmda("train", "--data", tmp_path, "--out", tmp_path / "r") == 2
-    # the hemispheric difference's noise scale: refused where it cannot be honoured, before any training
+    # the hemispheric difference's noise scale and the slab thickness: refused where they cannot be honoured, before
+    # any training
     for extra, said in ((("--recipe", "legacy", "--mirror-noise-ref-hu", 3.5), "legacy recipe"),
                         (("--mirror-noise-ref-hu", 0), "mirror_noise_ref_hu"),
-                        (("--mirror-noise-ref-hu", 3.5, "--noise-augment-hu", 5), "--noise-augment-hu")):
+                        (("--mirror-noise-ref-hu", 3.5, "--noise-augment-hu", 5), "--noise-augment-hu"),
+                        (("--slab-mm", 0.1), "slab_mm")):
         assert jmmda("train", "--data", store, "--out", tmp_path / "nn", *extra) == 2
         assert said in capsys.readouterr().err and not (tmp_path / "nn").exists()
 

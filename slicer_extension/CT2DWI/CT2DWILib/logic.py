@@ -37,8 +37,9 @@ def window_level_from_brain(image: np.ndarray, brain: np.ndarray | None = None, 
 def reading_cautions(info: dict | None) -> list[str]:
     """What a reader must know about this particular synthetic DWI, from the server's answer: always that a normal
     look never rules out an infarct; then, when they apply, that the hemispheric comparison (the model's main cue
-    for an infarct) was switched off and why, that the slices were tilted or straightened, what the series reader
-    did, that the brain mask was made automatically, and the served model's own pose limit. One sentence each."""
+    for an infarct) was switched off and why, that the slices were tilted or straightened, that thin slices were
+    averaged into the model's slab thickness, what the series reader did, that the brain mask was made
+    automatically, and the served model's own pose limit. One sentence each."""
     info = info or {}
 
     def sentence(text: str) -> str:
@@ -57,6 +58,8 @@ def reading_cautions(info: dict | None) -> list[str]:
         out.append(sentence("Tilted slices: " + str(info["slice_tilt"])) + (f" {sentence('Model card: ' + pose)}" if pose else ""))
     if info.get("straightened"):
         out.append(sentence(str(info["straightened"])))
+    if info.get("slabs"):
+        out.append(sentence("Thin slices: " + str(info["slabs"])))
     for note in info.get("series_notes") or []:
         out.append(sentence("Series reader: " + str(note)))
     if str(info.get("mask_source", "")).startswith("automatic"):
