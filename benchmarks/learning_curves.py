@@ -54,7 +54,7 @@ TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
                                 "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0,
                                 "noise_augment_hu": 0.0, "noise_augment_probability": 0.5, "residual_bound": 0.0,
-                                "mirror_noise_ref_hu": None}
+                                "mirror_noise_ref_hu": None, "context_slices": 1}
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False, "residual_bound": 0.0}, "pre": {"mirror_channels": False},
                "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0,
@@ -159,7 +159,7 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
     # the hemispheric difference in noise units: for every arm with the mirror channels (not the legacy arm)
     noise_ref = ({"mirror_noise_ref_hu": args.mirror_noise_ref_hu}
                  if args.mirror_noise_ref_hu and spec["pre"].get("mirror_channels", True) else {})
-    pre = PreprocessConfig(**{**noise_ref, **spec["pre"]})
+    pre = PreprocessConfig(**{**noise_ref, "context_slices": args.context_slices, **spec["pre"]})
     gen = GeneratorConfig(base_channels=args.base_channels, depth=args.depth, heads=args.heads,
                           **{"residual_prior": True, "residual_bound": args.residual_bound, **spec["gen"]})
     train_over = {"patch_size": args.patch_size, "ema_decay": args.ema, "rotate_deg": args.rotate_deg,
@@ -331,6 +331,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
                 if args.residual_bound else "")
              + (f"hemispheric difference scaled to the case's noise (reference {args.mirror_noise_ref_hu:g} HU; legacy "
                 "arm: no mirror); " if args.mirror_noise_ref_hu else "")
+             + (f"{args.context_slices} context slice(s) on each side; "
+                if getattr(args, "context_slices", 1) != 1 else "")
              + f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
                                              if getattr(args, "lr_schedule", "constant") == "cosine" else " constant; ")
              + f"{args.train_cases} training / {args.cal_cases} calibration / {args.test_cases} test phantoms "
@@ -480,6 +482,9 @@ def main(argv=None):
     p.add_argument("--mirror-noise-ref-hu", type=float, default=None,
                    help="scale the CT-minus-mirror channels to the case's noise, this many HU as the reference "
                         "(PreprocessConfig.mirror_noise_ref_hu; default: not scaled)")
+    p.add_argument("--context-slices", type=int, default=1,
+                   help="2.5-D input: adjacent slices on each side stacked as channels, every arm "
+                        "(PreprocessConfig.context_slices; 0: single slices)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--heads", type=int, default=4)
@@ -517,13 +522,15 @@ def main(argv=None):
     from jmmda_model.prior import TissuePrior
 
     # the phantom file names the seeds it holds: a folder reused with other case counts builds its own set
+    if not 0 <= args.context_slices <= 4:
+        p.error(f"--context-slices {args.context_slices} is outside 0..4")
     data_path = out / f"phantoms_{args.train_cases}_{args.cal_cases}_{args.test_cases}.pkl"
     prev = out / "run_args.json"
     if prev.exists():  # resuming is only sound with the same recipe; other settings need another --out
         keys = ("steps", "eval_every", "batch_size", "patch_size", "lr", "base_channels", "depth", "heads",
                 "train_cases", "cal_cases", "test_cases", "ema", "rotate_deg", "prior_lift_hu", "lambda_adv",
                 "lr_schedule", "lr_final_ratio", "hard_negative_fraction", "noise_augment_hu", "mirror_noise_ref_hu",
-                "noise_augment_probability", "residual_bound")
+                "noise_augment_probability", "residual_bound", "context_slices")
         old = {**SETTINGS_BEFORE_THEY_EXISTED, **json.loads(prev.read_text())}
         # more steps extend the runs, with a constant learning rate only (a cosine schedule is set by --steps)
         diff = [k for k in keys if k in old and old[k] != getattr(args, k)
