@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Thin-slice CT through `jmmda infer`: wall time and peak memory of the whole command.
 
-    python benchmarks/thin_slice.py [--slices 320] [--matrix 512] [--auto-mask] [--ras]
+    python benchmarks/thin_slice.py [--slices 320] [--matrix 512] [--auto-mask] [--ras] [--native-too]
 
 Builds a 512 x 512 x 320 (0.45 x 0.5 x 0.5 mm) CT from sample case phantom_003 (linear up-sampling + 6 HU
 noise) and its brain mask, in LPS order (as DICOM series are read) or RAS (``--ras``: the NIfTI habit, one more
 re-orientation copy each way), runs `jmmda infer` in a fresh process and samples its resident memory every 20 ms.
 Targets of the pose/series issue: <= 30 s wall and <= 1.5 GB peak on the 2-core development machine.
+``--native-too`` also runs the same model with its slab thickness unset (every thin slice through the network, as
+before ``PreprocessConfig.slab_mm``) in the same invocation and reports the ratios.
 """
 from __future__ import annotations
 

@@ -146,3 +146,20 @@ def test_training_records_the_slice_thickness_it_learnt_from(tmp_path, tiny_gcfg
         t.prepare(cases)
         assert t.pre.slab_mm == expected
 
+
+
+def test_the_thin_slice_benchmark_has_a_slice_by_slice_arm(tmp_path):
+    """benchmarks/thin_slice.py --native-too runs the same model with its slab thickness unset, nothing else changed."""
+    import sys
+
+    import torch
+
+    from conftest import ROOT
+    from jmmda_model.checkpoint import load
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import thin_slice
+
+    native, shipped = load(thin_slice.native_copy(str(DEMO_MODEL), tmp_path / "native.pt")), load(DEMO_MODEL)
+    assert native["preprocess"] == {**shipped["preprocess"], "slab_mm": None} and shipped["preprocess"]["slab_mm"] == 5.0
+    assert all(torch.equal(native["generator"][k], v) for k, v in shipped["generator"].items())

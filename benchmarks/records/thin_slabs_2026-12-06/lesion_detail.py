@@ -12,13 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import thin_vs_slab as t  # noqa: E402
 
 syn = t.Synthesizer(sys.argv[1], device="cpu")
-pre = t.PreprocessConfig.from_dict({**t.PreprocessConfig().to_dict(), "mirror_channels": False})
 for seed in (int(s) for s in sys.argv[2:]):
-    lc = t.loaded_case(seed, pre, t.THIN)
-    n = lc.ct_hu.shape[0] // t.K * t.K
-    ct = np.clip(np.round(lc.ct_hu[:n] + t.thin_noise(seed, lc.ct_hu[:n].shape, lc.meta["ct_noise_hu"])), -1024, 3071)
-    ct = ct.astype(np.float32)
-    brain, lesion, dwi = lc.brain[:n], lc.lesion[:n], lc.dwi[:n]
+    c = t.thin_case(seed)
+    ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
+    n = ct.shape[0]
     y_thin = syn.predict_volume(ct, brain, (1.0, 1.8, 1.8))[0]
     ct_s, brain_s = t.slabs(ct), (t.slabs(brain.astype(np.float32)) > 0.5).astype(np.uint8)
     y_back = t.from_slabs(syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))[0], n)

@@ -36,20 +36,13 @@ def summary(path: Path, threshold: float) -> None:
 def main():
     if sys.argv[1] == "--summary":
         return summary(Path(sys.argv[2]), float(sys.argv[3]))
-    model, seeds, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    a, b = (int(v) for v in seeds.split(":"))
-    done = {json.loads(line)["seed"] for line in out.read_text().splitlines()} if out.exists() else set()
+    model, out = sys.argv[1], Path(sys.argv[3])
     syn = t.Synthesizer(model, device="cpu")
-    pre = t.PreprocessConfig.from_dict({**t.PreprocessConfig().to_dict(), "mirror_channels": False})
     sp = (1.0, 1.8, 1.8)
-    for seed in range(a, b):
-        if seed in done:
-            continue
-        lc = t.loaded_case(seed, pre, t.THIN)
-        n = lc.ct_hu.shape[0] // t.K * t.K
-        ct = np.clip(np.round(lc.ct_hu[:n] + t.thin_noise(seed, lc.ct_hu[:n].shape, lc.meta["ct_noise_hu"])), -1024, 3071)
-        ct = ct.astype(np.float32)
-        brain, lesion, dwi = lc.brain[:n], lc.lesion[:n], lc.dwi[:n]
+    for seed in t.pending(sys.argv[2], out):
+        c = t.thin_case(seed)
+        ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
+        n = ct.shape[0]
         _, lg_thin, _ = syn.predict_volume(ct, brain, sp)
         ct_s, brain_s = t.slabs(ct), (t.slabs(brain.astype(np.float32)) > 0.5).astype(np.uint8)
         y_s, lg_s, _ = syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))

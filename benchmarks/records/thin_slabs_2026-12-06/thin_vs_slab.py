@@ -53,6 +53,24 @@ def thin_noise(seed, shape, noise_hu):
     return g * (sigma5 / float(slabs(g).std()))
 
 
+def thin_case(seed, slice_multiple: int = K):
+    """The phantom head ``seed`` on the 1 mm grid with its thin-slice CT noise: (case arrays cut to a multiple of
+    ``slice_multiple`` slices as a dict with ct, brain, lesion, dwi, and the case's meta)."""
+    pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": False})
+    lc = loaded_case(seed, pre, THIN)
+    n = lc.ct_hu.shape[0] // slice_multiple * slice_multiple
+    ct = np.clip(np.round(lc.ct_hu[:n] + thin_noise(seed, lc.ct_hu[:n].shape, lc.meta["ct_noise_hu"])), -1024, 3071)
+    return {"ct": ct.astype(np.float32), "brain": lc.brain[:n], "lesion": lc.lesion[:n], "dwi": lc.dwi[:n],
+            "meta": lc.meta}
+
+
+def pending(seeds: str, out: Path) -> list[int]:
+    """The seeds of FIRST:END not yet in the JSON-lines file ``out`` (the scripts here resume)."""
+    a, b = (int(v) for v in seeds.split(":"))
+    done = {json.loads(line)["seed"] for line in out.read_text().splitlines()} if out.exists() else set()
+    return [s for s in range(a, b) if s not in done]
+
+
 def score(y, dwi, brain, lesion, ct, spacing, prior, sp_spacing):
     b = brain > 0
     m = metrics.lesion_metrics(y, dwi, b, lesion, ct_hu=ct, spacing=spacing)
@@ -67,20 +85,13 @@ def score(y, dwi, brain, lesion, ct, spacing, prior, sp_spacing):
 
 
 def main():
-    model, seeds, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    a, b = (int(v) for v in seeds.split(":"))
-    done = {json.loads(line)["seed"] for line in out.read_text().splitlines()} if out.exists() else set()
+    model, out = sys.argv[1], Path(sys.argv[3])
     syn = Synthesizer(model, device="cpu")
     table = TissuePrior.from_dict(syn.pre.tissue_prior)
-    pre = PreprocessConfig.from_dict({**PreprocessConfig().to_dict(), "mirror_channels": False})
-    for seed in range(a, b):
-        if seed in done:
-            continue
-        lc = loaded_case(seed, pre, THIN)
-        n = lc.ct_hu.shape[0] // K * K
-        ct = np.clip(np.round(lc.ct_hu[:n] + thin_noise(seed, lc.ct_hu[:n].shape, lc.meta["ct_noise_hu"])), -1024, 3071)
-        ct = ct.astype(np.float32)
-        brain, lesion, dwi = lc.brain[:n], lc.lesion[:n], lc.dwi[:n]
+    for seed in pending(sys.argv[2], out):
+        c = thin_case(seed)
+        ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
+        n = ct.shape[0]
         sp_thin = (1.0, 1.8, 1.8)
         sp_slab = (5.0, 1.8, 1.8)
         t = time.time()
@@ -91,7 +102,7 @@ def main():
         y_s, _, _ = syn.predict_volume(ct_s, brain_s, sp_slab)
         t_slab = time.time() - t
         y_back = from_slabs(y_s, n)
-        row = {"seed": seed, "ct_noise_hu": lc.meta["ct_noise_hu"], "slices": n,
+        row = {"seed": seed, "ct_noise_hu": c["meta"]["ct_noise_hu"], "slices": n,
                "net_s": {"thin": round(t_thin, 1), "slabs": round(t_slab, 1)}}
         prior_thin = table.predict(ct, brain, sp_thin, mirror_or_self(ct, estimate_midplane(ct, sp_thin), sp_thin))
         prior_s = table.predict(ct_s, brain_s, sp_slab, mirror_or_self(ct_s, estimate_midplane(ct_s, sp_slab), sp_slab))
