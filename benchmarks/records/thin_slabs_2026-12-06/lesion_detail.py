@@ -6,7 +6,6 @@ the network on the thin slices and on the 5 mm slabs.
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import thin_vs_slab as t  # noqa: E402
@@ -17,8 +16,8 @@ for seed in (int(s) for s in sys.argv[2:]):
     ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
     n = ct.shape[0]
     y_thin = syn.predict_volume(ct, brain, (1.0, 1.8, 1.8))[0]
-    ct_s, brain_s = t.slabs(ct), (t.slabs(brain.astype(np.float32)) > 0.5).astype(np.uint8)
-    y_back = t.from_slabs(syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))[0], n)
+    ct_s, brain_s = t.to_slabs(ct, t.K), t.slab_mask(brain, t.K)
+    y_back = t.from_slabs(syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))[0], n, t.K)
     a = t.metrics.lesion_metrics(y_thin, dwi, brain, lesion, ct_hu=ct, spacing=(1.0, 1.8, 1.8))["lesions"]
     b = t.metrics.lesion_metrics(y_back, dwi, brain, lesion, ct_hu=ct, spacing=(1.0, 1.8, 1.8))["lesions"]
     for la, lb in zip(a, b):

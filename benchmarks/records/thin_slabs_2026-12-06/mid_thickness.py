@@ -9,11 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import thin_vs_slab as t  # noqa: E402
-from jmmda_model.preprocess import from_slabs, to_slabs  # noqa: E402
 
 
 def main():
@@ -28,8 +26,8 @@ def main():
         prior = table.predict(ct, brain, sp, t.mirror_or_self(ct, t.estimate_midplane(ct, sp), sp))
         row = {"seed": seed, "slices": n}
         for k in (3, 4, 5):
-            y = syn.predict_volume(to_slabs(ct, k), (to_slabs(brain, k) > 0.5).astype(np.uint8), (float(k), 1.8, 1.8))[0]
-            row[f"{k}mm"] = t.score(from_slabs(y, n, k), dwi, brain, lesion, ct, sp, prior, sp)
+            y = syn.predict_volume(t.to_slabs(ct, k), t.slab_mask(brain, k), (float(k), 1.8, 1.8))[0]
+            row[f"{k}mm"] = t.score(t.from_slabs(y, n, k), dwi, brain, lesion, ct, sp, prior, sp)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

@@ -22,27 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 from jmmda_model import metrics  # noqa: E402
 from jmmda_model.clinical.midplane import estimate_midplane, mirror_or_self  # noqa: E402
+from jmmda_model.data import slab_mask  # noqa: E402
 from jmmda_model.inference import Synthesizer  # noqa: E402
 from jmmda_model.phantom import PhantomConfig, loaded_case  # noqa: E402
-from jmmda_model.preprocess import PreprocessConfig  # noqa: E402
+from jmmda_model.preprocess import PreprocessConfig, from_slabs, to_slabs  # noqa: E402
 from jmmda_model.prior import TissuePrior  # noqa: E402
 
 K = 5  # 1 mm slices per 5 mm slab
 THIN = PhantomConfig(spacing=(1.8, 1.8, 1.0), ct_noise=False)
-
-
-def slabs(a, k=K):
-    n = a.shape[0] // k * k
-    return a[:n].reshape(n // k, k, *a.shape[1:]).mean(1)
-
-
-def from_slabs(a, n, k=K):
-    """Linear in z between slab centres, the end slabs' values held beyond their centres."""
-    centres = np.arange(a.shape[0]) * k + (k - 1) / 2.0
-    z = np.clip(np.arange(n, dtype=np.float64), centres[0], centres[-1])
-    i = np.clip(np.searchsorted(centres, z, side="right") - 1, 0, a.shape[0] - 2)
-    w = ((z - centres[i]) / k)[:, None, None]
-    return ((1 - w) * a[i] + w * a[i + 1]).astype(np.float32)
 
 
 def thin_noise(seed, shape, noise_hu):
@@ -50,7 +37,7 @@ def thin_noise(seed, shape, noise_hu):
     ref = ndi.gaussian_filter(np.random.default_rng(1).standard_normal((40, 64, 64)).astype(np.float32), 0.7)
     sigma5 = noise_hu * 2.2 * float(ref[4:-4, 4:-4, 4:-4].std())  # the 5 mm phantoms' noise (generator's scale)
     g = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7)
-    return g * (sigma5 / float(slabs(g).std()))
+    return g * (sigma5 / float(to_slabs(g[: g.shape[0] // K * K], K).std()))
 
 
 def thin_case(seed, slice_multiple: int = K):
@@ -97,11 +84,11 @@ def main():
         t = time.time()
         y_thin, _, _ = syn.predict_volume(ct, brain, sp_thin)
         t_thin = time.time() - t
-        ct_s, brain_s = slabs(ct), (slabs(brain.astype(np.float32)) > 0.5).astype(np.uint8)
+        ct_s, brain_s = to_slabs(ct, K), slab_mask(brain, K)
         t = time.time()
         y_s, _, _ = syn.predict_volume(ct_s, brain_s, sp_slab)
         t_slab = time.time() - t
-        y_back = from_slabs(y_s, n)
+        y_back = from_slabs(y_s, n, K)
         row = {"seed": seed, "ct_noise_hu": c["meta"]["ct_noise_hu"], "slices": n,
                "net_s": {"thin": round(t_thin, 1), "slabs": round(t_slab, 1)}}
         prior_thin = table.predict(ct, brain, sp_thin, mirror_or_self(ct, estimate_midplane(ct, sp_thin), sp_thin))
@@ -110,8 +97,8 @@ def main():
         row["thin_grid"] = {"direct": score(y_thin, dwi, brain, lesion, ct, sp_thin, prior_thin, sp_thin),
                             "slabs": score(y_back, dwi, brain, lesion, ct, sp_thin, prior_thin, sp_thin)}
         # on the 5 mm slabs, against the true DWI averaged the same way
-        dwi_s, les_s = slabs(dwi), (slabs(lesion.astype(np.float32)) > 0.5).astype(np.uint8)
-        row["slab_grid"] = {"direct": score(slabs(y_thin), dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab),
+        dwi_s, les_s = to_slabs(dwi, K), (to_slabs(lesion, K) > 0.5).astype(np.uint8)
+        row["slab_grid"] = {"direct": score(to_slabs(y_thin, K), dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab),
                             "slabs": score(y_s, dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab)}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
