@@ -21,7 +21,16 @@ from .clinical.geometry import resample_inplane, same_geometry, to_axial
 from .clinical.imageio import check_ct, check_mask, read_image
 from .clinical.midplane import MidPlane, estimate_midplane, mirror_or_self
 from .errors import InputError
-from .preprocess import PreprocessConfig, normalize_dwi, pad_to_multiple, slab_factor, to_slabs, window_ct
+from .preprocess import (
+    PreprocessConfig,
+    SlabPlan,
+    grid_anchor,
+    normalize_dwi,
+    pad_to_multiple,
+    slab_plan,
+    to_slabs,
+    window_ct,
+)
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -75,22 +84,22 @@ class LoadedCase:
     midplane: MidPlane | None = None
 
 
-def slab_mask(brain: np.ndarray, k: int) -> np.ndarray:
-    """A brain mask on the slabs of :func:`preprocess.to_slabs`: where more than half of a slab is brain (where any
-    of it is, should that leave nothing)."""
-    frac = to_slabs(brain > 0, k)
+def slab_mask(brain: np.ndarray, plan: SlabPlan | None) -> np.ndarray:
+    """A brain mask on the slabs of ``plan`` (:func:`preprocess.to_slabs`): where more than half of a slab is brain
+    (where any of it is, should that leave nothing)."""
+    frac = to_slabs(brain > 0, plan)
     out = frac > 0.5
     return (out if out.any() else frac > 0).astype(np.uint8)
 
 
-def slab_grid(img: sitk.Image, k: int, n_slabs: int) -> sitk.Image:
-    """An empty image on the slabs' grid: ``img``'s rows and columns, ``k`` times its slice spacing, the first slab
-    centred on the middle of its first ``k`` slices (a last, partial slab is placed as if it were whole)."""
-    out = sitk.Image([img.GetSize()[0], img.GetSize()[1], n_slabs], sitk.sitkUInt8)
+def slab_grid(img: sitk.Image, plan: SlabPlan) -> sitk.Image:
+    """An empty image on the slabs' grid: ``img``'s rows and columns, the slabs' thickness as slice spacing, the
+    first slab at its nominal centre (an end slab's part outside the series is placed as if it were whole)."""
+    out = sitk.Image([img.GetSize()[0], img.GetSize()[1], len(plan)], sitk.sitkUInt8)
     sp = img.GetSpacing()
-    out.SetSpacing((sp[0], sp[1], sp[2] * k))
+    out.SetSpacing((sp[0], sp[1], sp[2] * plan.thickness))
     out.SetDirection(img.GetDirection())
-    out.SetOrigin(img.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, (k - 1) / 2.0)))
+    out.SetOrigin(img.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, float(plan.nominal[0]))))
     return out
 
 
@@ -127,12 +136,12 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     dwi = sitk.GetArrayFromImage(vols["dwi"]).astype(np.float32) if "dwi" in vols else None
     lesion = (sitk.GetArrayFromImage(vols["lesion"]) > 0).astype(np.uint8) if "lesion" in vols else np.zeros_like(brain)
     ct_hu = sitk.GetArrayFromImage(ct_ax).astype(np.float32)
-    k = slab_factor(ct_ax.GetSpacing()[2], pre.slab_mm)
-    if k > 1:  # thinner slices than the model's: slabs of its thickness, as inference makes them
-        ct_hu = to_slabs(ct_hu, k)
-        dwi = to_slabs(dwi, k) if dwi is not None else None
-        brain, lesion = slab_mask(brain, k), (to_slabs(lesion, k) >= 0.5).astype(np.uint8)
-        ct_ax = slab_grid(ct_ax, k, ct_hu.shape[0])
+    plan = slab_plan(ct_hu.shape[0], ct_ax.GetSpacing()[2], pre.slab_mm, grid_anchor(ct_ax))
+    if plan is not None:  # thinner slices than the model's: slabs of its thickness, as inference makes them
+        ct_hu = to_slabs(ct_hu, plan)
+        dwi = to_slabs(dwi, plan) if dwi is not None else None
+        brain, lesion = slab_mask(brain, plan), (to_slabs(lesion, plan) >= 0.5).astype(np.uint8)
+        ct_ax = slab_grid(ct_ax, plan)
     norm = (lambda clip: normalize_dwi(dwi, brain, pre.dwi_percentiles, pre.dwi_ref_value, clip=clip)) if dwi is not None else None
     lc = LoadedCase(
         case.id,

@@ -20,6 +20,7 @@ from .clinical.geometry import (
     resample_inplane,
     resample_straight,
     resample_slabwise,
+    reslice_axial,
     slice_tilt_deg,
     to_axial,
 )
@@ -29,7 +30,15 @@ from .data import mirror_noise_scale, model_input, slab_mask
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import OPERATING_MAX_FP, calibrated_probability
 from .networks import has_lesion_head
-from .preprocess import PreprocessConfig, from_slabs, pad_to_multiple, slab_factor, to_slabs
+from .preprocess import (
+    PreprocessConfig,
+    from_slabs,
+    grid_anchor,
+    pad_to_multiple,
+    slab_plan,
+    to_slabs,
+    uses_slabs,
+)
 
 
 class DeviceError(RuntimeError):
@@ -282,10 +291,17 @@ class Synthesizer:
         # rows turned in the slice plane (an oblique series): straightened first, unless the model turns its input
         # into the canonical pose itself (one interpolation, not two)
         turned = inplane_obliquity_deg(ct_ax)
-        straighten = turned > OBLIQUE_TOLERANCE_DEG and not self.pre.canonical_rotation
-        resampled = self.pre.needs_resampling(ct_ax) or straighten
         tilt = slice_tilt_deg(ct_ax)
-        if tilt > OBLIQUE_TOLERANCE_DEG:
+        # thin slices angled to the axial plane (gantry tilt): re-sliced onto axial planes, where the slabs lie as an
+        # untilted series' would (thick ones are kept: re-slicing them blurs; resample_straight)
+        reslice = tilt > OBLIQUE_TOLERANCE_DEG and uses_slabs(ct_ax.GetSpacing()[2], self.pre.slab_mm)
+        straighten = turned > OBLIQUE_TOLERANCE_DEG and not self.pre.canonical_rotation and not reslice
+        resampled = self.pre.needs_resampling(ct_ax) or straighten or reslice
+        if reslice:
+            info["slice_tilt"] = (f"the slices are angled {tilt:.1f} degrees to the patient's axial plane (gantry tilt or "
+                                  f"oblique series): thin slices, re-sliced onto axial planes {ct_ax.GetSpacing()[2]:.2f} "
+                                  "mm apart for the synthesis, which was resampled back onto the CT's slices")
+        elif tilt > OBLIQUE_TOLERANCE_DEG:
             info["slice_tilt"] = (f"the slices are angled {tilt:.1f} degrees to the patient's axial plane (gantry tilt or "
                                   "oblique series): the synthesis is computed on the CT's own slices, not re-sliced")
         if straighten:
@@ -294,22 +310,31 @@ class Synthesizer:
                      > 0.5).astype(np.uint8)
             info["straightened"] = (f"the image rows are turned {turned:.1f} degrees in the slice plane: the synthesis "
                                     "was computed on straightened slices and resampled onto the CT grid")
-        elif resampled:  # the network works at its training pixel size
-            work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
-            brain = (sitk.GetArrayFromImage(resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)) > 0.5).astype(np.uint8)
+        elif resampled:  # the network works at its training pixel size (and on axial planes when re-sliced)
+            work_ct, work_m = ct_ax, mask_ax
+            if self.pre.needs_resampling(ct_ax):
+                work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
+                work_m = resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)
+            if reslice:
+                work_ct, work_m = reslice_axial(work_ct), reslice_axial(work_m, label=True)
+            brain = (sitk.GetArrayFromImage(work_m) > 0.5).astype(np.uint8)
+            del work_m
         else:
             work_ct = ct_ax
             brain = (sitk.GetArrayFromImage(mask_ax) > 0.5).astype(np.uint8)
         work_geo = (work_ct.GetOrigin(), work_ct.GetSpacing(), work_ct.GetDirection())
+        anchor = grid_anchor(work_ct)
         ct_hu = sitk.GetArrayFromImage(work_ct).astype(np.float32)
         del ct_ax, work_ct
         spacing = tuple(reversed(work_geo[1]))
-        n_slices, k = ct_hu.shape[0], slab_factor(spacing[0], self.pre.slab_mm)
-        if k > 1:  # thinner slices than the model learnt from: it sees slabs of its own thickness
-            ct_hu, brain = to_slabs(ct_hu, k), slab_mask(brain, k)
-            spacing = (spacing[0] * k, *spacing[1:])
-            info["slabs"] = (f"the CT's {n_slices} slices of {spacing[0] / k:.2f} mm were averaged {k} at a time into "
-                             f"{ct_hu.shape[0]} slabs of {spacing[0]:.2f} mm (the model was trained on "
+        n_slices, slice_mm = ct_hu.shape[0], spacing[0]
+        plan = slab_plan(n_slices, slice_mm, self.pre.slab_mm, anchor)
+        if plan is not None:  # thinner slices than the model learnt from: it sees slabs of its own thickness
+            ct_hu, brain = to_slabs(ct_hu, plan), slab_mask(brain, plan)
+            spacing = (float(self.pre.slab_mm), *spacing[1:])
+            what = f"the {n_slices} axial planes" if reslice else f"the CT's {n_slices} slices"
+            info["slabs"] = (f"{what} of {slice_mm:.2f} mm were averaged into {len(plan)} slabs "
+                             f"of {spacing[0]:.2f} mm placed in the patient's frame (the model was trained on "
                              f"{self.pre.slab_mm:g} mm slices); the synthesis was computed on the slabs and "
                              "interpolated back onto the CT's slices: its resolution across slices is the slabs'")
         plane = estimate_midplane(ct_hu, spacing)  # the plane is reported, and never used untrusted
@@ -318,9 +343,9 @@ class Synthesizer:
             info["hemispheric_comparison"] = ("used" if plane.trusted else
                                               f"NOT used (mid-sagittal plane not trusted: {plane.reason})")
         y, logits, info["canonical_pose"] = self.predict_volume(ct_hu, brain, spacing, plane, with_logits=return_probability)
-        if k > 1:  # slabs without brain (a thin slice of brain at the vertex) take the nearest brain slab's values
-            y = from_slabs(fill_slabs_without_brain(y, brain), n_slices, k)
-            logits = from_slabs(fill_slabs_without_brain(logits, brain), n_slices, k) if logits is not None else None
+        if plan is not None:  # slabs without brain (a thin slice of brain at the vertex) take the nearest brain slab's
+            y = from_slabs(fill_slabs_without_brain(y, brain), plan)
+            logits = from_slabs(fill_slabs_without_brain(logits, brain), plan) if logits is not None else None
         prob = None
         if logits is not None and return_probability:
             # not masked here: masked on the CT grid (masking first would mix zeros into the rim when resampled)

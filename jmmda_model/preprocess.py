@@ -50,7 +50,7 @@ class PreprocessConfig:
     #: Set by the trainer; models without it are fed whole-pixel translations only.
     canonical_rotation: bool = False
     #: the slice thickness (mm) the model was trained at: a series whose slices are thinner is averaged into slabs
-    #: of about this thickness (``slab_factor`` of its slices each) before the network, in training and at
+    #: of this thickness (``slab_plan``, placed in the patient's frame) before the network, in training and at
     #: inference, and the result is interpolated back onto its own slices - the network sees the noise and the
     #: partial volume of the slices it learnt from. Recorded by the trainer (its training cases' median slice
     #: spacing) unless given; None (models written before it): every series on its own slices.
@@ -107,46 +107,104 @@ class PreprocessConfig:
         return abs(sx - tx) > self.spacing_tolerance * tx or abs(sy - ty) > self.spacing_tolerance * ty
 
 
-def slab_factor(slice_mm: float, slab_mm: float | None) -> int:
-    """Slices of ``slice_mm`` averaged into one slab of about ``slab_mm``: the whole number nearest below
-    slab_mm / slice_mm + 0.25 (a slab may be up to a quarter slice thinner than asked, never much thicker), and 1
-    (the series as it is) when that is 1 or ``slab_mm`` is None."""
-    if slab_mm is None or not slice_mm > 0:
-        return 1
-    return max(1, int(float(slab_mm) / float(slice_mm) + 0.25))
+#: a series is averaged into slabs of the model's slice thickness when its slices are at most this fraction of it;
+#: thicker slices are used as they are (benchmarks/records/slab_plan_2026-12-06)
+SLAB_MAX_SLICE_FRACTION = 0.7
 
 
-def to_slabs(a: np.ndarray, k: int) -> np.ndarray:
-    """(z, ...) -> (ceil(z / k), ...) float32: the mean of every ``k`` consecutive slices from the first; the last
-    slab averages the slices left over (fewer than ``k`` when z is not a multiple). k = 1: the array as float32."""
+@dataclass(frozen=True, eq=False)
+class SlabPlan:
+    """Slabs of ``thickness`` slices (any real number >= 1) over a series of ``n`` slices, centred at
+    ``nominal`` (slice-index units, ``thickness`` apart). A slab averages the slices under it, each weighted by the
+    length of it the slab covers; a slab at either end of the series averages what it covers. ``centres``: where
+    each slab's content lies (the weighted mean of its slices' positions; the nominal centre but at the ends)."""
+
+    n: int
+    thickness: float
+    nominal: np.ndarray
+
+    def window(self, j: int) -> tuple[float, float]:
+        half = self.thickness / 2.0
+        return max(self.nominal[j] - half, -0.5), min(self.nominal[j] + half, self.n - 0.5)
+
+    @property
+    def centres(self) -> np.ndarray:
+        out = np.empty(len(self))
+        for j in range(len(self)):
+            first, w = self.weights(j)
+            out[j] = float(w @ np.arange(first, first + len(w)))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.nominal)
+
+    def weights(self, j: int) -> tuple[int, np.ndarray]:
+        """(first slice, weights summing to 1) of slab ``j``."""
+        lo, hi = self.window(j)
+        first, last = int(np.floor(lo + 0.5)), min(int(np.ceil(hi - 0.5)), self.n - 1)
+        i = np.arange(first, last + 1, dtype=np.float64)
+        w = np.clip(np.minimum(i + 0.5, hi) - np.maximum(i - 0.5, lo), 0.0, None)
+        return first, w / w.sum()
+
+
+def uses_slabs(slice_mm: float, slab_mm: float | None) -> bool:
+    """Whether slices of ``slice_mm`` are averaged into slabs of ``slab_mm`` (at most SLAB_MAX_SLICE_FRACTION of it)."""
+    return slab_mm is not None and 0 < float(slice_mm) <= SLAB_MAX_SLICE_FRACTION * float(slab_mm)
+
+
+def slab_plan(n: int, slice_mm: float, slab_mm: float | None, anchor: float | None = None) -> SlabPlan | None:
+    """Slabs of ``slab_mm`` over ``n`` slices of ``slice_mm``, one of them centred on ``anchor`` (slice-index
+    units; None: the first slab starts where the series does), every slab whose centre lies within the series; None
+    (the series as it is) without ``slab_mm``, or when the slices are thicker than SLAB_MAX_SLICE_FRACTION of it.
+    Inference and training anchor them in the patient's frame (:func:`grid_anchor`)."""
+    if n < 1 or not uses_slabs(slice_mm, slab_mm):
+        return None
+    t = float(slab_mm) / float(slice_mm)
+    a = (t - 1.0) / 2.0 if anchor is None or not np.isfinite(anchor) else float(anchor)
+    j = np.arange(np.ceil((-0.5 - a) / t), np.floor((n - 0.5 - a) / t) + 1)
+    nominal = a + j * t
+    if nominal.size == 0:  # a series thinner than one slab: one slab over all of it
+        nominal = np.array([(n - 1) / 2.0])
+    return SlabPlan(int(n), t, nominal)
+
+
+def grid_anchor(img: sitk.Image) -> float:
+    """Where the slabs of ``img``'s slices are anchored (slice-index units, any real number): where the patient
+    coordinate along the slice normal is 0, so that slab centres lie at whole multiples of the slab thickness in the
+    patient's frame. The layout depends on where the slices are, never on which of them the series holds: the same
+    slices with more or fewer of them at either end, or the same head placed elsewhere in the slice plane, get the
+    same slabs. (A layout anchored on the brain was tried and not taken: two scans of one head gave masks whose
+    anchors differed by 0.07 slices, which moved an end slab in or out of the series and the mid-sagittal plane with
+    it; record slab_plan_2026-12-06.)"""
+    d = np.array(img.GetDirection(), float).reshape(3, 3)
+    normal = d[:, 2]
+    return -float(np.asarray(img.GetOrigin(), float) @ normal) / float(img.GetSpacing()[2])
+
+
+def to_slabs(a: np.ndarray, plan: SlabPlan | None) -> np.ndarray:
+    """(n, ...) -> (slabs, ...) float32: each slab the weighted mean of the slices under it. No plan: the array
+    as float32."""
     a = np.asarray(a)
-    if k <= 1:
+    if plan is None:
         return a.astype(np.float32, copy=False)
-    n = a.shape[0]
-    full = n // k * k
-    out = np.empty((-(-n // k), *a.shape[1:]), np.float32)
-    if full:
-        out[: full // k] = a[:full].reshape(full // k, k, *a.shape[1:]).mean(1, dtype=np.float64)
-    if full < n:
-        out[-1] = a[full:].mean(0, dtype=np.float64)
+    if a.shape[0] != plan.n:
+        raise ValueError(f"{a.shape[0]} slices given for a slab plan of {plan.n}")
+    out = np.empty((len(plan), *a.shape[1:]), np.float32)
+    for j in range(len(plan)):
+        first, w = plan.weights(j)
+        out[j] = np.tensordot(w, a[first:first + len(w)], axes=1)
     return out
 
 
-def slab_centres(n: int, k: int) -> np.ndarray:
-    """Slice-index position of the centre of each slab of :func:`to_slabs` (the last one: of the slices it holds)."""
-    starts = np.arange(0, n, k)
-    return (starts + (np.minimum(starts + k, n) - 1)) / 2.0
-
-
-def from_slabs(a: np.ndarray, n: int, k: int) -> np.ndarray:
+def from_slabs(a: np.ndarray, plan: SlabPlan | None) -> np.ndarray:
     """The inverse direction of :func:`to_slabs` for a result computed on the slabs: (slabs, ...) -> (n, ...)
     float32, linear along z between the slab centres; slices beyond the first or last centre take that slab's value."""
     a = np.asarray(a, np.float32)
-    if k <= 1:
+    if plan is None:
         return a
-    c = slab_centres(n, k)
+    c, n = plan.centres, plan.n
     if len(c) != a.shape[0]:
-        raise ValueError(f"{a.shape[0]} slabs given for {n} slices of {k} per slab ({len(c)} expected)")
+        raise ValueError(f"{a.shape[0]} slabs given for a plan of {len(c)}")
     if len(c) == 1:
         return np.repeat(a, n, axis=0)
     z = np.clip(np.arange(n, dtype=np.float64), c[0], c[-1])

@@ -58,7 +58,7 @@ def test_reading_cautions_name_what_limits_this_image():
         "hemispheric_comparison": "NOT used (mid-sagittal plane not trusted: large asymmetric defect)",
         "slice_tilt": "the slices are angled 15.0 degrees to the patient's axial plane (gantry tilt or oblique series)",
         "series_notes": ["gantry tilt 15.0 degrees corrected", "localizer left out"],
-        "slabs": "the CT's 320 slices of 0.50 mm were averaged 10 at a time into 32 slabs of 5.00 mm",
+        "slabs": "the CT's 320 slices of 0.50 mm were averaged into 32 slabs of 5.00 mm placed in the patient's frame",
         "model_card": {"pose": "gantry tilt 15 deg over 6 phantoms: r 0.833 with the untilted synthesis"},
     })
     text = "\n".join(worst)
@@ -66,7 +66,7 @@ def test_reading_cautions_name_what_limits_this_image():
     assert "Hemispheric comparison OFF" in text and "large asymmetric defect" in text and "less likely to show" in text
     assert "angled 15.0 degrees" in text and "r 0.833" in text
     assert "Series reader: localizer left out." in text and "made automatically" in text
-    assert "Thin slices: the CT's 320 slices of 0.50 mm were averaged 10 at a time into 32 slabs of 5.00 mm." in text
+    assert "Thin slices: the CT's 320 slices of 0.50 mm were averaged into 32 slabs of 5.00 mm placed in the patient's frame." in text
     assert ".." not in text
 
 

@@ -185,6 +185,28 @@ def resample_straight(img: sitk.Image, spacing_xy=None, label: bool = False) -> 
     return _resample_keeping_slices(img, size_xy, origin, new_sp, axes, label)
 
 
+def reslice_axial(img: sitk.Image, label: bool = False) -> sitk.Image:
+    """``img`` (slices angled to the patient's axial plane: a gantry tilt or a through-plane oblique series, already
+    at the network's pixel size) re-sliced onto axial planes in the patient's frame, at its own pixel and slice
+    spacing, over its whole extent (LPS; the image's minimum or 0 outside it). Linear into float32, nearest neighbour
+    for labels (their own pixel type). For thin slices
+    only: thin slices lose little to it, 5 mm ones were blurred (see :func:`resample_straight`)."""
+    size, sp = np.array(img.GetSize()), np.array(img.GetSpacing(), float)
+    corners = np.array([img.TransformContinuousIndexToPhysicalPoint([float(v) for v in (i, j, k)])
+                        for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
+    lo, hi = corners.min(0), corners.max(0)
+    n = [int(max(1, np.ceil((hi[i] - lo[i]) / sp[i] - 1e-6))) for i in range(3)]
+    fill = 0.0
+    if not label:
+        mm = sitk.MinimumMaximumImageFilter()
+        mm.Execute(img)
+        fill = float(mm.GetMinimum())
+    return sitk.Resample(img, n, sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+                         tuple(float(v) for v in lo + sp / 2), tuple(float(v) for v in sp),
+                         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), fill,
+                         img.GetPixelID() if label else sitk.sitkFloat32)
+
+
 def resample_slabwise(moving: sitk.Image, reference: sitk.Image, mask: sitk.Image | None = None,
                       slab_bytes: int = 2**25) -> sitk.Image:
     """``moving`` resampled (linear) onto ``reference``'s grid as float32, set to 0 where ``mask`` (on that grid) is 0,

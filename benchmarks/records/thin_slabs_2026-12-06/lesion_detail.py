@@ -16,8 +16,8 @@ for seed in (int(s) for s in sys.argv[2:]):
     ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
     n = ct.shape[0]
     y_thin = syn.predict_volume(ct, brain, (1.0, 1.8, 1.8))[0]
-    ct_s, brain_s = t.to_slabs(ct, t.K), t.slab_mask(brain, t.K)
-    y_back = t.from_slabs(syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))[0], n, t.K)
+    ct_s, brain_s = t.to_slabs(ct, t.blocks(len(ct))), t.slab_mask(brain, t.blocks(len(brain)))
+    y_back = t.from_slabs(syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))[0], t.blocks(n))
     a = t.metrics.lesion_metrics(y_thin, dwi, brain, lesion, ct_hu=ct, spacing=(1.0, 1.8, 1.8))["lesions"]
     b = t.metrics.lesion_metrics(y_back, dwi, brain, lesion, ct_hu=ct, spacing=(1.0, 1.8, 1.8))["lesions"]
     for la, lb in zip(a, b):

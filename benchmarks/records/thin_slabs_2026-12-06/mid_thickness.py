@@ -26,8 +26,8 @@ def main():
         prior = table.predict(ct, brain, sp, t.mirror_or_self(ct, t.estimate_midplane(ct, sp), sp))
         row = {"seed": seed, "slices": n}
         for k in (3, 4, 5):
-            y = syn.predict_volume(t.to_slabs(ct, k), t.slab_mask(brain, k), (float(k), 1.8, 1.8))[0]
-            row[f"{k}mm"] = t.score(t.from_slabs(y, n, k), dwi, brain, lesion, ct, sp, prior, sp)
+            y = syn.predict_volume(t.to_slabs(ct, t.blocks(len(ct), k)), t.slab_mask(brain, t.blocks(len(brain), k)), (float(k), 1.8, 1.8))[0]
+            row[f"{k}mm"] = t.score(t.from_slabs(y, t.blocks(n, k)), dwi, brain, lesion, ct, sp, prior, sp)
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)

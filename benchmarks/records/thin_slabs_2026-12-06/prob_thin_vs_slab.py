@@ -44,11 +44,11 @@ def main():
         ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
         n = ct.shape[0]
         _, lg_thin, _ = syn.predict_volume(ct, brain, sp)
-        ct_s, brain_s = t.to_slabs(ct, t.K), t.slab_mask(brain, t.K)
+        ct_s, brain_s = t.to_slabs(ct, t.blocks(len(ct))), t.slab_mask(brain, t.blocks(len(brain)))
         y_s, lg_s, _ = syn.predict_volume(ct_s, brain_s, (5.0, 1.8, 1.8))
-        lg_back = t.from_slabs(lg_s, n, t.K)
+        lg_back = t.from_slabs(lg_s, t.blocks(n))
         counted = [t.metrics.qualifying(L) for L in
-                   t.metrics.lesion_metrics(t.from_slabs(y_s, n, t.K), dwi, brain, lesion, ct_hu=ct, spacing=sp)["lesions"]]
+                   t.metrics.lesion_metrics(t.from_slabs(y_s, t.blocks(n)), dwi, brain, lesion, ct_hu=ct, spacing=sp)["lesions"]]
         row = {"seed": seed}
         for arm, lg in (("direct", lg_thin), ("slabs", lg_back)):
             prob = syn.probability(lg) * (brain > 0)

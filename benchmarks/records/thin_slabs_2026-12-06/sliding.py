@@ -23,8 +23,8 @@ def sliding(ct, brain):
     return out
 for seed in (int(s) for s in sys.argv[2:]):
     c=t.thin_case(seed); ct,brain,lesion,dwi=c["ct"],c["brain"],c["lesion"],c["dwi"]; n=ct.shape[0]
-    ct_s,brain_s=t.to_slabs(ct,K),t.slab_mask(brain,K)
-    y_back=t.from_slabs(syn.predict_volume(ct_s,brain_s,(5.0,1.8,1.8))[0],n,K)
+    ct_s,brain_s=t.to_slabs(ct,t.blocks(n,K)),t.slab_mask(brain,t.blocks(n,K))
+    y_back=t.from_slabs(syn.predict_volume(ct_s,brain_s,(5.0,1.8,1.8))[0],t.blocks(n,K))
     y_sl=sliding(ct,brain)
     sp=(1.0,1.8,1.8)
     for name,y in (('slabs',y_back),('sliding',y_sl)):

@@ -25,10 +25,16 @@ from jmmda_model.clinical.midplane import estimate_midplane, mirror_or_self  # n
 from jmmda_model.data import slab_mask  # noqa: E402
 from jmmda_model.inference import Synthesizer  # noqa: E402
 from jmmda_model.phantom import PhantomConfig, loaded_case  # noqa: E402
-from jmmda_model.preprocess import PreprocessConfig, from_slabs, to_slabs  # noqa: E402
+from jmmda_model.preprocess import PreprocessConfig, from_slabs, slab_plan, to_slabs  # noqa: E402
 from jmmda_model.prior import TissuePrior  # noqa: E402
 
 K = 5  # 1 mm slices per 5 mm slab
+
+
+def blocks(n: int, k: int = K):
+    """The slabs of this record: k whole 1 mm slices at a time from the first (``preprocess.slab_plan`` without an
+    anchor; the product now centres them on the brain, record slab_plan_2026-12-06)."""
+    return slab_plan(n, 1.0, float(k))
 THIN = PhantomConfig(spacing=(1.8, 1.8, 1.0), ct_noise=False)
 
 
@@ -37,7 +43,7 @@ def thin_noise(seed, shape, noise_hu):
     ref = ndi.gaussian_filter(np.random.default_rng(1).standard_normal((40, 64, 64)).astype(np.float32), 0.7)
     sigma5 = noise_hu * 2.2 * float(ref[4:-4, 4:-4, 4:-4].std())  # the 5 mm phantoms' noise (generator's scale)
     g = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7)
-    return g * (sigma5 / float(to_slabs(g[: g.shape[0] // K * K], K).std()))
+    return g * (sigma5 / float(to_slabs(g[: g.shape[0] // K * K], blocks(g.shape[0] // K * K)).std()))
 
 
 def thin_case(seed, slice_multiple: int = K):
@@ -84,11 +90,11 @@ def main():
         t = time.time()
         y_thin, _, _ = syn.predict_volume(ct, brain, sp_thin)
         t_thin = time.time() - t
-        ct_s, brain_s = to_slabs(ct, K), slab_mask(brain, K)
+        ct_s, brain_s = to_slabs(ct, blocks(n)), slab_mask(brain, blocks(n))
         t = time.time()
         y_s, _, _ = syn.predict_volume(ct_s, brain_s, sp_slab)
         t_slab = time.time() - t
-        y_back = from_slabs(y_s, n, K)
+        y_back = from_slabs(y_s, blocks(n))
         row = {"seed": seed, "ct_noise_hu": c["meta"]["ct_noise_hu"], "slices": n,
                "net_s": {"thin": round(t_thin, 1), "slabs": round(t_slab, 1)}}
         prior_thin = table.predict(ct, brain, sp_thin, mirror_or_self(ct, estimate_midplane(ct, sp_thin), sp_thin))
@@ -97,8 +103,8 @@ def main():
         row["thin_grid"] = {"direct": score(y_thin, dwi, brain, lesion, ct, sp_thin, prior_thin, sp_thin),
                             "slabs": score(y_back, dwi, brain, lesion, ct, sp_thin, prior_thin, sp_thin)}
         # on the 5 mm slabs, against the true DWI averaged the same way
-        dwi_s, les_s = to_slabs(dwi, K), (to_slabs(lesion, K) > 0.5).astype(np.uint8)
-        row["slab_grid"] = {"direct": score(to_slabs(y_thin, K), dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab),
+        dwi_s, les_s = to_slabs(dwi, blocks(n)), (to_slabs(lesion, blocks(n)) > 0.5).astype(np.uint8)
+        row["slab_grid"] = {"direct": score(to_slabs(y_thin, blocks(n)), dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab),
                             "slabs": score(y_s, dwi_s, brain_s, les_s, ct_s, sp_slab, prior_s, sp_slab)}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")

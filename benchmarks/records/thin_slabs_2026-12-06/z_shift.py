@@ -22,8 +22,8 @@ for seed in (int(s) for s in args[1:]):
         a, b = ct[s:], brain[s:]
         if direct:
             return syn.predict_volume(a, b, (1.0, 1.8, 1.8))[0]
-        y = syn.predict_volume(t.to_slabs(a, t.K), t.slab_mask(b, t.K), (5.0, 1.8, 1.8))[0]
-        return t.from_slabs(y, a.shape[0], t.K)
+        y = syn.predict_volume(t.to_slabs(a, t.blocks(len(a))), t.slab_mask(b, t.blocks(len(b))), (5.0, 1.8, 1.8))[0]
+        return t.from_slabs(y, t.blocks(a.shape[0]))
 
     for direct in ((False, True) if "--direct" in sys.argv else (False,)):
         y0, rs = run(0, direct), []
