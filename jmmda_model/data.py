@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch.utils.data import Dataset
 
-from .clinical.geometry import resample_inplane, same_geometry, to_axial
+from .clinical.geometry import (
+    OBLIQUE_TOLERANCE_DEG,
+    reslice_axial,
+    resample_inplane,
+    same_geometry,
+    slice_tilt_deg,
+    to_axial,
+)
 from .clinical.imageio import check_ct, check_mask, read_image
 from .clinical.midplane import MidPlane, estimate_midplane, mirror_or_self
 from .errors import InputError
@@ -29,6 +36,7 @@ from .preprocess import (
     pad_to_multiple,
     slab_plan,
     to_slabs,
+    uses_slabs,
     window_ct,
 )
 
@@ -116,6 +124,12 @@ def case_input(lc: LoadedCase, pre: PreprocessConfig) -> np.ndarray:
     return model_input(lc.ct_hu, lc.brain, pre, lc.spacing_zyx, lc.mirror_hu)
 
 
+def reslices(ct_ax: sitk.Image, slab_mm: float | None) -> bool:
+    """Whether an axial-ordered CT is re-sliced onto axial planes before its slabs: thin slices (those that go on
+    slabs of ``slab_mm``) angled to the patient's axial plane (a gantry tilt), in training and at inference."""
+    return slice_tilt_deg(ct_ax) > OBLIQUE_TOLERANCE_DEG and uses_slabs(ct_ax.GetSpacing()[2], slab_mm)
+
+
 def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     ct_img = read_image(case.ct, f"{case.id} CT")
     check_ct(ct_img)
@@ -132,6 +146,9 @@ def load_case(case: Case, pre: PreprocessConfig) -> LoadedCase:
     if pre.needs_resampling(ct_ax):
         ct_ax = resample_inplane(ct_ax, pre.inplane_spacing)
         vols = {t: resample_inplane(v, pre.inplane_spacing, label=t != "dwi") for t, v in vols.items()}
+    if reslices(ct_ax, pre.slab_mm):  # thin tilted slices: onto axial planes, as inference takes them
+        ct_ax = reslice_axial(ct_ax)
+        vols = {t: reslice_axial(v, label=t != "dwi") for t, v in vols.items()}
     brain = check_mask(vols["brainmask"], ct_ax, f"{case.id} brain mask")
     dwi = sitk.GetArrayFromImage(vols["dwi"]).astype(np.float32) if "dwi" in vols else None
     lesion = (sitk.GetArrayFromImage(vols["lesion"]) > 0).astype(np.uint8) if "lesion" in vols else np.zeros_like(brain)

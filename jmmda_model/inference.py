@@ -26,7 +26,7 @@ from .clinical.geometry import (
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
 from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
-from .data import mirror_noise_scale, model_input, slab_mask
+from .data import mirror_noise_scale, model_input, reslices, slab_mask
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import OPERATING_MAX_FP, calibrated_probability
 from .networks import has_lesion_head
@@ -37,7 +37,6 @@ from .preprocess import (
     pad_to_multiple,
     slab_plan,
     to_slabs,
-    uses_slabs,
 )
 
 
@@ -294,7 +293,7 @@ class Synthesizer:
         tilt = slice_tilt_deg(ct_ax)
         # thin slices angled to the axial plane (gantry tilt): re-sliced onto axial planes, where the slabs lie as an
         # untilted series' would (thick ones are kept: re-slicing them blurs; resample_straight)
-        reslice = tilt > OBLIQUE_TOLERANCE_DEG and uses_slabs(ct_ax.GetSpacing()[2], self.pre.slab_mm)
+        reslice = reslices(ct_ax, self.pre.slab_mm)
         straighten = turned > OBLIQUE_TOLERANCE_DEG and not self.pre.canonical_rotation and not reslice
         resampled = self.pre.needs_resampling(ct_ax) or straighten or reslice
         if reslice:

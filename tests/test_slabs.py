@@ -194,6 +194,36 @@ def test_thin_training_cases_are_loaded_as_slabs(tmp_path):
     assert load_case(case, PreprocessConfig()).ct_hu.shape[0] == K * b.ct_hu.shape[0] + 2  # without: its own slices
 
 
+def test_thin_tilted_training_cases_are_resliced_onto_axial_slabs(tmp_path):
+    """A thin training case whose slices are tilted 15 degrees is re-sliced onto axial planes before its slabs, as
+    inference takes such a CT: axial 5 mm slabs, the same brain and lesion volume, the same CT."""
+    from jmmda_model.data import find_cases, load_case
+    from jmmda_model.preprocess import PreprocessConfig
+
+    c, s_ = np.cos(np.radians(15.0)), np.sin(np.radians(15.0))
+    store = tmp_path / "tilted"
+    for tag, dtype in (("", np.int16), ("dwi", np.int16), ("brainmask", np.uint8), ("lesion", np.uint8)):
+        folder = store / "labels" / tag if tag else store
+        folder.mkdir(parents=True, exist_ok=True)
+        src = SAMPLE / "labels" / tag / "phantom_001.nii.gz" if tag else SAMPLE / "phantom_001.nii.gz"
+        img = thin_copy(sitk.ReadImage(str(src)), dtype)
+        img.SetDirection(tuple((np.array(img.GetDirection()).reshape(3, 3) @ np.array([[1, 0, 0], [0, c, -s_], [0, s_, c]])).ravel()))
+        sitk.WriteImage(img, str(folder / "tilted_001.nii.gz"))
+    (case,) = find_cases(store)
+    thin = {k: arr(sitk.ReadImage(str(getattr(case, k)))) for k in ("ct", "brainmask", "lesion")}
+    lc = load_case(case, PreprocessConfig(slab_mm=5.0))
+    assert lc.image.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert lc.spacing_zyx[0] == pytest.approx(5.0) and lc.spacing_zyx[1:] == pytest.approx((1.8, 1.8))
+    voxel_thin, voxel_slab = 1.8 * 1.8 * 1.0, 1.8 * 1.8 * 5.0
+    brain_ml, lesion_ml = thin["brainmask"].sum() * voxel_thin, thin["lesion"].sum() * voxel_thin
+    assert lc.brain.sum() * voxel_slab == pytest.approx(brain_ml, rel=0.03)
+    assert lc.lesion.sum() * voxel_slab == pytest.approx(lesion_ml, rel=0.2) and lesion_ml > 0
+    # the median (the slabs cut the test's 5 mm blocks obliquely: a little skull is averaged into the brain's rim)
+    assert np.median(lc.ct_hu[lc.brain > 0]) == pytest.approx(np.median(thin["ct"][thin["brainmask"] > 0]), abs=1.5)
+    untilted = load_case(case, PreprocessConfig())  # without slabs: its own tilted slices, as before
+    assert untilted.image.GetDirection() != lc.image.GetDirection() and untilted.ct_hu.shape[0] == thin["ct"].shape[0]
+
+
 def test_training_records_the_slice_thickness_it_learnt_from(tmp_path, tiny_gcfg):
     from jmmda_model.data import find_cases, load_case
     from jmmda_model.preprocess import PreprocessConfig
