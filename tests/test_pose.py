@@ -354,9 +354,9 @@ def test_thin_tilted_slices_are_resliced_onto_axial_planes():
 def test_a_thin_tilted_series_is_synthesised_on_axial_slabs(posed):
     """A 2 mm series with a 15 degree gantry tilt is re-sliced onto axial planes before its 5 mm slabs (they then lie
     as the untilted series' do) and the synthesis resampled back onto its slices. Measured on this head (seed 1,
-    benchmarks/records/slab_plan_2026-12-06/): r with the untilted 2 mm synthesis 0.828 (slabs along the tilted
-    slices: 0.816), superpixel r against its own true DWI -0.017 from the untilted scan's (along the tilt: -0.106;
-    the issue allows 0.02). Over 6 heads at 1 mm: r 0.870 vs 0.838, drop -0.026 vs -0.046."""
+    benchmarks/records/slab_plan_2026-12-06/, two slab layouts): r with the untilted 2 mm synthesis 0.820 (slabs
+    along the tilted slices: 0.825), superpixel r against its own true DWI -0.027 from the untilted scan's (along
+    the tilt: -0.113; the issue allows 0.02). Over 6 heads at 1 mm: r 0.909 vs 0.860, drop -0.013 vs -0.049."""
     from jmmda_model.metrics import superpixel_correlation
 
     scanner, _, run = posed

@@ -2,6 +2,7 @@
 phantoms: t interval, benchmarks/compare_models.t_ci) and thin_tilt.py rows (means per slice thickness and arm).
 
     python summary.py ROWS.jsonl [ROWS.jsonl ...] [--tilt TILT_ROWS.jsonl] > summary.md
+    python summary.py --two-phase TWO_PHASE_ROWS.jsonl SHIFT_ROWS.jsonl > two_phase_summary.md
 """
 import json
 import sys
@@ -13,6 +14,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from compare_models import t_ci  # noqa: E402
 
 args = sys.argv[1:]
+if args[0] == "--two-phase":  # two_phase.py rows: one slab layout against the mean of two, half a slab apart
+    from jmmda_model import metrics
+
+    rows = [json.loads(line) for line in Path(args[1]).read_text().splitlines() if line.strip()]
+    print(f"{len(rows)} thin phantoms (seeds {rows[0]['seed']}..{rows[-1]['seed']}), 1 mm grid, the shipped demo\n")
+    for k, unit in (("false_bright_ml", "mL/case"), ("psnr_brain", "dB"), ("superpixel_r", ""),
+                    ("qualifying_shown", "lesions/case"), ("qualifying_darker", "lesions/case"), ("darker", "lesions/case")):
+        a, b = (np.array([r[f"phases_{n}"][k] for r in rows], float) for n in (1, 2))
+        m, lo, hi = t_ci(b - a)
+        print(f"- {k}: one layout {a.mean():.3f} (sum {a.sum():g}), two {b.mean():.3f} (sum {b.sum():g}); two minus one "
+              f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] {unit}".rstrip())
+    for n in (1, 2):
+        per = [r[f"prob_{n}"] for r in rows]
+        i = [round(f["threshold"], 6) for f in per[0]["froc"]].index(0.8)
+        fq = [d for m in per for d, c in zip(m["froc"][i]["detected"], m["counted"]) if c]
+        print(f"- probability map, {n} layout(s), at the demo's operating point 0.80: {sum(fq)} / {len(fq)} of the "
+              f"issue's lesions, {np.mean([m['froc'][i]['fp'] for m in per]):.2f} false-positive clusters per case; "
+              f"pooled ECE {metrics.ece_from_bins(metrics.pool_reliability(per)):.4f}")
+    sh = [json.loads(line) for line in Path(args[2]).read_text().splitlines() if line.strip()]
+    print(f"\nThe slab layout moved 1-4 mm along the head (a head moved between two scans), r (brain) against the "
+          f"unmoved synthesis, {len(sh)} phantoms:\n")
+    for n in (1, 2):
+        v = np.array([r[f"slab_shift_r_{n}"] for r in sh])
+        print(f"- {n} layout(s): {v.min():.3f}-{v.max():.3f} (mean {v.mean():.3f}); by mm moved: "
+              + ", ".join(f"{x:.3f}" for x in v.mean(0)))
+    sys.exit(0)
 tilt = args[args.index("--tilt") + 1] if "--tilt" in args else None
 files = [a for a in args if a != "--tilt" and a != tilt]
 rows = sorted((json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()),

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Slabs in two phases: the synthesis on the 5 mm slabs of ``grid_anchor`` (now) against the mean of that and the
+synthesis on slabs shifted by half a slab (a half-overlapping layout: twice the network time), both back on the
+1 mm slices. The thin phantoms of thin_slabs_2026-12-06, scored as plan_vs_blocks.py. With --shift N, the first N
+phantoms also get a sub-slab shift: the same head drawn with its slices 1-4 mm further along z relative to the slab
+layout (the anchor moved by -s slices: what a head moved between two scans meets), r (brain) against the unmoved.
+Also the probability map of each arm (the mean lesion logit; ``metrics.probability_metrics``, as
+thin_slabs_2026-12-06/prob_thin_vs_slab.py).
+
+    python two_phase.py MODEL FIRST:END OUT.jsonl [--shift N]
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plan_vs_blocks as p  # noqa: E402
+
+t = p.t
+
+
+def synth(syn, ct, brain, anchor, phases, logits=False):
+    """The mean synthesis (and lesion logit) over ``phases`` slab layouts 5 / phases mm apart, back on the slices."""
+    ys, lgs = [], []
+    for k in range(phases):
+        plan = p.slab_plan(len(ct), 1.0, 5.0, anchor + 5.0 * k / phases)
+        bs = p.slab_mask(brain, plan)
+        y, lg, _ = syn.predict_volume(p.to_slabs(ct, plan), bs, (5.0, *p.SP[1:]), with_logits=logits)
+        ys.append(p.from_slabs(p.fill_slabs_without_brain(y, bs), plan))
+        if logits:
+            lgs.append(p.from_slabs(p.fill_slabs_without_brain(lg, bs), plan))
+    return (np.mean(ys, axis=0), np.mean(lgs, axis=0)) if logits else np.mean(ys, axis=0)
+
+
+def main():
+    model, out = sys.argv[1], Path(sys.argv[3])
+    n_shift = int(sys.argv[sys.argv.index("--shift") + 1]) if "--shift" in sys.argv else 0
+    first = int(sys.argv[2].split(":")[0])
+    syn = t.Synthesizer(model, device="cpu")
+    table = t.TissuePrior.from_dict(syn.pre.tissue_prior)
+    for seed in t.pending(sys.argv[2], out):
+        c = t.thin_case(seed, slice_multiple=1)
+        ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
+        prior = table.predict(ct, brain, p.SP, t.mirror_or_self(ct, t.estimate_midplane(ct, p.SP), p.SP))
+        row = {"seed": seed, "slices": len(ct)}
+        ys = {}
+        for phases in (1, 2):
+            ys[phases], lg = synth(syn, ct, brain, 0.0, phases, logits=True)
+            row[f"phases_{phases}"] = t.score(ys[phases], dwi, brain, lesion, ct, p.SP, prior, p.SP)
+            counted = [t.metrics.qualifying(L) for L in t.metrics.lesion_metrics(
+                ys[phases], dwi, brain, lesion, ct_hu=ct, spacing=p.SP)["lesions"]]
+            row[f"prob_{phases}"] = t.metrics.probability_metrics(syn.probability(lg) * (brain > 0), lesion, brain,
+                                                                 p.SP, counted=counted)
+        if seed - first < n_shift:
+            m = brain > 0
+            for phases in (1, 2):
+                row[f"slab_shift_r_{phases}"] = [
+                    round(float(np.corrcoef(ys[phases][m], synth(syn, ct, brain, -float(s), phases)[m])[0, 1]), 4)
+                    for s in (1, 2, 3, 4)]
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
