@@ -51,17 +51,29 @@ def on_slabs(syn, ct, brain, slice_mm, plan):
     return from_slabs(fill_slabs_without_brain(y, bs), plan)
 
 
-def main():
-    model, out = sys.argv[1], Path(sys.argv[3])
-    n_shift = int(sys.argv[sys.argv.index("--shift") + 1]) if "--shift" in sys.argv else 0
-    first = int(sys.argv[2].split(":")[0])
+def phantoms(argv):
+    """(synthesizer, output file, the --shift count, and per pending phantom: seed, index from the first, CT, brain,
+    lesion, true DWI, the model's lookup-table prediction) for ``MODEL FIRST:END OUT.jsonl [--shift N]``."""
+    model, out = argv[1], Path(argv[3])
+    n_shift = int(argv[argv.index("--shift") + 1]) if "--shift" in argv else 0
+    first = int(argv[2].split(":")[0])
     syn = t.Synthesizer(model, device="cpu")
     table = t.TissuePrior.from_dict(syn.pre.tissue_prior)
-    for seed in t.pending(sys.argv[2], out):
-        c = t.thin_case(seed, slice_multiple=1)
-        ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
+
+    def each():
+        for seed in t.pending(argv[2], out):
+            c = t.thin_case(seed, slice_multiple=1)
+            ct, brain = c["ct"], c["brain"]
+            prior = table.predict(ct, brain, SP, t.mirror_or_self(ct, t.estimate_midplane(ct, SP), SP))
+            yield seed, seed - first, ct, brain, c["lesion"], c["dwi"], prior
+
+    return syn, out, n_shift, each()
+
+
+def main():
+    syn, out, n_shift, cases = phantoms(sys.argv)
+    for seed, index, ct, brain, lesion, dwi, prior in cases:
         n = ct.shape[0]
-        prior = table.predict(ct, brain, SP, t.mirror_or_self(ct, t.estimate_midplane(ct, SP), SP))
         row = {"seed": seed, "slices": n}
 
         def score(y):
@@ -82,7 +94,7 @@ def main():
             row[f"{mm}mm_before"] = score(from_slabs(on_slabs(syn, ct_m, brain_m, float(mm), before), thick))
             frac = slab_plan(len(ct_m), float(mm), 5.0, -(mm - 1) / (2.0 * mm))  # z = 0 at the first 1 mm slice
             row[f"{mm}mm_slabs"] = score(from_slabs(on_slabs(syn, ct_m, brain_m, float(mm), frac), thick))
-        if seed - first < n_shift:
+        if index < n_shift:
             for name, grid in (("1mm_blocks", False), ("1mm_grid", True)):
                 rs = []
                 for s in (1, 2, 3, 4):

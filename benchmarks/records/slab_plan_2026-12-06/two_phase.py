@@ -35,15 +35,8 @@ def synth(syn, ct, brain, anchor, phases, logits=False):
 
 
 def main():
-    model, out = sys.argv[1], Path(sys.argv[3])
-    n_shift = int(sys.argv[sys.argv.index("--shift") + 1]) if "--shift" in sys.argv else 0
-    first = int(sys.argv[2].split(":")[0])
-    syn = t.Synthesizer(model, device="cpu")
-    table = t.TissuePrior.from_dict(syn.pre.tissue_prior)
-    for seed in t.pending(sys.argv[2], out):
-        c = t.thin_case(seed, slice_multiple=1)
-        ct, brain, lesion, dwi = c["ct"], c["brain"], c["lesion"], c["dwi"]
-        prior = table.predict(ct, brain, p.SP, t.mirror_or_self(ct, t.estimate_midplane(ct, p.SP), p.SP))
+    syn, out, n_shift, cases = p.phantoms(sys.argv)
+    for seed, index, ct, brain, lesion, dwi, prior in cases:
         row = {"seed": seed, "slices": len(ct)}
         ys = {}
         for phases in (1, 2):
@@ -53,7 +46,7 @@ def main():
                 ys[phases], dwi, brain, lesion, ct_hu=ct, spacing=p.SP)["lesions"]]
             row[f"prob_{phases}"] = t.metrics.probability_metrics(syn.probability(lg) * (brain > 0), lesion, brain,
                                                                  p.SP, counted=counted)
-        if seed - first < n_shift:
+        if index < n_shift:
             m = brain > 0
             for phases in (1, 2):
                 row[f"slab_shift_r_{phases}"] = [
