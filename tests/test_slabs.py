@@ -175,6 +175,32 @@ def test_two_slab_layouts_half_a_slab_apart(demo, monkeypatch):
     assert r[2] >= 0.985 and r[2] > r[1] + 0.01, r
 
 
+def test_layouts_that_disagree_on_the_midplane_fall_back_to_the_first(demo, monkeypatch):
+    """Should the mid-sagittal plane be trusted in one slab layout and not in the other, the two would disagree on the
+    hemispheric comparison: the first layout alone is used, and the answer says so."""
+    import jmmda_model.inference as inference
+    from jmmda_model.clinical.imageio import read_image
+
+    ct5, m5 = read_image(SAMPLE / "phantom_002.nii.gz", "CT"), read_image(SAMPLE / "labels/brainmask/phantom_002.nii.gz", "mask")
+    ct1, m1 = sitk.Cast(thin_copy(ct5[:, :, 8:20], np.int16), sitk.sitkInt16), thin_copy(m5[:, :, 8:20], np.uint8)
+    real, calls = inference.estimate_midplane, []
+
+    def second_untrusted(ct_hu, spacing):
+        plane = real(ct_hu, spacing)
+        calls.append(plane)
+        if len(calls) == 2:
+            plane.trusted, plane.reason = False, "test: untrusted in the second layout"
+        return plane
+
+    monkeypatch.setattr(inference, "estimate_midplane", second_untrusted)
+    y, _, info = demo(ct1, m1)
+    assert len(calls) == 2 and "the first layout alone" in info["slabs"] and info["hemispheric_comparison"] == "used"
+    monkeypatch.setattr(inference, "estimate_midplane", real)
+    monkeypatch.setattr(inference, "SLAB_PHASES", 1)
+    y1, _, _ = demo(ct1, m1)
+    np.testing.assert_allclose(arr(y), arr(y1), atol=1e-6)
+
+
 def below(img: sitk.Image, n: int, value) -> sitk.Image:
     """``img`` with ``n`` slices of ``value`` added below its first: the same head, n slices higher in the series."""
     a = sitk.GetArrayFromImage(img)
