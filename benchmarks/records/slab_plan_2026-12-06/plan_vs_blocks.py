@@ -42,13 +42,16 @@ SP = (1.0, 1.8, 1.8)
 preprocess.SLAB_MAX_SLICE_FRACTION = 0.85
 
 
-def on_slabs(syn, ct, brain, slice_mm, plan):
-    """The synthesis of (ct, brain) on ``plan``'s slabs (None: on its own slices), back on its slices."""
+def on_slabs(syn, ct, brain, slice_mm, plan, logits=False):
+    """The synthesis of (ct, brain) on ``plan``'s slabs (None: on its own slices), back on its slices; with
+    ``logits`` (synthesis, lesion logits)."""
     if plan is None:
-        return syn.predict_volume(ct, brain, (slice_mm, *SP[1:]))[0]
+        y, lg, _ = syn.predict_volume(ct, brain, (slice_mm, *SP[1:]), with_logits=logits)
+        return (y, lg) if logits else y
     bs = slab_mask(brain, plan)
-    y = syn.predict_volume(to_slabs(ct, plan), bs, (slice_mm * plan.thickness, *SP[1:]))[0]
-    return from_slabs(fill_slabs_without_brain(y, bs), plan)
+    y, lg, _ = syn.predict_volume(to_slabs(ct, plan), bs, (slice_mm * plan.thickness, *SP[1:]), with_logits=logits)
+    back = [from_slabs(fill_slabs_without_brain(a, bs), plan) for a in (y, lg) if a is not None]
+    return tuple(back) if logits else back[0]
 
 
 def phantoms(argv):

@@ -23,15 +23,11 @@ t = p.t
 
 def synth(syn, ct, brain, anchor, phases, logits=False):
     """The mean synthesis (and lesion logit) over ``phases`` slab layouts 5 / phases mm apart, back on the slices."""
-    ys, lgs = [], []
-    for k in range(phases):
-        plan = p.slab_plan(len(ct), 1.0, 5.0, anchor + 5.0 * k / phases)
-        bs = p.slab_mask(brain, plan)
-        y, lg, _ = syn.predict_volume(p.to_slabs(ct, plan), bs, (5.0, *p.SP[1:]), with_logits=logits)
-        ys.append(p.from_slabs(p.fill_slabs_without_brain(y, bs), plan))
-        if logits:
-            lgs.append(p.from_slabs(p.fill_slabs_without_brain(lg, bs), plan))
-    return (np.mean(ys, axis=0), np.mean(lgs, axis=0)) if logits else np.mean(ys, axis=0)
+    outs = [p.on_slabs(syn, ct, brain, 1.0, p.slab_plan(len(ct), 1.0, 5.0, anchor + 5.0 * k / phases), logits)
+            for k in range(phases)]
+    if logits:
+        return np.mean([o[0] for o in outs], axis=0), np.mean([o[1] for o in outs], axis=0)
+    return np.mean(outs, axis=0)
 
 
 def main():
