@@ -301,7 +301,8 @@ class Synthesizer:
         # untilted series' would (thick ones are kept: re-slicing them blurs; resample_straight)
         reslice = reslices(ct_ax, self.pre.slab_mm)
         straighten = turned > OBLIQUE_TOLERANCE_DEG and not self.pre.canonical_rotation and not reslice
-        resampled = self.pre.needs_resampling(ct_ax) or straighten or reslice
+        inplane = self.pre.needs_resampling(ct_ax)
+        resampled = inplane or straighten or reslice
         if reslice:
             info["slice_tilt"] = (f"the slices are angled {tilt:.1f} degrees to the patient's axial plane (gantry tilt or "
                                   f"oblique series): thin slices, re-sliced onto axial planes {ct_ax.GetSpacing()[2]:.2f} "
@@ -317,7 +318,7 @@ class Synthesizer:
                                     "was computed on straightened slices and resampled onto the CT grid")
         elif resampled:  # the network works at its training pixel size (and on axial planes when re-sliced)
             work_ct, work_m = ct_ax, mask_ax
-            if self.pre.needs_resampling(ct_ax):
+            if inplane:
                 work_ct = resample_inplane(ct_ax, self.pre.inplane_spacing)
                 work_m = resample_inplane(mask_ax, self.pre.inplane_spacing, label=True)
             if reslice:

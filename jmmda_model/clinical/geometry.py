@@ -82,6 +82,15 @@ def resample_inplane(img: sitk.Image, spacing_xy, label: bool = False) -> sitk.I
     return _resample_keeping_slices(img, new_size[:2], origin, new_sp, d, label)
 
 
+def _background(img: sitk.Image, label: bool) -> float:
+    """What a resampled image holds outside its source: 0 for labels, the image's minimum (air) otherwise."""
+    if label:
+        return 0.0
+    mm = sitk.MinimumMaximumImageFilter()
+    mm.Execute(img)
+    return float(mm.GetMinimum())
+
+
 def _resample_keeping_slices(img: sitk.Image, size_xy, origin, spacing, direction: np.ndarray,
                              label: bool) -> sitk.Image:
     """``img`` onto a grid of the same slices (slice k of the result lies on slice k of ``img``) with in-plane size
@@ -92,9 +101,7 @@ def _resample_keeping_slices(img: sitk.Image, size_xy, origin, spacing, directio
     size = img.GetSize()
     sigma = [0.0, 0.0] if label else _antialias_sigma(img.GetSpacing(), spacing)
     pix = img.GetPixelID()
-    mm = sitk.MinimumMaximumImageFilter()
-    mm.Execute(img)
-    fill = 0.0 if label else float(mm.GetMinimum())
+    fill = _background(img, label)
     d = np.asarray(direction, float).reshape(3, 3)
     dir_t = tuple(float(v) for v in d.ravel())
     sp_t = tuple(float(v) for v in spacing)
@@ -196,14 +203,9 @@ def reslice_axial(img: sitk.Image, label: bool = False) -> sitk.Image:
                         for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5) for k in (-0.5, size[2] - 0.5)])
     lo, hi = corners.min(0), corners.max(0)
     n = [int(max(1, np.ceil((hi[i] - lo[i]) / sp[i] - 1e-6))) for i in range(3)]
-    fill = 0.0
-    if not label:
-        mm = sitk.MinimumMaximumImageFilter()
-        mm.Execute(img)
-        fill = float(mm.GetMinimum())
     return sitk.Resample(img, n, sitk.Transform(), sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
                          tuple(float(v) for v in lo + sp / 2), tuple(float(v) for v in sp),
-                         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), fill,
+                         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), _background(img, label),
                          img.GetPixelID() if label else sitk.sitkFloat32)
 
 
