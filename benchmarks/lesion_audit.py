@@ -3,6 +3,7 @@
 
     python benchmarks/lesion_audit.py --model apps/ct2dwi/model/jmmda_demo.pt --seeds 30000:30120 --out runs/audit
     python benchmarks/lesion_audit.py --model A.pt B.pt C.pt ...     (an ensemble: the members' mean)
+    python benchmarks/lesion_audit.py --single-view ...              (one view per slice, no flip averaging)
 
 What it runs, exactly: phantoms built in memory (``jmmda_model.phantom.loaded_case``, 1.8 x 1.8 x 5 mm) from the
 benchmark's test seeds (30000.., never used in any training: not by ``learning_curves.py``, not by
@@ -180,7 +181,8 @@ def summarise(cases: list[dict], meta: dict) -> tuple[dict, str]:
     pct = lambda v: f"{100 * v:.0f} %" if math.isfinite(v) else "n/a"  # noqa: E731
     lines = [f"# Lesion audit: {meta['model']} ({time.strftime('%Y-%m-%d')})", "",
              f"Ran: {len(cases)} test phantoms (seeds {meta['seeds']}, never used in training), served path "
-             f"(canonical pose, hemispheric comparison), model sha256 {meta['model_sha256_16']}..., machine: "
+             f"(canonical pose, hemispheric comparison, "
+             f"{'flip averaging' if meta.get('flip_average') else 'one view per slice'}), model sha256 {meta['model_sha256_16']}..., machine: "
              + ", ".join(f"{k} {v}" for k, v in meta["machine"].items()) + ".", "",
              f"- Qualifying lesions (>= 1 mL, >= 3 HU, real ratio >= 1.3) shown: **{sq['shown']} of {sq['n']} = "
              f"{pct(sq['sensitivity'])}** (95 % CI {pct(sq['ci95'][0])}-{pct(sq['ci95'][1])}); target 85 %: "
@@ -259,6 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("30000:30120"), help="FIRST:END test seeds")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--single-view", action="store_true",
+                   help="each model runs once per slice, without averaging it with its left-right mirror image "
+                        "(as `jmmda infer --single-view`; audits before 2026-12-06 ran so); recorded in run.json")
     a = p.parse_args(argv)
     from compare_models import machine as machine_info
 
@@ -273,14 +278,15 @@ def main(argv=None) -> int:
     digest = (hashes[0] if len(hashes) == 1 else hashlib.sha256(b"".join(h.digest() for h in hashes))).hexdigest()[:16]
     seeds = f"{a.seeds[0]}:{a.seeds[-1] + 1}"
     name = Path(a.model[0]).name if len(a.model) == 1 else "ensemble of " + ", ".join(a.model)
-    meta = {"model": name, "model_sha256_16": digest, "seeds": seeds, "machine": machine_info()}
+    meta = {"model": name, "model_sha256_16": digest, "seeds": seeds, "machine": machine_info(),
+            "flip_average": not a.single_view}
     run = out / "run.json"
     if run.exists():
         old = json.loads(run.read_text())
-        if (old["model_sha256_16"], old["seeds"]) != (digest, seeds):
-            p.error(f"{out} holds an audit of {old['model']} ({old['model_sha256_16']}) on seeds {old['seeds']}: "
-                    "use another --out")
-    members = [Synthesizer(m, device=a.device) for m in a.model]
+        if (old["model_sha256_16"], old["seeds"], old.get("flip_average", False)) != (digest, seeds, not a.single_view):
+            p.error(f"{out} holds an audit of {old['model']} ({old['model_sha256_16']}) on seeds {old['seeds']}"
+                    f"{' with flip averaging' if old.get('flip_average') else ''}: use another --out")
+    members = [Synthesizer(m, device=a.device, flip_average=not a.single_view) for m in a.model]
     syn = members[0] if len(members) == 1 else Ensemble(members)
     # the probability's temperature: the (first) checkpoint's calibration, or 1 (uncalibrated: learning-curve
     # checkpoints; an ensemble's mean logit has not been calibrated)

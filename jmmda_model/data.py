@@ -26,7 +26,7 @@ from .clinical.geometry import (
     to_axial,
 )
 from .clinical.imageio import check_ct, check_mask, read_image
-from .clinical.midplane import MidPlane, estimate_midplane, mirror_or_self
+from .clinical.midplane import MidPlane, estimate_midplane, mirror_or_self, patient_lr
 from .errors import InputError
 from .preprocess import (
     PreprocessConfig,
@@ -86,7 +86,7 @@ class LoadedCase:
     brain: np.ndarray
     lesion: np.ndarray
     spacing_zyx: tuple
-    image: sitk.Image  # the axial-oriented CT (geometry reference)
+    image: sitk.Image | None  # the axial-oriented CT (geometry reference; None for phantoms built in memory)
     dwi_unclipped: np.ndarray | None = None  # normalised like ``dwi`` but not clipped (lesion MAE)
     mirror_hu: np.ndarray | None = None  # the CT mirrored across its mid-sagittal plane (or the CT: plane untrusted)
     midplane: MidPlane | None = None
@@ -114,7 +114,8 @@ def slab_grid(img: sitk.Image, plan: SlabPlan) -> sitk.Image:
 def with_mirror(lc: LoadedCase, pre: PreprocessConfig) -> LoadedCase:
     """Adds the mid-sagittal plane and the mirrored CT when the preprocessing uses the mirror channels."""
     if pre.mirror_channels and lc.mirror_hu is None:
-        lc.midplane = estimate_midplane(lc.ct_hu, lc.spacing_zyx)
+        lr = patient_lr(lc.image.GetDirection()) if lc.image is not None else None  # phantoms built in memory: none
+        lc.midplane = estimate_midplane(lc.ct_hu, lc.spacing_zyx, patient_lr_xyz=lr)
         lc.mirror_hu = mirror_or_self(lc.ct_hu, lc.midplane, lc.spacing_zyx)
     return lc
 

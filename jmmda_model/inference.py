@@ -25,7 +25,7 @@ from .clinical.geometry import (
     to_axial,
 )
 from .clinical.imageio import PROBABILITY_NOTE, check_ct, check_mask, label_synthetic
-from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self
+from .clinical.midplane import canonical_pose, estimate_midplane, mirror_or_self, patient_lr
 from .data import mirror_noise_scale, model_input, reslices, slab_mask
 from .export import is_torchscript, load_generator, load_torchscript
 from .metrics import OPERATING_MAX_FP, calibrated_probability
@@ -39,6 +39,15 @@ from .preprocess import (
     to_slabs,
 )
 
+
+#: every slice synthesised as the mean of the network's answers to it and to its left-right mirror image (all
+#: channels flipped in the canonical pose, as the training's flip augmentation does; the answer flipped back). The
+#: network is not mirror-symmetric (the two views agree at r 0.93 on test phantoms), so the mean is closer to the
+#: true DWI: in-brain PSNR +0.22 dB [+0.20, +0.24] on 120 test phantoms, false-bright brain and lesions a tie
+#: (record ``flip_average_2026-12-06``), at twice the network time. ``jmmda infer --single-view`` turns it off.
+FLIP_AVERAGE = True
+VIEWS_NOTE = ("the mean of the network's answers to the CT and to its left-right mirror image (flipped back), "
+              "slice by slice")
 
 #: slab layouts a thin series is synthesised in (``preprocess.slab_plan``), 1 / SLAB_PHASES of a slab apart: the
 #: mean of their syntheses hardly depends on where the slabs fall in the head (a head moved 1-4 mm between two
@@ -67,9 +76,12 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 @torch.no_grad()
-def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = False, with_logits: bool = False):
+def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = False, with_logits: bool = False,
+                   flip_average: bool = False):
     """(N, C, H, W) model input -> (N, H, W) synthetic DWI in [0, 1]; pads to the net's divisor.
-    ``with_logits``: returns (DWI, lesion logits (N, H, W) or None when the net has no lesion head)."""
+    ``with_logits``: returns (DWI, lesion logits (N, H, W) or None when the net has no lesion head).
+    ``flip_average``: the mean of the net's answers to the input and to its left-right mirror image (every channel
+    flipped, as the training's flip augmentation does; the answer flipped back), synthesis and logits alike."""
     out = np.empty((x.shape[0],) + x.shape[2:], np.float32)
     want = with_logits and has_lesion_head(net)
     logits = np.empty_like(out) if want else None
@@ -80,12 +92,19 @@ def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = 
         for s in range(0, x.shape[0], batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(device)
             xb, (t, h, l, w) = pad_to_multiple(xb, net.size_divisor)
+            m = xb.shape[0]
+            if flip_average:  # both views in one batch
+                xb = torch.cat([xb, xb.flip(-1)])
             with autocast:
                 if want:
                     yb, lb = net(xb, return_aux=True)
+                    if flip_average:
+                        lb = (lb[:m] + lb[m:].flip(-1)) / 2
                     logits[s : s + batch_size] = lb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
                 else:
                     yb = net(xb)
+            if flip_average:
+                yb = (yb[:m] + yb[m:].flip(-1)) / 2
             out[s : s + batch_size] = yb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
     finally:
         net.train(was_training)
@@ -152,9 +171,11 @@ class Synthesizer:
     """Loads a trained generator once; thread-safe ``__call__`` per volume."""
 
     def __init__(self, checkpoint: str | Path | None, device: str | None = None, batch_size: int = 8, amp: bool = True,
-                 network: torch.nn.Module | None = None, meta: dict | None = None):
+                 network: torch.nn.Module | None = None, meta: dict | None = None, flip_average: bool = FLIP_AVERAGE):
         """``checkpoint``: a JMMDA-GAN checkpoint or TorchScript export; or ``network`` (weights loaded) with
-        ``meta`` holding at least its ``preprocess`` settings (the MONAI Bundle path)."""
+        ``meta`` holding at least its ``preprocess`` settings (the MONAI Bundle path). ``flip_average``: every slice
+        is synthesised as the mean of the network's answers to it and to its left-right mirror image (see
+        ``FLIP_AVERAGE``); False: one view, half the network time."""
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(device)
         self.model_format = "checkpoint"
@@ -178,6 +199,7 @@ class Synthesizer:
         # mixed precision for the Python model on a GPU; an export runs in float32, as traced and checked
         self.amp = amp and self.device.type == "cuda" and self.model_format == "checkpoint"
         self._lock = threading.Lock()
+        self.flip_average = bool(flip_average)
 
     @property
     def model_card(self) -> dict:
@@ -185,7 +207,8 @@ class Synthesizer:
 
     def predict_slices(self, x: np.ndarray, with_logits: bool = False):
         with self._lock:
-            return predict_slices(self.net, x, self.device, self.batch_size, self.amp, with_logits=with_logits)
+            return predict_slices(self.net, x, self.device, self.batch_size, self.amp, with_logits=with_logits,
+                                  flip_average=self.flip_average)
 
     @property
     def has_probability(self) -> bool:
@@ -353,7 +376,9 @@ class Synthesizer:
         for i, lay in enumerate(layouts):
             ct_l, brain_l = (ct_hu, brain) if lay is None else (to_slabs(ct_hu, lay), slab_mask(brain, lay))
             spacing_l = spacing if lay is None else (float(self.pre.slab_mm), *spacing[1:])
-            plane = estimate_midplane(ct_l, spacing_l)  # the plane is reported, and never used untrusted
+            # the plane is reported, and never used untrusted; its angle is counted from the patient's sagittal
+            # plane (an oblique series' rows may be turned in the slice plane: the model turns the head itself)
+            plane = estimate_midplane(ct_l, spacing_l, patient_lr_xyz=patient_lr(work_geo[2]))
             if i == 0:
                 info["midplane"] = plane.to_dict()
                 if self.pre.mirror_channels:  # hemispheric comparison
@@ -424,6 +449,7 @@ class Synthesizer:
                 "device": str(self.device),
                 "model_format": self.model_format,
                 "mixed_precision": self.amp,
+                "views": VIEWS_NOTE if self.flip_average else "one view (flip averaging off)",
                 "resampled_inplane_mm": list(self.pre.inplane_spacing) if resampled else None,
                 "brain_ml": brain_ml,
             }

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -352,8 +353,13 @@ def test_stow_failures_are_one_line_errors(tmp_path, fake_pacs, monkeypatch):
     vol = _sphere_volume()
     write_ct_series(vol, tmp_path / "ct")
     paths = export_synthetic_dwi(sitk.Cast(vol, sitk.sitkFloat32) * 0 + 0.2, tmp_path / "ct", tmp_path / "syn", burn_in=False)
-    with pytest.raises(PacsError, match="cannot reach"):
-        stow(paths, f"http://127.0.0.1:{free_port()}/dicom-web")
+    t0 = time.monotonic()
+    with pytest.raises(PacsError, match=r"cannot reach.*\(2 attempts\)"):  # tried again after 2 s, and says so
+        stow(paths, f"http://127.0.0.1:{free_port()}/dicom-web", attempts=2)
+    assert 1.9 <= time.monotonic() - t0 < 5.5  # 2 tries, not 3 (2 + 4 s) nor dicomweb-client's default 5 (30 s)
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ValueError, match="STOW attempts"):
+            stow(paths, fake_pacs, attempts=bad)
     _Pacs.mode = "404"
     with pytest.raises(PacsError, match="HTTP 404"):
         stow(paths, fake_pacs)
@@ -366,6 +372,12 @@ def test_stow_failures_are_one_line_errors(tmp_path, fake_pacs, monkeypatch):
     syn_file = tmp_path / "syn_synthetic.nii.gz"
     sitk.WriteImage(sitk.Cast(vol, sitk.sitkFloat32) * 0 + 0.2, str(syn_file))
     r = subprocess.run([sys.executable, "-m", "jmmda_model.cli", "export-dicom", "--synthetic", str(syn_file), "--ct-dicom",
-                        str(tmp_path / "ct"), "--out", str(tmp_path / "out2"), "--stow", f"http://127.0.0.1:{free_port()}/dicom-web"],
-                       capture_output=True, text=True, cwd=ROOT)
+                        str(tmp_path / "ct"), "--out", str(tmp_path / "out2"), "--stow", f"http://127.0.0.1:{free_port()}/dicom-web",
+                        "--stow-attempts", "1"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 3 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "attempts" not in r.stderr  # one try: none waited for
+    r = subprocess.run([sys.executable, "-m", "jmmda_model.cli", "export-dicom", "--synthetic", str(syn_file), "--ct-dicom",
+                        str(tmp_path / "ct"), "--out", str(tmp_path / "out3"), "--stow", fake_pacs, "--stow-attempts", "0"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "--stow-attempts" in r.stderr and "from 1 to 10" in r.stderr, r.stderr
+    assert not (tmp_path / "out3").exists()  # refused before anything was written

@@ -53,6 +53,38 @@ def test_midplane_matches_the_phantom_truth(seed):
     assert seconds <= 2.0  # 1 s target, slack for a loaded CI machine
 
 
+def test_midplane_of_an_oblique_series_is_judged_in_the_patient_frame():
+    """The rows of an oblique series are turned in the slice plane by the scanner, not by the head: the same head on a
+    grid turned 35 degrees is searched for and judged from the patient's sagittal plane (the image's direction
+    cosines), so it is trusted and found as on the straight grid. Judged from the grid's own axes it was not."""
+    from jmmda_model.clinical.midplane import patient_lr
+
+    c = make_case(3101)
+    img = to_axial(to_image(c["ct"], c))
+    a = np.radians(35.0)
+    turn = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    d = np.array(img.GetDirection()).reshape(3, 3) @ turn
+    size = [int(img.GetSize()[0] * 1.3), int(img.GetSize()[1] * 1.3), img.GetSize()[2]]  # the turned head fits
+    sp = np.array(img.GetSpacing())
+    centre = np.array(img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()]))
+    origin = centre - d @ ((np.array(size) - 1) / 2 * sp)
+    obl = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(sp), tuple(d.ravel()),
+                        -1024.0, sitk.sitkFloat32)
+    ct, sp_zyx = sitk.GetArrayFromImage(obl), tuple(reversed(obl.GetSpacing()))
+    assert patient_lr(img.GetDirection()) is None  # a straight grid: its own x axis
+    lr = patient_lr(obl.GetDirection())
+    assert lr is not None and abs(np.degrees(np.arccos(lr[0])) - 35.0) < 1e-6
+    straight = estimate_midplane(sitk.GetArrayFromImage(img).astype(np.float32), tuple(reversed(img.GetSpacing())))
+    plane = estimate_midplane(ct, sp_zyx, patient_lr_xyz=lr)
+    assert plane.trusted, plane.reason
+    n_gt = d.T @ np.array(c["meta"]["midplane_lps"]["normal"])  # the phantom's own plane, in the turned grid
+    assert np.degrees(np.arccos(min(1.0, abs(float(np.array(plane.normal_xyz) @ n_gt))))) <= 1.0
+    assert abs(plane.angle_from_patient_sagittal_deg - straight.angle_from_sagittal_deg) <= 1.0
+    assert plane.angle_from_sagittal_deg > 25.0 and plane.to_dict()["patient_lr_xyz"] == [round(v, 5) for v in lr]
+    grid_frame = estimate_midplane(ct, sp_zyx)  # judged from the grid's axes, as before
+    assert not grid_frame.trusted and ("image's sagittal plane" in grid_frame.reason or "converge" in grid_frame.reason)
+
+
 def test_untrusted_plane_is_reported_and_not_used():
     c = make_case(3104)
     img = to_axial(to_image(c["ct"], c))
@@ -246,6 +278,32 @@ def test_a_checkpoint_with_an_unusable_lesion_calibration_is_refused_when_loaded
     bad = atomic_save(ck, tmp_path / "odd_calibration.pt")
     with pytest.raises(CheckpointError, match=f"odd_calibration.pt: .*{what}"):
         Synthesizer(bad, device="cpu")
+
+
+def test_flip_averaging_answers_a_mirrored_head_with_the_mirrored_synthesis():
+    """Every slice is synthesised as the mean of the network's answers to it and to its left-right mirror image: a
+    mirrored input then gets exactly the mirrored synthesis and lesion logits, which the network alone does not give
+    (its two views differ); and the mean is that of the two single views."""
+    from conftest import DEMO_MODEL
+    from jmmda_model.inference import Synthesizer
+    from jmmda_model.data import model_input
+
+    two = Synthesizer(DEMO_MODEL, device="cpu")
+    one = Synthesizer(DEMO_MODEL, device="cpu", flip_average=False)
+    assert two.flip_average and not one.flip_average
+    lc = loaded_case(3112, two.pre)
+    k = int(lc.brain.reshape(lc.brain.shape[0], -1).sum(1).argmax())
+    h, w = (lc.ct_hu.shape[1] // 8) * 8, (lc.ct_hu.shape[2] // 8) * 8  # no padding: the mirror is the array's
+    x = model_input(lc.ct_hu, lc.brain, two.pre, lc.spacing_zyx, lc.mirror_hu)[k - 1 : k + 2, :, :h, :w]
+    xf = np.ascontiguousarray(x[..., ::-1])
+    y, lg = two.predict_slices(x, with_logits=True)
+    yf, lgf = two.predict_slices(xf, with_logits=True)
+    assert np.abs(yf[..., ::-1] - y).max() < 1e-5 and np.abs(lgf[..., ::-1] - lg).max() < 1e-4
+    y1, l1 = one.predict_slices(x, with_logits=True)
+    y1f, l1f = one.predict_slices(xf, with_logits=True)
+    assert np.abs(y1f[..., ::-1] - y1).max() > 1e-2  # the network alone is not mirror-symmetric
+    np.testing.assert_allclose(y, (y1 + y1f[..., ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(lg, (l1 + l1f[..., ::-1]) / 2, atol=1e-4)
 
 
 def test_the_operating_threshold_reaches_the_infer_info(tmp_path):

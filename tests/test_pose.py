@@ -28,13 +28,13 @@ CENTRED_SIZE = (176, 176, 30)
 #: demo before: 0.852), and the gap is not the pose handling: the tissue prior alone (a lookup table) agrees at only
 #: 0.892 across the same two 5 mm slice orientations, 0.942 across 1-2 mm ones.
 POSE_FLOORS = {"shifted 7 mm": 0.97, "off-centre 60/15 mm": 0.97, "oblique 25 deg": 0.97, "tilted 15 deg": 0.79,
-               "head turned 15 deg": 0.97}
+               "head turned 15 deg": 0.97, "oblique 25 deg, head turned 12 deg": 0.97}
 #: superpixel r against the pose's own true DWI may fall below the centred case's by at most this (target 0.02);
 #: measured: centred 0.755, shifted 0.744, off-centre 0.781, oblique 0.787, tilted 0.653 (-0.102; over 6 phantoms
 #: -0.078 on average, the demo before -0.061 - a target missed by both), turned 0.787. The tilted figure is still
 #: above the demo before's (0.587 here, 0.726 vs 0.667 over the 6 phantoms): closer to the truth, less alike.
 SUPERPIXEL_SLACK = {"shifted 7 mm": 0.02, "off-centre 60/15 mm": 0.02, "oblique 25 deg": 0.02, "tilted 15 deg": 0.11,
-                    "head turned 15 deg": 0.02}
+                    "head turned 15 deg": 0.02, "oblique 25 deg, head turned 12 deg": 0.02}
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:
@@ -52,6 +52,9 @@ POSES = {
     "oblique 25 deg": (_rot("z", 25.0), (0.0, 0.0, 0.0), 0.0),
     "tilted 15 deg": (_rot("x", 15.0), (0.0, 0.0, 0.0), 0.0),
     "head turned 15 deg": (np.eye(3), (0.0, 0.0, 0.0), 15.0),
+    # the rows turned 25 degrees and the head 12 more within the patient: 30 degrees from the image's sagittal plane,
+    # 6 from the patient's (the plane was refused from the image's axes until 2026-12-06: 3 of 6 heads at 25 alone)
+    "oblique 25 deg, head turned 12 deg": (_rot("z", 25.0), (0.0, 0.0, 0.0), 12.0),
 }
 
 
@@ -155,6 +158,9 @@ def test_same_head_in_any_pose_gives_the_same_synthesis(posed, pose):
     sp_c, sp_p = sp_r(c_scan, c_out), sp_r(s, out)
     print(f"{pose}: r(synthetic, centred) {r_syn:.3f} (true DWI {r_true:.3f}); superpixel r {sp_p:.3f} vs centred {sp_c:.3f}")
     assert info["midplane"]["trusted"], info["midplane"]
+    if not head:  # judged from the patient's sagittal plane: the head's own yaw, not the rows' obliquity
+        assert abs(info["midplane"]["angle_from_patient_sagittal_deg"]
+                   - c_info["midplane"]["angle_from_sagittal_deg"]) < 1.5, (info["midplane"], c_info["midplane"])
     if pose == "tilted 15 deg":
         assert "angled 15.0 degrees" in info["slice_tilt"]
     if pose == "oblique 25 deg":  # straightened first, or turned with the head into the canonical pose

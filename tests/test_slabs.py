@@ -185,8 +185,8 @@ def test_layouts_that_disagree_on_the_midplane_fall_back_to_the_first(demo, monk
     ct1, m1 = sitk.Cast(thin_copy(ct5[:, :, 8:20], np.int16), sitk.sitkInt16), thin_copy(m5[:, :, 8:20], np.uint8)
     real, calls = inference.estimate_midplane, []
 
-    def second_untrusted(ct_hu, spacing):
-        plane = real(ct_hu, spacing)
+    def second_untrusted(ct_hu, spacing, **kw):
+        plane = real(ct_hu, spacing, **kw)
         calls.append(plane)
         if len(calls) == 2:
             plane.trusted, plane.reason = False, "test: untrusted in the second layout"

@@ -582,20 +582,33 @@ def read_synthetic_series(folder: str | Path) -> sitk.Image:
     return sitk.Cast(img, sitk.sitkFloat32) / DWI_SCALE
 
 
+#: requests of a STOW-RS / QIDO-RS call (the first and its retries) unless the caller says otherwise
+STOW_ATTEMPTS = 5
+STOW_MAX_ATTEMPTS = 10
+
+
 def stow(paths: list[Path], url: str, username: str | None = None, password: str | None = None,
-         timeout: float = 120.0) -> int:
+         timeout: float = 120.0, attempts: int = STOW_ATTEMPTS) -> int:
     """STOW-RS the files to a DICOMweb endpoint (e.g. http://host:8042/dicom-web), then checks with QIDO-RS
     that the server holds every instance. Returns the number stored.
+
+    ``attempts``: how often each request is tried (1 .. STOW_MAX_ATTEMPTS) when the server cannot be reached,
+    does not answer, or answers 408 / 429 / 503 / 504, waiting 2, 4, 8 ... s in between (dicomweb-client's
+    retrying): 5 attempts wait 30 s in all before a PACS that is down is reported.
 
     Credentials: ``username`` with ``password`` or the JMMDA_DICOMWEB_PASSWORD environment variable; without
     a user name, ~/.netrc is used for the host (requests' standard behaviour)."""
     import requests
     from dicomweb_client.api import DICOMwebClient
 
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= STOW_MAX_ATTEMPTS:
+        raise ValueError(f"STOW attempts must be a whole number from 1 to {STOW_MAX_ATTEMPTS}, not {attempts!r}")
     session = requests.Session()
     if username:
         session.auth = (username, password if password is not None else os.environ.get("JMMDA_DICOMWEB_PASSWORD", ""))
     client = DICOMwebClient(url=url, session=session)
+    client.set_http_retry_params(retry=attempts > 1, max_attempts=attempts)
+    tried = f" ({attempts} attempts)" if attempts > 1 else ""
     datasets = [pydicom.dcmread(p) for p in paths]
     if not datasets:
         raise PacsError("nothing to store")
@@ -610,9 +623,10 @@ def stow(paths: list[Path], url: str, username: str | None = None, password: str
                     404: "no DICOMweb service at this URL (e.g. http://host:8042/dicom-web for Orthanc)"}.get(code, "the server refused")
             raise PacsError(f"{what} at {url} failed (HTTP {code}): {hint}") from exc
         except requests.exceptions.ConnectionError as exc:
-            raise PacsError(f"cannot reach the DICOMweb server at {url} (connection refused or host unreachable)") from exc
+            raise PacsError(f"cannot reach the DICOMweb server at {url} (connection refused or host unreachable)"
+                            f"{tried}") from exc
         except requests.exceptions.Timeout as exc:
-            raise PacsError(f"the DICOMweb server at {url} did not answer within {timeout:.0f} s") from exc
+            raise PacsError(f"the DICOMweb server at {url} did not answer within {timeout:.0f} s{tried}") from exc
 
     response = call("STOW-RS", lambda: client.store_instances(datasets))
     failed = len(getattr(response, "FailedSOPSequence", []) or []) if response is not None else 0

@@ -12,9 +12,12 @@ Coordinates: an axial LPS array ``(z, y, x)`` (``geometry.to_axial``) with spaci
 is ``n . p = offset`` with ``p = (x*sx, y*sy, z*sz)`` in mm ("index-mm") and ``n`` a unit vector (x, y, z).
 
 The plane is *not trusted* (``trusted = False`` with the reason) when the optimiser did not converge, the plane
-is tilted more than ``max_angle_deg`` from the grid's sagittal plane or lies far from the head's centre, the head
-is not symmetric enough, or a large part of the brain differs from its mirror (a big asymmetric defect). The
-caller then must not use the mirror (``mirror_or_self``) and must report it.
+is tilted more than ``max_angle_deg`` from the patient's sagittal plane or lies far from the head's centre, the
+head is not symmetric enough, or a large part of the brain differs from its mirror (a big asymmetric defect). The
+caller then must not use the mirror (``mirror_or_self``) and must report it. The patient's sagittal plane is the
+one across the patient's left-right axis as the image's direction cosines place it in the grid (``patient_lr``):
+the rows of an oblique series may be turned 25 degrees and more in the slice plane, which is the scanner's doing,
+not the head's; the search starts around it and the limit is counted from it. Without it, the grid's own axes.
 
 Only numpy/scipy: no other part of the package is used (clinical/ imports nothing else but ``errors``).
 """
@@ -38,6 +41,14 @@ class MidPlane:
     trusted: bool
     reason: str
     seconds: float
+    #: the patient's left-right axis in the grid (x, y, z), from the image's direction cosines (None: the grid's x)
+    patient_lr_xyz: tuple[float, float, float] | None = None
+
+    @property
+    def angle_from_patient_sagittal_deg(self) -> float:
+        """Angle between the plane and the patient's sagittal plane (the grid's, without ``patient_lr_xyz``)."""
+        ref = np.asarray(self.patient_lr_xyz if self.patient_lr_xyz is not None else (1.0, 0.0, 0.0), float)
+        return float(math.degrees(math.acos(min(1.0, abs(float(np.asarray(self.normal_xyz, float) @ ref))))))
 
     @property
     def angle_from_sagittal_deg(self) -> float:
@@ -56,6 +67,11 @@ class MidPlane:
         d["asymmetric_fraction"] = round(float(self.asymmetric_fraction), 4)
         d["seconds"] = round(float(self.seconds), 3)
         d["angle_from_sagittal_deg"] = round(self.angle_from_sagittal_deg, 2)
+        if self.patient_lr_xyz is not None:
+            d["patient_lr_xyz"] = [round(float(v), 5) for v in self.patient_lr_xyz]
+        else:
+            d.pop("patient_lr_xyz")
+        d["angle_from_patient_sagittal_deg"] = round(self.angle_from_patient_sagittal_deg, 2)
         return d
 
 
@@ -101,17 +117,33 @@ def _at_minimum(cost, x, steps=(0.5, 0.5, 0.5), tolerance: float = 1e-3) -> bool
     return True
 
 
+def patient_lr(direction) -> tuple[float, float, float] | None:
+    """The patient's left-right axis (LPS x) in the (x, y, z) frame of an image with these direction cosines (a 3 x 3
+    matrix or SimpleITK's 9-tuple, columns the image axes), made to point along +x of the grid; None when the grid's
+    x axis is that axis already (within 1e-6)."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    v = d[0, :] / max(float(np.linalg.norm(d[0, :])), 1e-12)  # d^T e_x
+    if v[0] < 0:
+        v = -v
+    return None if abs(v[0] - 1.0) < 1e-6 else (float(v[0]), float(v[1]), float(v[2]))
+
+
 def estimate_midplane(ct_hu: np.ndarray, spacing_zyx, max_angle_deg: float = 25.0, max_offset_mm: float = 30.0,
-                      min_symmetry_r: float = 0.75, max_asymmetric_fraction: float = 0.25, seed: int = 0) -> MidPlane:
-    """The mid-sagittal plane of an axial head CT (HU, (z, y, x))."""
+                      min_symmetry_r: float = 0.75, max_asymmetric_fraction: float = 0.25, seed: int = 0,
+                      patient_lr_xyz=None) -> MidPlane:
+    """The mid-sagittal plane of an axial head CT (HU, (z, y, x)). ``patient_lr_xyz``: the patient's left-right
+    axis in the grid (:func:`patient_lr` of the image's direction), where the search starts and from which
+    ``max_angle_deg`` is counted; None: the grid's x axis."""
     t0 = time.perf_counter()
+    ref = None if patient_lr_xyz is None else tuple(float(v) for v in patient_lr_xyz)
+    yaw0 = 0.0 if ref is None else math.degrees(math.atan2(ref[1], ref[0]))
     ct = np.asarray(ct_hu, np.float32)
     feat = np.clip(ct, 0.0, 100.0)
     head = ndi.binary_erosion(ct > -300.0, iterations=1)
     rng = np.random.default_rng(seed)
     if head.sum() < 1000:
         return MidPlane((1.0, 0.0, 0.0), 0.0, float("nan"), float("nan"), False, "too little head in the image",
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, ref)
     sp_xyz = np.asarray(spacing_zyx, float)[::-1]
     zyx = np.argwhere(head)
     centre = zyx.mean(0)[::-1] * sp_xyz  # head centroid, index-mm (x, y, z)
@@ -124,7 +156,7 @@ def estimate_midplane(ct_hu: np.ndarray, spacing_zyx, max_angle_deg: float = 25.
     coarse = _Level(feat, head, spacing_zyx, 4.0, 3000, rng)
     fine = _Level(feat, head, spacing_zyx, 1.5, 10000, rng)
     # yaw scan at the coarse level (the head may lie rotated in the scanner), then Powell coarse -> fine
-    starts = [(yaw, 0.0, 0.0) for yaw in np.arange(-30.0, 30.1, 7.5)]
+    starts = [(yaw0 + yaw, 0.0, 0.0) for yaw in np.arange(-30.0, 30.1, 7.5)]
     x0 = min(starts, key=lambda s: coarse.cost(*plane(s)))
     res = optimize.minimize(lambda s: coarse.cost(*plane(s)), x0, method="Powell",
                             options={"xtol": 0.1, "ftol": 1e-4, "maxfev": 300})
@@ -138,14 +170,14 @@ def estimate_midplane(ct_hu: np.ndarray, spacing_zyx, max_angle_deg: float = 25.
     # asymmetric part of the brain range (0-80 HU): smoothed difference above 12 HU
     brainish = (fine.v > 0.0) & (fine.v < 80.0)
     asym = float(np.mean(np.abs(mirrored[brainish] - fine.v[brainish]) > 12.0)) if brainish.any() else float("nan")
-    plane_out = MidPlane(tuple(float(v) for v in n), d, r, asym, True, "", 0.0)
+    plane_out = MidPlane(tuple(float(v) for v in n), d, r, asym, True, "", 0.0, ref)
     offset_from_centre = float(n @ centre - d)
     problems = []
     if not res.success and not _at_minimum(lambda q: fine.cost(*plane(q)), res.x):
         problems.append(f"the plane search did not converge ({res.message})")
-    if plane_out.angle_from_sagittal_deg > max_angle_deg:
-        problems.append(f"plane tilted {plane_out.angle_from_sagittal_deg:.1f} deg from the image's sagittal plane "
-                        f"(limit {max_angle_deg:g})")
+    if plane_out.angle_from_patient_sagittal_deg > max_angle_deg:
+        problems.append(f"plane tilted {plane_out.angle_from_patient_sagittal_deg:.1f} deg from the "
+                        f"{'image' if ref is None else 'patient'}'s sagittal plane (limit {max_angle_deg:g})")
     if abs(offset_from_centre) > max_offset_mm:
         problems.append(f"plane {abs(offset_from_centre):.0f} mm from the head's centre (limit {max_offset_mm:g})")
     if not (r >= min_symmetry_r):
