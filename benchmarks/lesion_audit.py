@@ -3,7 +3,7 @@
 
     python benchmarks/lesion_audit.py --model apps/ct2dwi/model/jmmda_demo.pt --seeds 30000:30120 --out runs/audit
     python benchmarks/lesion_audit.py --model A.pt B.pt C.pt ...     (an ensemble: the members' mean)
-    python benchmarks/lesion_audit.py --single-view ...              (one view per slice, no flip averaging)
+    python benchmarks/lesion_audit.py --flip-average ...             (each slice and its mirror image, averaged)
 
 What it runs, exactly: phantoms built in memory (``jmmda_model.phantom.loaded_case``, 1.8 x 1.8 x 5 mm) from the
 benchmark's test seeds (30000.., never used in any training: not by ``learning_curves.py``, not by
@@ -261,9 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("30000:30120"), help="FIRST:END test seeds")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--single-view", action="store_true",
-                   help="each model runs once per slice, without averaging it with its left-right mirror image "
-                        "(as `jmmda infer --single-view`; audits before 2026-12-06 ran so); recorded in run.json")
+    p.add_argument("--flip-average", action="store_true",
+                   help="each model answers the mean of the slices and their left-right mirror images (as `jmmda "
+                        "infer --flip-average`); recorded in run.json")
     a = p.parse_args(argv)
     from compare_models import machine as machine_info
 
@@ -279,14 +279,14 @@ def main(argv=None) -> int:
     seeds = f"{a.seeds[0]}:{a.seeds[-1] + 1}"
     name = Path(a.model[0]).name if len(a.model) == 1 else "ensemble of " + ", ".join(a.model)
     meta = {"model": name, "model_sha256_16": digest, "seeds": seeds, "machine": machine_info(),
-            "flip_average": not a.single_view}
+            "flip_average": bool(a.flip_average)}
     run = out / "run.json"
     if run.exists():
         old = json.loads(run.read_text())
-        if (old["model_sha256_16"], old["seeds"], old.get("flip_average", False)) != (digest, seeds, not a.single_view):
+        if (old["model_sha256_16"], old["seeds"], old.get("flip_average", False)) != (digest, seeds, a.flip_average):
             p.error(f"{out} holds an audit of {old['model']} ({old['model_sha256_16']}) on seeds {old['seeds']}"
                     f"{' with flip averaging' if old.get('flip_average') else ''}: use another --out")
-    members = [Synthesizer(m, device=a.device, flip_average=not a.single_view) for m in a.model]
+    members = [Synthesizer(m, device=a.device, flip_average=a.flip_average) for m in a.model]
     syn = members[0] if len(members) == 1 else Ensemble(members)
     # the probability's temperature: the (first) checkpoint's calibration, or 1 (uncalibrated: learning-curve
     # checkpoints; an ensemble's mean logit has not been calibrated)

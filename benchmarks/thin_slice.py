@@ -2,7 +2,7 @@
 """Thin-slice CT through `jmmda infer`: wall time and peak memory of the whole command.
 
     python benchmarks/thin_slice.py [--slices 320] [--matrix 512] [--auto-mask] [--ras] [--tilt DEG] [--native-too]
-                                    [--single-view-too]
+                                    [--flip-average-too]
 
 Builds a 512 x 512 x 320 (0.45 x 0.5 x 0.5 mm) CT from sample case phantom_003 (linear up-sampling + 6 HU
 noise) and its brain mask, in LPS order (as DICOM series are read) or RAS (``--ras``: the NIfTI habit, one more
@@ -11,8 +11,8 @@ Targets of the pose/series issue: <= 30 s wall and <= 1.5 GB peak on the 2-core 
 ``--native-too`` also runs the same model with its slab thickness unset (every thin slice through the network, as
 before ``PreprocessConfig.slab_mm``) in the same invocation and reports the ratios. ``--tilt DEG`` gives the series
 the geometry of a gantry tilt of DEG degrees about the left-right axis (same voxels): thin tilted slices are
-re-sliced onto axial planes before the slabs. ``--single-view-too`` also runs `jmmda infer --single-view` (the
-network once per slice, without the mean with its mirror image) in the same invocation and reports the ratios.
+re-sliced onto axial planes before the slabs. ``--flip-average-too`` also runs `jmmda infer --flip-average` (each
+slice the mean of the network's answers to it and to its mirror image) in the same invocation and reports the ratios.
 """
 from __future__ import annotations
 
@@ -89,9 +89,8 @@ def main(argv=None):
     p.add_argument("--native-too", action="store_true",
                    help="also run the same model with its slab thickness unset (each thin slice through the network, "
                         "as before slabs), in the same invocation, and report the ratios")
-    p.add_argument("--single-view-too", action="store_true",
-                   help="also run `jmmda infer --single-view` (no flip averaging) in the same invocation, and report "
-                        "the ratios")
+    p.add_argument("--flip-average-too", action="store_true",
+                   help="also run `jmmda infer --flip-average` in the same invocation, and report the ratios")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -100,8 +99,8 @@ def main(argv=None):
         arms = [("model as shipped", a.model, [])]
         if a.native_too:
             arms.append(("native slices (slab_mm unset)", str(native_copy(a.model, tmp / "native.pt")), []))
-        if a.single_view_too:
-            arms.append(("single view (--single-view)", a.model, ["--single-view"]))
+        if a.flip_average_too:
+            arms.append(("flip average (--flip-average)", a.model, ["--flip-average"]))
         for name, model, extra in arms:
             cmd = [sys.executable, "-m", "jmmda_model.cli", "infer", "--model", model, "--ct", str(tmp / "ct.nii.gz"),
                    "--out", str(tmp / "thin_synthetic.nii.gz"), "--device", "cpu", *extra]

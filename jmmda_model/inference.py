@@ -40,12 +40,13 @@ from .preprocess import (
 )
 
 
-#: every slice synthesised as the mean of the network's answers to it and to its left-right mirror image (all
-#: channels flipped in the canonical pose, as the training's flip augmentation does; the answer flipped back). The
-#: network is not mirror-symmetric (the two views agree at r 0.93 on test phantoms), so the mean is closer to the
-#: true DWI: in-brain PSNR +0.22 dB [+0.20, +0.24] on 120 test phantoms, false-bright brain and lesions a tie
-#: (record ``flip_average_2026-12-06``), at twice the network time. ``jmmda infer --single-view`` turns it off.
-FLIP_AVERAGE = True
+#: the default of ``Synthesizer(flip_average=...)``: every slice synthesised as the mean of the network's answers to
+#: it and to its left-right mirror image (all channels flipped in the canonical pose, as the training's flip
+#: augmentation does; the answer flipped back). The network is not mirror-symmetric (the two views agree at r 0.93 on
+#: test phantoms), so the mean is closer to the true DWI: in-brain PSNR +0.22 dB [+0.20, +0.24] on 120 test phantoms,
+#: false-bright brain a tie, lesions a tie leaning worse (53 instead of 54 of 65 shown), at twice the network time
+#: (record ``flip_average_2026-12-06``). Off by default (lesions first; the time); ``jmmda infer --flip-average``.
+FLIP_AVERAGE = False
 VIEWS_NOTE = ("the mean of the network's answers to the CT and to its left-right mirror image (flipped back), "
               "slice by slice")
 
@@ -175,7 +176,7 @@ class Synthesizer:
         """``checkpoint``: a JMMDA-GAN checkpoint or TorchScript export; or ``network`` (weights loaded) with
         ``meta`` holding at least its ``preprocess`` settings (the MONAI Bundle path). ``flip_average``: every slice
         is synthesised as the mean of the network's answers to it and to its left-right mirror image (see
-        ``FLIP_AVERAGE``); False: one view, half the network time."""
+        ``FLIP_AVERAGE``, off by default: one view)."""
         self.path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(device)
         self.model_format = "checkpoint"

@@ -107,11 +107,11 @@ def test_infer_from_dicom_folder_and_naming_rule(trained, tmp_path, capsys):
     assert img.GetSize() == ct.GetSize() and np.allclose(img.GetOrigin(), ct.GetOrigin(), atol=1e-3)
     assert "SYNTHETIC" in img.GetMetaData("descrip")
     info = json.loads(capsys.readouterr().out)
-    assert info["mask_source"] == "automatic (CT)" and "mirror image" in info["views"]  # flip averaging, said
-    one = tmp_path / "one_synthetic_dwi.nii.gz"
-    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", one, "--single-view") == 0
-    assert json.loads(capsys.readouterr().out)["views"].startswith("one view")
-    assert np.abs(arr(read(one)) - arr(img)).max() > 1e-4  # not the same answer
+    assert info["mask_source"] == "automatic (CT)" and info["views"].startswith("one view")
+    two = tmp_path / "two_synthetic_dwi.nii.gz"
+    assert jmmda("infer", "--model", model, "--ct", tmp_path / "ctdcm", "--out", two, "--flip-average") == 0
+    assert "mirror image" in json.loads(capsys.readouterr().out)["views"]  # flip averaging, said
+    assert np.abs(arr(read(two)) - arr(img)).max() > 1e-4  # not the same answer
     # DICOM export of that result, referencing the CT series
     assert jmmda("export-dicom", "--synthetic", out, "--ct-dicom", tmp_path / "ctdcm", "--out", tmp_path / "syndcm",
                  "--probability", tmp_path / "case_synthetic_prob.nii.gz") == 0

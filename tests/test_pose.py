@@ -61,10 +61,15 @@ POSES = {
 class Scanner:
     """The phantom head on a 1 mm grid and a way to scan it into 5 mm series of any pose."""
 
-    def __init__(self):
+    def __init__(self, scanner_noise: bool = False):
+        """``scanner_noise``: the head is drawn without CT noise and every scan adds noise of its own, drawn on that
+        scan's grid as the phantom draws it on its own (so a posed scan's noise is not an interpolation of the
+        centred one's: two visits to a scanner). Default: the phantom's noise, in the head's frame, in every scan."""
         from jmmda_model.phantom import PhantomConfig, make_case, to_image
 
-        c = make_case(SEED, PhantomConfig(spacing=(1.8, 1.8, 1.0), fov_mm=(230.0, 256.0, 150.0)))
+        c = make_case(SEED, PhantomConfig(spacing=(1.8, 1.8, 1.0), fov_mm=(230.0, 256.0, 150.0),
+                                          ct_noise=not scanner_noise))
+        self.noise_hu = float(c["meta"]["ct_noise_hu"]) if scanner_noise else 0.0
         self.fine = {k: to_image(c[k].astype(np.float32), c) for k in ("ct", "dwi", "brainmask")}
         ref = self.fine["ct"]
         self.centre = np.array(ref.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in ref.GetSize()]))
@@ -76,8 +81,9 @@ class Scanner:
         return tf
 
     def scan(self, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), head_deg: float = 0.0, size=CENTRED_SIZE,
-             planes: int = 5) -> dict:
-        """A series of slices ``planes`` mm thick (``size`` gives the count of 5 mm slices: the same 150 mm)."""
+             planes: int = 5, noise_seed: int = 0) -> dict:
+        """A series of slices ``planes`` mm thick (``size`` gives the count of 5 mm slices: the same 150 mm).
+        ``noise_seed``: the scan's own CT noise (``scanner_noise`` only)."""
         d = np.diag([-1.0, -1.0, 1.0]) @ rotation  # the phantom's own axes, turned by the grid rotation
         sp = np.array([1.8, 1.8, 1.0])
         n = np.array([size[0], size[1], size[2] * 5])
@@ -87,7 +93,13 @@ class Scanner:
         for k, img in self.fine.items():
             r = sitk.Resample(img, [int(v) for v in n], tf, sitk.sitkLinear, tuple(origin), tuple(sp), tuple(d.ravel()),
                               -1024.0 if k == "ct" else 0.0, sitk.sitkFloat32)
-            a = sitk.GetArrayFromImage(r).reshape(n[2] // planes, planes, size[1], size[0]).mean(1)
+            a = sitk.GetArrayFromImage(r)
+            if k == "ct" and self.noise_hu:  # as make_case draws it: white noise smoothed 0.7 voxel, x 2.2 x its level
+                from scipy import ndimage as ndi
+
+                white = np.random.default_rng(noise_seed).standard_normal(a.shape).astype(np.float32)
+                a = a + ndi.gaussian_filter(white, 0.7) * (self.noise_hu * 2.2)
+            a = a.reshape(n[2] // planes, planes, size[1], size[0]).mean(1)
             a = (a > 0.5).astype(np.uint8) if k == "brainmask" else (np.round(a).astype(np.int16) if k == "ct" else a)
             o = sitk.GetImageFromArray(a)
             o.SetSpacing((1.8, 1.8, float(planes)))
