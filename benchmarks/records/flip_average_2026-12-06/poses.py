@@ -20,29 +20,32 @@ from conftest import DEMO_MODEL  # noqa: E402
 from jmmda_model.inference import Synthesizer  # noqa: E402
 from jmmda_model.metrics import superpixel_correlation  # noqa: E402
 
-syn = Synthesizer(DEMO_MODEL, device="cpu")
-
-
 def spr(scan, img):
     b = sitk.GetArrayFromImage(scan["brainmask"]) > 0
     return superpixel_correlation(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(scan["dwi"]), b,
                                   spacing=(5.0, 1.8, 1.8))[0]
 
 
-for seed in [int(v) for v in sys.argv[1:]]:
-    tp.SEED = seed
-    sc = tp.Scanner()
-    c = sc.scan()
-    scans = {name: sc.scan(*pose) for name, pose in tp.POSES.items()}
-    brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
-    for arm in (False, True):
-        syn.flip_average = arm
-        co_img = syn(c["ct"], c["brainmask"])[0]
-        co = sitk.GetArrayFromImage(co_img)
-        row = {"seed": seed, "flip_average": arm, "sp_centred": round(spr(c, co_img), 4)}
-        for name, s in scans.items():
-            out = syn(s["ct"], s["brainmask"])[0]
-            back = tp.synthesis_on_centred_grid(out, s["brainmask"], c["ct"], sc, tp.POSES[name][2])
-            m = brain & (back > 0)
-            row[name] = {"r": round(float(np.corrcoef(co[m], back[m])[0, 1]), 4), "sp": round(spr(s, out), 4)}
-        print(json.dumps(row), flush=True)
+def main(seeds):
+    syn = Synthesizer(DEMO_MODEL, device="cpu")
+    for seed in seeds:
+        tp.SEED = seed
+        sc = tp.Scanner()
+        c = sc.scan()
+        scans = {name: sc.scan(*pose) for name, pose in tp.POSES.items()}
+        brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
+        for arm in (False, True):
+            syn.flip_average = arm
+            co_img = syn(c["ct"], c["brainmask"])[0]
+            co = sitk.GetArrayFromImage(co_img)
+            row = {"seed": seed, "flip_average": arm, "sp_centred": round(spr(c, co_img), 4)}
+            for name, s in scans.items():
+                out = syn(s["ct"], s["brainmask"])[0]
+                back = tp.synthesis_on_centred_grid(out, s["brainmask"], c["ct"], sc, tp.POSES[name][2])
+                m = brain & (back > 0)
+                row[name] = {"r": round(float(np.corrcoef(co[m], back[m])[0, 1]), 4), "sp": round(spr(s, out), 4)}
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main([int(v) for v in sys.argv[1:]])

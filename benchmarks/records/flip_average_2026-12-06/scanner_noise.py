@@ -3,7 +3,7 @@ own grid (tests/test_pose.py Scanner(scanner_noise=True)), so a posed scan's noi
 centred scan's. Per seed: r(pose synthesis mapped back, centred synthesis) on the brain and superpixel r against the
 pose's own true DWI, for a second centred scan (fresh noise only: the floor two scanner visits allow), every pose of
 the test, and the off-centre pose at whole pixels (59.4 / 14.4 mm = 33 / 8 pixels). The shipped demo as served
-(flip averaging). One JSON row per seed.
+(one view per slice, the default). One JSON row per seed.
 
     python benchmarks/records/flip_average_2026-12-06/scanner_noise.py 1 2 3 4 5 6 > scanner_noise.jsonl
 """
@@ -20,17 +20,13 @@ import test_pose as tp  # noqa: E402
 from conftest import DEMO_MODEL  # noqa: E402
 
 from jmmda_model.inference import Synthesizer  # noqa: E402
-from jmmda_model.metrics import superpixel_correlation  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from poses import spr  # noqa: E402
 
 syn = Synthesizer(DEMO_MODEL, device="cpu")
 POSES = {"centred again (fresh noise)": (np.eye(3), (0.0, 0.0, 0.0), 0.0), **tp.POSES,
          "off-centre 59.4/14.4 mm (whole pixels)": (np.eye(3), (59.4, 14.4, 0.0), 0.0)}
-
-
-def spr(scan, img):
-    b = sitk.GetArrayFromImage(scan["brainmask"]) > 0
-    return superpixel_correlation(sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(scan["dwi"]), b,
-                                  spacing=(5.0, 1.8, 1.8))[0]
 
 
 for seed in [int(v) for v in sys.argv[1:]]:
