@@ -5,7 +5,7 @@ pose's own true DWI, for a second centred scan (fresh noise only: the floor two 
 the test, and the off-centre pose at whole pixels (59.4 / 14.4 mm = 33 / 8 pixels). The shipped demo as served
 (one view per slice, the default). One JSON row per seed.
 
-    python benchmarks/records/flip_average_2026-12-06/scanner_noise.py 1 2 3 4 5 6 > scanner_noise.jsonl
+    python benchmarks/records/flip_average_2026-12-06/scanner_noise.py 1 2 3 4 5 6 [--flip-average] > scanner_noise.jsonl
 """
 import json
 import sys
@@ -24,19 +24,20 @@ from jmmda_model.inference import Synthesizer  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poses import spr  # noqa: E402
 
-syn = Synthesizer(DEMO_MODEL, device="cpu")
+FLIP = "--flip-average" in sys.argv  # each slice averaged with its mirror image (jmmda infer --flip-average)
+syn = Synthesizer(DEMO_MODEL, device="cpu", flip_average=FLIP)
 POSES = {"centred again (fresh noise)": (np.eye(3), (0.0, 0.0, 0.0), 0.0), **tp.POSES,
          "off-centre 59.4/14.4 mm (whole pixels)": (np.eye(3), (59.4, 14.4, 0.0), 0.0)}
 
 
-for seed in [int(v) for v in sys.argv[1:]]:
+for seed in [int(v) for v in sys.argv[1:] if v != "--flip-average"]:
     tp.SEED = seed
     sc = tp.Scanner(scanner_noise=True)
     c = sc.scan(noise_seed=0)
     brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
     co_img = syn(c["ct"], c["brainmask"])[0]
     co = sitk.GetArrayFromImage(co_img)
-    row = {"seed": seed, "noise_hu": sc.noise_hu, "sp_centred": round(spr(c, co_img), 4)}
+    row = {"seed": seed, "flip_average": FLIP, "noise_hu": sc.noise_hu, "sp_centred": round(spr(c, co_img), 4)}
     for i, (name, (rot, shift, head)) in enumerate(POSES.items(), start=1):
         s = sc.scan(rot, shift, head, noise_seed=i)
         out = syn(s["ct"], s["brainmask"])[0]
