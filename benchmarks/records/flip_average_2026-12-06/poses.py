@@ -26,18 +26,23 @@ def spr(scan, img):
                                   spacing=(5.0, 1.8, 1.8))[0]
 
 
+def centred(syn, seed: int, **scanner):
+    """The pose head of ``seed`` (tests/test_pose.py Scanner(**scanner)), its centred scan, brain, and synthesis
+    (image and array)."""
+    tp.SEED = seed
+    sc = tp.Scanner(**scanner)
+    c = sc.scan(noise_seed=0)
+    co_img = syn(c["ct"], c["brainmask"])[0]
+    return sc, c, sitk.GetArrayFromImage(c["brainmask"]) > 0, co_img, sitk.GetArrayFromImage(co_img)
+
+
 def main(seeds):
     syn = Synthesizer(DEMO_MODEL, device="cpu")
     for seed in seeds:
-        tp.SEED = seed
-        sc = tp.Scanner()
-        c = sc.scan()
-        scans = {name: sc.scan(*pose) for name, pose in tp.POSES.items()}
-        brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
         for arm in (False, True):
             syn.flip_average = arm
-            co_img = syn(c["ct"], c["brainmask"])[0]
-            co = sitk.GetArrayFromImage(co_img)
+            sc, c, brain, co_img, co = centred(syn, seed)
+            scans = {name: sc.scan(*pose) for name, pose in tp.POSES.items()}
             row = {"seed": seed, "flip_average": arm, "sp_centred": round(spr(c, co_img), 4)}
             for name, s in scans.items():
                 out = syn(s["ct"], s["brainmask"])[0]

@@ -19,14 +19,12 @@ from conftest import DEMO_MODEL  # noqa: E402
 
 from jmmda_model.inference import Synthesizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from poses import centred  # noqa: E402
+
 syn = Synthesizer(DEMO_MODEL, device="cpu")
 for seed in [int(v) for v in sys.argv[1:]]:
-    tp.SEED = seed
-    sc = tp.Scanner()
-    c = sc.scan()
-    brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
-    co_img = syn(c["ct"], c["brainmask"])[0]
-    co = sitk.GetArrayFromImage(co_img)
+    sc, c, brain, co_img, co = centred(syn, seed)
     row = {"seed": seed}
     for name, (rot, shift, head) in tp.POSES.items():
         s = sc.scan(rot, shift, head)

@@ -15,14 +15,13 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
 import test_pose as tp  # noqa: E402
 from conftest import DEMO_MODEL  # noqa: E402
 
 from jmmda_model.inference import Synthesizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from poses import spr  # noqa: E402
+from poses import centred, spr  # noqa: E402
 
 FLIP = "--flip-average" in sys.argv  # each slice averaged with its mirror image (jmmda infer --flip-average)
 syn = Synthesizer(DEMO_MODEL, device="cpu", flip_average=FLIP)
@@ -31,12 +30,7 @@ POSES = {"centred again (fresh noise)": (np.eye(3), (0.0, 0.0, 0.0), 0.0), **tp.
 
 
 for seed in [int(v) for v in sys.argv[1:] if v != "--flip-average"]:
-    tp.SEED = seed
-    sc = tp.Scanner(scanner_noise=True)
-    c = sc.scan(noise_seed=0)
-    brain = sitk.GetArrayFromImage(c["brainmask"]) > 0
-    co_img = syn(c["ct"], c["brainmask"])[0]
-    co = sitk.GetArrayFromImage(co_img)
+    sc, c, brain, co_img, co = centred(syn, seed, scanner_noise=True)
     row = {"seed": seed, "flip_average": FLIP, "noise_hu": sc.noise_hu, "sp_centred": round(spr(c, co_img), 4)}
     for i, (name, (rot, shift, head)) in enumerate(POSES.items(), start=1):
         s = sc.scan(rot, shift, head, noise_seed=i)
