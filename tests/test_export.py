@@ -245,3 +245,12 @@ def test_the_server_infer_task_serves_the_torchscript_export(tmp_path, reference
     _same(REFERENCE["probability"], sitk.ReadImage(str(out_dir / info["probability_file"])), 1e-5)
     with pytest.raises(ValueError, match="model_format"):
         CT2DWIInfer(ModelVersions(model_dir), model_format="onnx")
+    # --conf flip_average true: the export, averaged with its mirror image, and the answer says so
+    flip = CT2DWIInfer(ModelVersions(model_dir, model_dir / "jmmda_demo.pt"), device="cpu", model_format="torchscript",
+                       flip_average=True)
+    (out_dir / "f").mkdir()
+    path_f, info_f = flip.run(CT, MASK, out_dir / "f", ct_name=CT.name, mask_name=MASK.name)
+    assert "mirror image" in info_f["views"] and info["views"].startswith("one view") and flip.info()["config"]["flip_average"]
+    assert np.abs(sitk.GetArrayFromImage(sitk.ReadImage(str(path_f))) - sitk.GetArrayFromImage(reference)).max() > 1e-4
+    with pytest.raises(ValueError, match="flip_average"):
+        CT2DWIInfer(ModelVersions(model_dir), flip_average="yes")

@@ -4,6 +4,11 @@ Conf options (``--conf key value``):
   device        auto | cpu | cuda[:N]        (default auto: GPU + mixed precision when available)
   demo_model    true | false                 (default true: the shipped phantom-trained demo checkpoint is
                                               model version 0, served until a retrained version is published)
+  model_format  checkpoint | torchscript     (default checkpoint; torchscript: the served version's TorchScript
+                                              export, made once)
+  flip_average  true | false                 (default false; true: each slice synthesised as the mean of the
+                                              network's answers to it and to its mirror image, as `jmmda infer
+                                              --flip-average`: twice the network time)
 
 Models: every published model is a version under model/versions/ (see ct2dwi_app/versions.py); the served one
 is named by model/served.json and can be promoted or rolled back without a restart.
@@ -41,6 +46,10 @@ class CT2DWIApp(MONAILabelApp):
         #: --conf model_format torchscript: serve the TorchScript export of the served version
         self.model_format = str(conf.get("model_format", "checkpoint")).lower()
         use_demo = str(conf.get("demo_model", "true")).lower() in ("1", "true", "yes")
+        flip = str(conf.get("flip_average", "false")).lower()
+        if flip not in ("1", "true", "yes", "0", "false", "no"):  # a typo must not silently serve the other mode
+            raise ValueError(f"--conf flip_average must be true or false, got {conf.get('flip_average')!r}")
+        self.flip_average = flip in ("1", "true", "yes")
         self.versions = ModelVersions(self.model_dir, self.model_dir / DEMO if use_demo else None)
         self.versions.sweep()
         self.versions.import_legacy(self.model_dir / PUBLISHED)
@@ -64,7 +73,8 @@ class CT2DWIApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {"ct2dwi": CT2DWIInfer(self.versions, device=self.device, model_format=self.model_format)}
+        return {"ct2dwi": CT2DWIInfer(self.versions, device=self.device, model_format=self.model_format,
+                                      flip_average=self.flip_average)}
 
     def init_trainers(self):
         return {"ct2dwi": CT2DWITrain(self.model_dir, self.versions)}

@@ -3,7 +3,7 @@
 
     python apps/ct2dwi/serve.py --studies <folder or DICOMweb URL> [--host 127.0.0.1] [--port 8000]
         [--ssl_certfile cert.pem --ssl_keyfile key.pem] [--conf device cuda] [--conf model_format torchscript]
-        [--insecure] [--state-dir DIR | --app APP_FOLDER]
+        [--conf flip_average true] [--conf demo_model false] [--insecure] [--state-dir DIR | --app APP_FOLDER]
         [any other monailabel start_server option]
 
 State lives outside the code tree: in ``--state-dir`` (default ``$CT2DWI_STATE_DIR``, else
@@ -139,6 +139,10 @@ def main(argv=None):
     if confs.get("model_format", "checkpoint").lower() not in ("checkpoint", "torchscript"):
         print(f"serve.py: refusing to start: --conf model_format must be checkpoint or torchscript, got "
               f"{confs['model_format']!r}", file=sys.stderr)
+        return 2
+    if confs.get("flip_average", "false").lower() not in ("1", "true", "yes", "0", "false", "no"):
+        print(f"serve.py: refusing to start: --conf flip_average must be true or false, got "
+              f"{confs['flip_average']!r}", file=sys.stderr)
         return 2
     if not settings.MONAI_LABEL_AUTH_ENABLE and not is_loopback(host) and not insecure:
         print(

@@ -519,6 +519,8 @@ def test_refuses_an_unknown_model_format(tmp_path):
     assert r.returncode == 2 and "model_format must be checkpoint or torchscript" in r.stderr and "'onnx'" in r.stderr
     r = _serve(["--studies", str(tmp_path), "--port", "1", "--conf", "model_format", "torchscript", "--dryrun"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    r = _serve(["--studies", str(tmp_path), "--port", "1", "--conf", "flip_average", "ture", "--dryrun"], cwd=tmp_path)
+    assert r.returncode == 2 and "flip_average must be true or false" in r.stderr and "'ture'" in r.stderr
 
 
 def test_non_head_ct_is_422(srv, tmp_path):

@@ -22,19 +22,25 @@ class NoModelError(RuntimeError):
 
 
 class CT2DWIInfer(InferTask):
-    def __init__(self, versions, device: str = "auto", description: str | None = None, model_format: str = "checkpoint"):
+    def __init__(self, versions, device: str = "auto", description: str | None = None, model_format: str = "checkpoint",
+                 flip_average: bool = False):
         """``model_format``: "checkpoint" serves the version's checkpoint with the Python model; "torchscript"
-        exports it once to ``model/exported/`` (checked against the model, atomic) and serves that file."""
+        exports it once to ``model/exported/`` (checked against the model, atomic) and serves that file.
+        ``flip_average``: each slice synthesised as the mean of the network's answers to it and to its mirror image
+        (``jmmda infer --flip-average``)."""
         if model_format not in ("checkpoint", "torchscript"):
             raise ValueError(f"model_format must be 'checkpoint' or 'torchscript', got {model_format!r}")
+        if not isinstance(flip_average, bool):
+            raise ValueError(f"flip_average must be true or false, got {flip_average!r}")
         super().__init__(
             type=InferType.OTHERS,
             labels=None,
             dimension=3,
             description=description or f"JMMDA-GAN CT-to-DWI synthesis. Output is a {SYNTHETIC_LABEL}.",
-            config={"device": device, "model_format": model_format},
+            config={"device": device, "model_format": model_format, "flip_average": flip_average},
         )
         self.model_format = model_format
+        self.flip_average = flip_average
         self.versions = versions
         self.device = device
         self._syn: Synthesizer | None = None
@@ -78,7 +84,8 @@ class CT2DWIInfer(InferTask):
         with self._lock:
             if self._syn is None or self._loaded_key != key:
                 log.info("loading checkpoint %s", ck)
-                self._syn = Synthesizer(self._exported(ck, vid) if self.model_format == "torchscript" else ck, device=self.device)
+                self._syn = Synthesizer(self._exported(ck, vid) if self.model_format == "torchscript" else ck,
+                                        device=self.device, flip_average=self.flip_average)
                 self._loaded_key = key
                 self._vid = vid
             return self._syn, self._vid
