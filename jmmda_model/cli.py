@@ -156,15 +156,16 @@ def cmd_import(a):
 
 
 def _stow_attempts(text: str) -> int:
-    from .clinical.dicom import STOW_MAX_ATTEMPTS
+    from .clinical.dicom import check_stow_attempts
 
     try:
         n = int(text)
     except ValueError:
-        n = 0
-    if not 1 <= n <= STOW_MAX_ATTEMPTS:
-        raise argparse.ArgumentTypeError(f"a whole number from 1 to {STOW_MAX_ATTEMPTS}, not {text!r}")
-    return n
+        n = text  # not a whole number: refused below, named as typed
+    try:
+        return check_stow_attempts(n)
+    except ValueError as exc:  # argparse shows this message, exit 2
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def cmd_export_dicom(a):

@@ -97,15 +97,12 @@ def predict_slices(net, x: np.ndarray, device, batch_size: int = 8, amp: bool = 
             if flip_average:  # both views in one batch
                 xb = torch.cat([xb, xb.flip(-1)])
             with autocast:
-                if want:
-                    yb, lb = net(xb, return_aux=True)
-                    if flip_average:
-                        lb = (lb[:m] + lb[m:].flip(-1)) / 2
-                    logits[s : s + batch_size] = lb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
-                else:
-                    yb = net(xb)
-            if flip_average:
+                yb, lb = net(xb, return_aux=True) if want else (net(xb), None)
+            if flip_average:  # each view's answer, the mirrored one flipped back
                 yb = (yb[:m] + yb[m:].flip(-1)) / 2
+                lb = None if lb is None else (lb[:m] + lb[m:].flip(-1)) / 2
+            if lb is not None:
+                logits[s : s + batch_size] = lb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
             out[s : s + batch_size] = yb[:, 0, t : t + h, l : l + w].float().cpu().numpy()
     finally:
         net.train(was_training)
@@ -373,13 +370,14 @@ class Synthesizer:
                              f"of {float(self.pre.slab_mm):.2f} mm placed in the patient's frame (the model was "
                              f"trained on {self.pre.slab_mm:g} mm slices), {how} interpolated back onto the CT's "
                              "slices: its resolution across slices is the slabs'")
+        # the plane's angle is counted from the patient's sagittal plane (an oblique series' rows may be turned in the
+        # slice plane: the model turns the head itself)
+        lr = patient_lr(work_geo[2])
         y = logits = None
         for i, lay in enumerate(layouts):
             ct_l, brain_l = (ct_hu, brain) if lay is None else (to_slabs(ct_hu, lay), slab_mask(brain, lay))
             spacing_l = spacing if lay is None else (float(self.pre.slab_mm), *spacing[1:])
-            # the plane is reported, and never used untrusted; its angle is counted from the patient's sagittal
-            # plane (an oblique series' rows may be turned in the slice plane: the model turns the head itself)
-            plane = estimate_midplane(ct_l, spacing_l, patient_lr_xyz=patient_lr(work_geo[2]))
+            plane = estimate_midplane(ct_l, spacing_l, patient_lr_xyz=lr)  # reported, never used untrusted
             if i == 0:
                 info["midplane"] = plane.to_dict()
                 if self.pre.mirror_channels:  # hemispheric comparison

@@ -150,6 +150,11 @@ def _infarct(rng, kind: str, mm: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return region & (tissue > 0.35)
 
 
+def ct_noise_field(rng: np.random.Generator, shape, noise_hu: float) -> np.ndarray:
+    """The phantom CT's noise on a grid of ``shape``: white noise smoothed by 0.7 voxel, scaled to ``noise_hu``."""
+    return ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7) * noise_hu * 2.2
+
+
 def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     """Returns numpy arrays (x, y, z order) and the geometry of one phantom case."""
     cfg = cfg or PhantomConfig()
@@ -283,7 +288,7 @@ def make_case(seed: int, cfg: PhantomConfig | None = None) -> dict:
     if n > 1:
         mask = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
     noise_hu = rng.uniform(2.5, 6.0)
-    ct_noise = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 0.7) * noise_hu * 2.2
+    ct_noise = ct_noise_field(rng, shape, noise_hu)
     if cfg.ct_noise:
         ct += ct_noise
     ct = np.clip(np.round(ct), -1024, 3071).astype(np.int16)

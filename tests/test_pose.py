@@ -94,11 +94,10 @@ class Scanner:
             r = sitk.Resample(img, [int(v) for v in n], tf, sitk.sitkLinear, tuple(origin), tuple(sp), tuple(d.ravel()),
                               -1024.0 if k == "ct" else 0.0, sitk.sitkFloat32)
             a = sitk.GetArrayFromImage(r)
-            if k == "ct" and self.noise_hu:  # as make_case draws it: white noise smoothed 0.7 voxel, x 2.2 x its level
-                from scipy import ndimage as ndi
+            if k == "ct" and self.noise_hu:  # drawn on this scan's grid as make_case draws it on its own
+                from jmmda_model.phantom import ct_noise_field
 
-                white = np.random.default_rng(noise_seed).standard_normal(a.shape).astype(np.float32)
-                a = a + ndi.gaussian_filter(white, 0.7) * (self.noise_hu * 2.2)
+                a = a + ct_noise_field(np.random.default_rng(noise_seed), a.shape, self.noise_hu)
             a = a.reshape(n[2] // planes, planes, size[1], size[0]).mean(1)
             a = (a > 0.5).astype(np.uint8) if k == "brainmask" else (np.round(a).astype(np.int16) if k == "ct" else a)
             o = sitk.GetImageFromArray(a)

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
+from ct2dwi_app.conf import conf_flag  # noqa: E402
 from ct2dwi_app.datastore import SafeLocalDatastore  # noqa: E402
 from ct2dwi_app.infer import CT2DWIInfer  # noqa: E402
 from ct2dwi_app.train import CT2DWITrain  # noqa: E402
@@ -46,10 +47,7 @@ class CT2DWIApp(MONAILabelApp):
         #: --conf model_format torchscript: serve the TorchScript export of the served version
         self.model_format = str(conf.get("model_format", "checkpoint")).lower()
         use_demo = str(conf.get("demo_model", "true")).lower() in ("1", "true", "yes")
-        flip = str(conf.get("flip_average", "false")).lower()
-        if flip not in ("1", "true", "yes", "0", "false", "no"):  # a typo must not silently serve the other mode
-            raise ValueError(f"--conf flip_average must be true or false, got {conf.get('flip_average')!r}")
-        self.flip_average = flip in ("1", "true", "yes")
+        self.flip_average = conf_flag(conf, "flip_average", False)
         self.versions = ModelVersions(self.model_dir, self.model_dir / DEMO if use_demo else None)
         self.versions.sweep()
         self.versions.import_legacy(self.model_dir / PUBLISHED)

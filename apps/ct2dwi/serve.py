@@ -128,6 +128,7 @@ def main(argv=None):
     os.environ["CT2DWI_BIND_HOST"] = host  # the Host-header allowlist follows the address actually bound
     sys.path.insert(0, HERE)
     from ct2dwi_app.auth import AuthConfigError, check_config
+    from ct2dwi_app.conf import conf_flag
     from monailabel.config import settings
 
     try:
@@ -140,9 +141,10 @@ def main(argv=None):
         print(f"serve.py: refusing to start: --conf model_format must be checkpoint or torchscript, got "
               f"{confs['model_format']!r}", file=sys.stderr)
         return 2
-    if confs.get("flip_average", "false").lower() not in ("1", "true", "yes", "0", "false", "no"):
-        print(f"serve.py: refusing to start: --conf flip_average must be true or false, got "
-              f"{confs['flip_average']!r}", file=sys.stderr)
+    try:
+        conf_flag(confs, "flip_average", False)
+    except ValueError as exc:
+        print(f"serve.py: refusing to start: {exc}", file=sys.stderr)
         return 2
     if not settings.MONAI_LABEL_AUTH_ENABLE and not is_loopback(host) and not insecure:
         print(

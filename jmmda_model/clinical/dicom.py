@@ -587,6 +587,13 @@ STOW_ATTEMPTS = 5
 STOW_MAX_ATTEMPTS = 10
 
 
+def check_stow_attempts(attempts) -> int:
+    """``attempts`` if it is a whole number from 1 to STOW_MAX_ATTEMPTS; ValueError otherwise."""
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= STOW_MAX_ATTEMPTS:
+        raise ValueError(f"STOW attempts must be a whole number from 1 to {STOW_MAX_ATTEMPTS}, not {attempts!r}")
+    return attempts
+
+
 def stow(paths: list[Path], url: str, username: str | None = None, password: str | None = None,
          timeout: float = 120.0, attempts: int = STOW_ATTEMPTS) -> int:
     """STOW-RS the files to a DICOMweb endpoint (e.g. http://host:8042/dicom-web), then checks with QIDO-RS
@@ -601,8 +608,7 @@ def stow(paths: list[Path], url: str, username: str | None = None, password: str
     import requests
     from dicomweb_client.api import DICOMwebClient
 
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= STOW_MAX_ATTEMPTS:
-        raise ValueError(f"STOW attempts must be a whole number from 1 to {STOW_MAX_ATTEMPTS}, not {attempts!r}")
+    check_stow_attempts(attempts)
     session = requests.Session()
     if username:
         session.auth = (username, password if password is not None else os.environ.get("JMMDA_DICOMWEB_PASSWORD", ""))

@@ -44,15 +44,18 @@ class MidPlane:
     #: the patient's left-right axis in the grid (x, y, z), from the image's direction cosines (None: the grid's x)
     patient_lr_xyz: tuple[float, float, float] | None = None
 
+    def _angle_to_deg(self, axis) -> float:
+        """Angle between the plane and the plane across ``axis`` (a unit vector, x y z)."""
+        return float(math.degrees(math.acos(min(1.0, abs(float(np.asarray(self.normal_xyz, float) @ axis))))))
+
     @property
     def angle_from_patient_sagittal_deg(self) -> float:
         """Angle between the plane and the patient's sagittal plane (the grid's, without ``patient_lr_xyz``)."""
-        ref = np.asarray(self.patient_lr_xyz if self.patient_lr_xyz is not None else (1.0, 0.0, 0.0), float)
-        return float(math.degrees(math.acos(min(1.0, abs(float(np.asarray(self.normal_xyz, float) @ ref))))))
+        return self._angle_to_deg(self.patient_lr_xyz if self.patient_lr_xyz is not None else (1.0, 0.0, 0.0))
 
     @property
     def angle_from_sagittal_deg(self) -> float:
-        return float(math.degrees(math.acos(min(1.0, abs(self.normal_xyz[0])))))
+        return self._angle_to_deg((1.0, 0.0, 0.0))
 
     def reflect(self, p: np.ndarray) -> np.ndarray:
         """Reflects points ``p`` (..., 3) given as index-mm (x, y, z)."""
