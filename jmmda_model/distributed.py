@@ -106,10 +106,12 @@ def launch(train_config: dict, train_cases, val_cases, run_dir: str | Path, npro
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("PYTHONFAULTHANDLER", "1")  # a worker killed by a signal (e.g. SIGABRT) prints its Python stack
     layout = ["--standalone"] if nnodes == 1 else [
         f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}"]
+    # torchrun's per-attempt folders (a failed worker's error file) go to the run folder, not to TMPDIR
     cmd = [sys.executable, "-m", "torch.distributed.run", *layout, f"--nproc-per-node={nproc}",
-           "-m", "jmmda_model.distributed", str(run_dir / SPEC_NAME)]
+           f"--log-dir={run_dir / 'torchrun'}", "-m", "jmmda_model.distributed", str(run_dir / SPEC_NAME)]
     rc = subprocess.run(cmd, env=env, timeout=timeout).returncode
     if rc == 0 and node_rank > 0:  # rank 0 (on node 0) writes the summary
         return {"state": "finished", "node_rank": node_rank, "world_size": nproc * nnodes}

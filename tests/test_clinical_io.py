@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -243,25 +244,57 @@ def test_stow_synthetic_series_to_orthanc(orthanc, ct_dicom, tmp_path):
 
 @pytest.mark.server
 @pytest.mark.timeout(600)
+def _mixed_spacing_copy(src: Path, dst: Path) -> str:
+    """A copy of the series under new UIDs whose middle slice claims another PixelSpacing (a series the
+    project's reader refuses and a plain ITK series read takes); returns its SeriesInstanceUID."""
+    from pydicom.uid import generate_uid
+
+    dst.mkdir()
+    files = sorted(src.iterdir())
+    series_uid = generate_uid()
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if i == len(files) // 2:
+            ds.PixelSpacing = [float(v) * 1.1 for v in ds.PixelSpacing]
+        ds.save_as(dst / f.name)
+    return series_uid
+
+
 def test_server_on_a_dicomweb_datastore_offline(orthanc, ct_dicom, tmp_path):
     """--studies http://orthanc/dicom-web starts without downloading dcmqi (PyPI dcmqi provides
-    itkimage2segimage), synthesizes from a CT stored in Orthanc, and answers 404 for an unknown image id."""
+    itkimage2segimage), synthesizes from a CT stored in Orthanc, and answers 404 for an unknown image id.
+
+    The CT is read from its downloaded series by the project's reader, not converted by MONAI Label: a series
+    mixing PixelSpacing values is refused (422, naming the series and the field), and no copy of the CT is left
+    in TMPDIR (MONAI Label's conversion left one NIfTI there per CT)."""
     from server_utils import Server, copy_app
 
     ct, d = ct_dicom
     assert stow(sorted(d.iterdir()), orthanc + "/dicom-web") == ct.GetSize()[2]
     series_uid = pydicom.dcmread(sorted(d.iterdir())[0]).SeriesInstanceUID
+    mixed_uid = _mixed_spacing_copy(d, tmp_path / "mixed")
+    assert stow(sorted((tmp_path / "mixed").iterdir()), orthanc + "/dicom-web") == ct.GetSize()[2]
     app = copy_app(tmp_path / "app")
-    s = Server(app, orthanc + "/dicom-web", env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache")}).wait(timeout=180)
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    s = Server(app, orthanc + "/dicom-web", env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(tmp_path / "cache"),
+                                                 "TMPDIR": str(tmpdir)}).wait(timeout=180)
     try:
         assert not list((app / "bin").glob("itkimage2segimage*"))  # nothing downloaded into the app
         images = requests.get(f"{s.url}/datastore/", timeout=60).json()["images"]
-        assert series_uid in images
+        assert series_uid in images and mixed_uid in images
         r = requests.post(f"{s.url}/infer/ct2dwi?image={series_uid}&output=json", timeout=300)
         assert r.status_code == 200, r.text
         assert r.json()["synthetic"] is True
+        r = requests.post(f"{s.url}/infer/ct2dwi?image={mixed_uid}&output=json", timeout=120)
+        assert r.status_code == 422, r.text
+        assert mixed_uid in r.text and "PixelSpacing" in r.text
         r = requests.post(f"{s.url}/infer/ct2dwi?image=1.2.3.4.5&output=json", timeout=60)
         assert r.status_code == 404
         assert "dcmqi-1.2.4" not in s.log()
+        left = [p.relative_to(tmpdir) for p in tmpdir.rglob("*") if p.is_file()]
+        assert left == [], f"files left in TMPDIR: {left}"
     finally:
         s.stop()

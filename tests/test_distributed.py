@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 TINY = ["--base-channels", "8", "--depth", "2", "--heads", "2"]
 
 
-def _jmmda(*args, timeout=300):
+def _jmmda(*args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "jmmda_model.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 GRAD_RTOL = 1e-9
@@ -34,10 +34,11 @@ def _probe(tmp_path, nproc, mutation=None):
     """One step's gradients (float64) from tests/ddp_grad_probe.py under torchrun with ``nproc`` gloo processes."""
     out = tmp_path / f"grads_{nproc}_{mutation or 'ok'}.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(Path(__file__).with_name("ddp_grad_probe.py")), str(out)] + ([mutation] if mutation else [])
+           f"--log-dir={tmp_path / 'torchrun'}", str(Path(__file__).with_name("ddp_grad_probe.py")), str(out)] + (
+              [mutation] if mutation else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})
+    assert r.returncode == 0, r.stderr[-8000:]
     return torch.load(out)
 
 
@@ -88,11 +89,18 @@ def test_two_gloo_processes_train_resume_and_run_as_two_nodes(small_store, tmp_p
               "--no-progress", *TINY]
     one = _jmmda(*common, "--epochs", "2", "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
     for epochs in ("1", "2"):  # the DDP run is interrupted after epoch 1 and resumed
-        two = _jmmda(*common, "--epochs", epochs, "--out", str(tmp_path / "two"), "--nproc-per-node", "2")
+        two = _jmmda(*common, "--epochs", epochs, "--out", str(tmp_path / "two"), "--nproc-per-node", "2",
+                     env={"TMPDIR": str(tmpdir)})
         assert two.returncode == 0, two.stderr[-3000:]
         assert '"world_size": 2' in two.stdout
     assert "resumed from" in two.stderr
+    # torchrun's folders stay with the run (its per-attempt error files): no file and no torchelastic_* folder is
+    # left in TMPDIR (torch itself may make an empty torchinductor_<user> cache folder there)
+    assert (tmp_path / "two" / "torchrun").is_dir()
+    assert [p for p in tmpdir.rglob("*") if p.is_file() or p.name.startswith("torchelastic_")] == []
     port = str(free_port())
     nodes = [subprocess.Popen([sys.executable, "-m", "jmmda_model.cli", *common, "--epochs", "2", "--out",
                                str(tmp_path / "nodes"), "--nnodes", "2", "--node-rank", str(r), "--master-addr",

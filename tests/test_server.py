@@ -110,12 +110,12 @@ def test_unknown_model_and_bad_params(server):
     assert r.status_code == 422
 
 
-def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
+def test_concurrent_requests_all_correct_and_server_stays_responsive(server, tmp_path):
     ids = [7, 6, 5, 4]
     ref, single = {}, []
     for i in ids[:2]:
         t = time.time()
-        ref[i] = arr(sitk.ReadImage(str(_write_tmp(_post_infer(server.url, *_case(i)[:2])))))
+        ref[i] = arr(sitk.ReadImage(str(_write_tmp(_post_infer(server.url, *_case(i)[:2]), tmp_path))))
         single.append(time.time() - t)
     info_times = []
     done = threading.Event()
@@ -135,7 +135,7 @@ def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
     poller.join()
     for i, r in results:
         assert r.status_code == 200
-        out = arr(sitk.ReadImage(str(_write_tmp(r))))
+        out = arr(sitk.ReadImage(str(_write_tmp(r, tmp_path))))
         assert out.shape == arr(sitk.ReadImage(str(_case(i)[0]))).shape
         if i in ref:
             np.testing.assert_allclose(out, ref[i], atol=1e-5)  # no cross-talk between requests
@@ -146,13 +146,10 @@ def test_concurrent_requests_all_correct_and_server_stays_responsive(server):
     assert float(np.median(info_times)) < 0.25 * min(single), (info_times, single)
 
 
-def _write_tmp(resp, _n=[0]):
-    import tempfile
-    from pathlib import Path
-
+def _write_tmp(resp, folder, _n=[0]):
     assert resp.status_code == 200, resp.text
     _n[0] += 1
-    p = Path(tempfile.mkdtemp()) / f"out{_n[0]}.nii.gz"
+    p = folder / f"out{_n[0]}.nii.gz"
     p.write_bytes(resp.content)
     return p
 

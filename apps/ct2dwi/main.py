@@ -62,6 +62,12 @@ class CT2DWIApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
+            if settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI:
+                # A DICOMweb CT is read from its downloaded series by the project's own reader (its series
+                # checks refuse mixed spacing, gaps, unexplained shears; its notes reach the answer). MONAI
+                # Label's NIfTI conversion skips those checks and leaves a copy of every converted CT in TMPDIR.
+                log.info("DICOMweb datastore: CTs are read from their downloaded series, not converted to NIfTI")
+                settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI = False
             return super().init_datastore()
         return SafeLocalDatastore(
             self.studies,

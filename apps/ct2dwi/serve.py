@@ -100,6 +100,36 @@ def prepare_state_dir(state: Path) -> Path:
     return app
 
 
+def write_log_config(app_dir: Path) -> Path:
+    """MONAI Label's logging configuration for ``app_dir`` (log file ``app_dir/logs/app.log``), kept at
+    ``app_dir/logs/logging.json``: without ``--log_config`` MONAI Label writes a new copy into TMPDIR at every
+    start and never removes it."""
+    import json
+
+    import monailabel
+
+    logs = app_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fill = {"${LOGDIR}": str(logs), "${LOGFILE}": str(logs / "app.log")}
+
+    def subst(v):
+        if isinstance(v, dict):
+            return {k: subst(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [subst(x) for x in v]
+        if isinstance(v, str):
+            for key, value in fill.items():
+                v = v.replace(key, value)
+        return v
+
+    config = subst(json.loads((Path(monailabel.__file__).parent / "logging.json").read_text()))
+    out = logs / "logging.json"
+    tmp = logs / f".logging.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, out)
+    return out
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     explicit = _option(argv, "--state-dir")
@@ -191,12 +221,16 @@ def main(argv=None):
         os.environ.setdefault("TMPDIR", str(app_dir.parent / "tmp"))  # uploads and scratch in the state directory
         os.environ.setdefault("CT2DWI_SCRATCH", str(app_dir.parent / "tmp" / "ct2dwi-scratch"))
         tempfile.tempdir = None
+        if not (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip():  # a DICOMweb datastore's series cache
+            settings.MONAI_LABEL_DICOMWEB_CACHE_PATH = str(app_dir.parent / "dicom-cache")  # (not ~/.cache)
         if _option(argv, "--studies", "-s") is None:
             argv += ["--studies", str(app_dir.parent / "studies")]
         print(f"serve.py: state directory {app_dir.parent} (model versions, runs, logs, scratch)", file=sys.stderr)
     elif explicit:
         print("serve.py: give either --app or --state-dir, not both", file=sys.stderr)
         return 2
+    if _option(argv, "--log_config", "-l") is None:
+        argv += ["--log_config", str(write_log_config(Path(_option(argv, "--app", "-a") or HERE)))]
     from ct2dwi_app import httpproto
 
     httpproto.install()  # request heads time out (CT2DWI_HEADER_TIMEOUT_S): half-open clients are closed
