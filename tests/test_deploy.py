@@ -2,6 +2,7 @@
 and podman/docker exist), the systemd unit kills the process group, the nginx example sets body size, timeouts
 and the prefix, the entry point keeps state out of the code tree."""
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -84,6 +85,14 @@ def test_entrypoint_keeps_state_outside_the_code_tree(tmp_path):
     assert (state / "app" / "serve.py").is_symlink() and (state / "tmp").is_dir() and (state / "studies").is_dir()
     assert oct(state.stat().st_mode & 0o777) == "0o700"
     assert not list((ROOT / "apps" / "ct2dwi" / "model").glob("versions/v*"))  # nothing written into the code tree
+    # a DICOMweb datastore's series cache and MONAI Label's logging configuration stay in the state directory too
+    # (the cache was ~/.cache/monailabel, which the unit's ProtectHome makes read-only; the logging configuration a
+    # new file in TMPDIR at every start)
+    dumped = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if "=" in line)
+    assert dumped["export MONAI_LABEL_DICOMWEB_CACHE_PATH"] == str(state / "dicom-cache")
+    log_config = json.loads((state / "app" / "logs" / "logging.json").read_text())
+    assert log_config["handlers"]["file_handler"]["filename"] == str(state / "app" / "logs" / "app.log")
+    assert [p for p in (state / "tmp").rglob("*") if p.is_file()] == []
     unit = (DEPLOY / "ct2dwi.service").read_text()
     assert "--state-dir /var/lib/ct2dwi" in unit and "ReadWritePaths=/var/lib/ct2dwi\n" in unit
 
