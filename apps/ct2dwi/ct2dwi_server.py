@@ -61,6 +61,7 @@ from starlette.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+import requests
 from requests_toolbelt import MultipartEncoder
 
 from monailabel.config import settings
@@ -68,7 +69,7 @@ from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.async_tasks.task import AsyncTask
 
 from ct2dwi_app import auth
-from ct2dwi_app.datastore import is_safe_name
+from ct2dwi_app.datastore import DatastoreError, is_safe_name
 from ct2dwi_app import observe
 from ct2dwi_app.infer import NoModelError
 from ct2dwi_app.candidates import MODEL_SUFFIXES
@@ -380,9 +381,14 @@ SLOTS = InferenceSlots(int(os.environ.get("CT2DWI_MAX_INFER", "1")), int(os.envi
 def _datastore_image(image_id: str) -> Path:
     _check_name(image_id, "image id")
     ds = _instance().datastore()
-    if image_id not in ds.list_images():
-        raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-    return Path(ds.get_image_uri(image_id))
+    try:
+        if image_id not in ds.list_images():
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+        return Path(ds.get_image_uri(image_id))
+    except DatastoreError as exc:  # a DICOMweb server that failed or sent something else than the series
+        raise HTTPException(status_code=502, detail=str(exc)) from exc
+    except requests.RequestException as exc:
+        raise HTTPException(status_code=502, detail=f"the DICOMweb server did not answer: {type(exc).__name__}") from exc
 
 
 #: the form the upload routes read themselves (uploads.read_form streams files once, straight into the request

@@ -26,7 +26,7 @@ from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
 from ct2dwi_app.conf import conf_flag  # noqa: E402
-from ct2dwi_app.datastore import SafeLocalDatastore  # noqa: E402
+from ct2dwi_app.datastore import SafeLocalDatastore, harden_dicomweb  # noqa: E402
 from ct2dwi_app.infer import CT2DWIInfer  # noqa: E402
 from ct2dwi_app.train import CT2DWITrain  # noqa: E402
 from ct2dwi_app.versions import ModelVersions  # noqa: E402
@@ -68,7 +68,7 @@ class CT2DWIApp(MONAILabelApp):
                 # Label's NIfTI conversion skips those checks and leaves a copy of every converted CT in TMPDIR.
                 log.info("DICOMweb datastore: CTs are read from their downloaded series, not converted to NIfTI")
                 settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI = False
-            return super().init_datastore()
+            return harden_dicomweb(super().init_datastore())
         return SafeLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
