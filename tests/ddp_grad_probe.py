@@ -84,3 +84,7 @@ def main(out, mutation=None):
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    if "RANK" in os.environ:  # as the training workers end (jmmda_model.distributed.exit_now): no interpreter teardown
+        from jmmda_model.distributed import exit_now
+
+        exit_now(0)
