@@ -54,11 +54,11 @@ TRAIN_SEED0, CAL_SEED0, TEST_SEED0 = 10000, 20000, 30000
 SETTINGS_BEFORE_THEY_EXISTED = {"ema": 0.0, "rotate_deg": 0.0, "prior_lift_hu": 0.0, "lambda_adv": 1.0,
                                 "lr_schedule": "constant", "lr_final_ratio": 0.05, "hard_negative_fraction": 0.0,
                                 "noise_augment_hu": 0.0, "noise_augment_probability": 0.5, "residual_bound": 0.0,
-                                "mirror_noise_ref_hu": None, "context_slices": 1}
+                                "mirror_noise_ref_hu": None, "context_slices": 1, "unseen_lesion_hu": 0.0}
 NETWORK_ARMS = {
     "legacy": {"gen": {"residual_prior": False, "residual_bound": 0.0}, "pre": {"mirror_channels": False},
                "train": {"patch_size": None, "lesion_oversample": 3, "ema_decay": 0.0, "rotate_deg": 0.0,
-                         "hard_negative_fraction": 0.0, "noise_augment_hu": 0.0}},
+                         "hard_negative_fraction": 0.0, "noise_augment_hu": 0.0, "unseen_lesion_hu": 0.0}},
     "jmmda": {"gen": {}, "pre": {}, "train": {}},
     "pix2pix": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {}},
     "unet_prior": {"gen": {"arch": "pix2pix"}, "pre": {}, "train": {"lambda_adv": 0.0}},
@@ -166,7 +166,8 @@ def run_network(name, seed, args, train, cal, test, out_dir: Path) -> dict:
                   "prior_mirror_lift_hu": args.prior_lift_hu, "lambda_adv": args.lambda_adv,
                   "lr_schedule": args.lr_schedule, "lr_final_ratio": args.lr_final_ratio,
                   "hard_negative_fraction": args.hard_negative_fraction, "noise_augment_hu": args.noise_augment_hu,
-                  "noise_augment_probability": args.noise_augment_probability, **spec["train"]}
+                  "noise_augment_probability": args.noise_augment_probability,
+                  "unseen_lesion_hu": args.unseen_lesion_hu, **spec["train"]}
     cfg = TrainConfig(generator=gen.to_dict(), preprocess=pre.to_dict(), epochs=10**6,
                       max_steps_per_epoch=args.eval_every, max_steps=args.steps, batch_size=args.batch_size,
                       lr_g=args.lr, lr_d=args.lr, seed=seed, progress=False, tensorboard=False, device=args.device,
@@ -331,6 +332,8 @@ def summarise(results: dict, lut: dict, args, machine: dict, wall: float | None,
                 if args.residual_bound else "")
              + (f"hemispheric difference scaled to the case's noise (reference {args.mirror_noise_ref_hu:g} HU; legacy "
                 "arm: no mirror); " if args.mirror_noise_ref_hu else "")
+             + (f"lesions under {args.unseen_lesion_hu:g} HU of CT contrast left out of the losses (legacy arm: "
+                "kept); " if getattr(args, "unseen_lesion_hu", 0.0) else "")
              + (f"{args.context_slices} context slice(s) on each side; "
                 if getattr(args, "context_slices", 1) != 1 else "")
              + f"learning rate {args.lr:g}" + (f" cosine to x{args.lr_final_ratio:g} at step {args.steps}; "
@@ -477,6 +480,9 @@ def main(argv=None):
                    help="CT-noise augmentation up to this level (phantom ct_noise_hu scale; TrainConfig.noise_augment_hu; "
                         "the legacy arm: off)")
     p.add_argument("--noise-augment-probability", type=float, default=0.5)
+    p.add_argument("--unseen-lesion-hu", type=float, default=0.0,
+                   help="lesions whose CT contrast is below this many HU left out of every loss but the adversarial "
+                        "one (TrainConfig.unseen_lesion_hu; the legacy arm: off; default 0: off)")
     p.add_argument("--residual-bound", type=float, default=0.0,
                    help="soft bound of the render head's residual (GeneratorConfig.residual_bound; 0: unbounded)")
     p.add_argument("--mirror-noise-ref-hu", type=float, default=None,

@@ -68,7 +68,7 @@ def cmd_train(a):
                       max_steps=a.max_steps, lesion_oversample=a.lesion_oversample, lambda_contrast=a.lambda_contrast,
                       select_metric=a.select, progress=not a.no_progress, patch_size=patch,
                       hard_negative_fraction=a.hard_negative_fraction, noise_augment_hu=a.noise_augment_hu,
-                      noise_augment_probability=a.noise_augment_probability)
+                      noise_augment_probability=a.noise_augment_probability, unseen_lesion_hu=a.unseen_lesion_hu)
     if a.nproc_per_node * a.nnodes > 1:  # DDP under torchrun: the same Trainer in N processes (see distributed.py)
         from dataclasses import asdict
 
@@ -275,6 +275,9 @@ def build_parser():
                         "noise of the phantoms' texture, at a level drawn from 0 to this (phantom ct_noise_hu scale, "
                         "0-20; default 0: off)")
     t.add_argument("--noise-augment-probability", type=float, default=0.5)
+    t.add_argument("--unseen-lesion-hu", type=float, default=0.0,
+                   help="lesion recipe: lesions whose CT contrast (ring of normal brain minus lesion mean) is below "
+                        "this many HU are left out of every loss but the adversarial one (0-20; default 0: off)")
     t.add_argument("--residual-bound", type=float, default=0.0,
                    help="lesion recipe: bound the render head's residual softly to +- this (normalised DWI, normal "
                         "brain 0.25), so brightness beyond it comes through the lesion probability (default 0: unbounded)")

@@ -232,9 +232,10 @@ def model_input(ct_hu: np.ndarray, brain: np.ndarray, pre: PreprocessConfig, spa
 
 
 def rotate_sample(tensors: list[torch.Tensor], angle_deg: float, dy: float, dx: float, mask_channel: int | None = None):
-    """Turns (input, target, brain, lesion) tensors of one sample by ``angle_deg`` about their centre and shifts
-    them by (dy, dx) pixels, bilinear as the canonical pose's resampling (zero outside). Labels (the brain and
-    lesion tensors, and the input's mask channel) are interpolated then thresholded at 0.5, as the pose does."""
+    """Turns (input, target, brain, lesion[, ignore]) tensors of one sample by ``angle_deg`` about their centre and
+    shifts them by (dy, dx) pixels, bilinear as the canonical pose's resampling (zero outside). Labels (the brain,
+    lesion and ignore tensors, and the input's mask channel) are interpolated then thresholded at 0.5, as the pose
+    does."""
     a = math.radians(angle_deg)
     h, w = tensors[0].shape[-2:]
     theta = torch.tensor([[math.cos(a), -math.sin(a) * h / w, 2 * dx / w],
@@ -346,14 +347,37 @@ def add_ct_noise(x: np.ndarray, pre: PreprocessConfig, level_hu: float, rng: np.
     return out
 
 
+def unseen_lesions(lc: LoadedCase, below_hu: float) -> np.ndarray:
+    """(z, y, x) bool: the voxels of the case's lesions (26-connected, as ``metrics.lesion_metrics`` counts them)
+    whose CT contrast - the median of a 2-4 voxel ring of normal brain minus the lesion's mean CT, the model
+    issue's measure - is below ``below_hu``: lesions the CT does not show. A lesion whose ring is too small to
+    measure counts as seen."""
+    from .metrics import lesion_metrics
+
+    if below_hu <= 0 or not lc.lesion.any():
+        return np.zeros(lc.lesion.shape, bool)
+    ref = lc.dwi if lc.dwi is not None else lc.brain.astype(np.float32)  # only the lesions' CT is measured here
+    m = lesion_metrics(ref, ref, lc.brain, lc.lesion, ct_hu=lc.ct_hu, spacing=lc.spacing_zyx, masks=True)
+    faint = [k + 1 for k, x in enumerate(m["lesions"]) if x.get("ct_contrast_hu", np.nan) < below_hu]
+    return np.isin(m["labels"], faint) if faint else np.zeros(lc.lesion.shape, bool)
+
+
+def check_unseen_lesion_hu(value) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and 0.0 <= v <= 20.0):
+        raise ValueError(f"unseen_lesion_hu must be 0 (off) or a CT contrast in HU up to 20, got {value!r}")
+    return v
+
+
 class SliceDataset(Dataset):
-    """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion)."""
+    """Axial slices of loaded cases: dict(input (C+1,H,W), target (1,H,W), brain, lesion) and, with
+    ``unseen_lesion_hu``, ``ignore`` (1,H,W): voxels of lesions the CT does not show, left out of the losses."""
 
     def __init__(self, cases: list[LoadedCase], pre: PreprocessConfig, divisor: int, augment: bool = False,
                  patch_size: int | None = None, lesion_patch_fraction: float = 1 / 3, rotate_deg: float = 0.0,
                  rotate_probability: float = 0.75, hard_negative_fraction: float = 0.0,
                  hard_negative_hu: float = HARD_NEGATIVE_HU, noise_augment_hu: float = 0.0,
-                 noise_augment_probability: float = 0.5):
+                 noise_augment_probability: float = 0.5, unseen_lesion_hu: float = 0.0):
         """``patch_size``: train on square crops of this size instead of whole slices: a ``lesion_patch_fraction``
         of them centred (with jitter) on a lesion voxel of a lesion slice, the rest on a brain voxel of the drawn
         slice. ``rotate_deg`` (with ``augment``): with probability ``rotate_probability`` a sample is turned by a
@@ -367,8 +391,14 @@ class SliceDataset(Dataset):
         noise of the phantoms' texture, at a level drawn uniformly from 0..noise_augment_hu (see :func:`add_ct_noise`),
         before it is turned; so the lesion head meets noisier hemispheric differences with the same labels. Drawn
         from a generator of its own, so every other draw (crop, turn, flip) is the same with or without it; 0 keeps
-        every sample exactly as before."""
+        every sample exactly as before.
+        ``unseen_lesion_hu``: lesions whose CT contrast is below this (:func:`unseen_lesions`) are taken out of the
+        lesion mask and marked in a fifth tensor, ``ignore``, which the trainer leaves out of every loss but the
+        adversarial one: the network is neither taught to paint what the CT does not show (which it can only learn
+        as painting noise) nor to call it normal. Lesion crops are centred on the lesions kept. 0 (off) keeps every
+        sample exactly as before, with no ``ignore`` tensor."""
         self.pre, self.divisor, self.augment = pre, divisor, augment
+        self.unseen_lesion_hu = check_unseen_lesion_hu(unseen_lesion_hu)
         self.patch_size, self.lesion_patch_fraction = patch_size, float(lesion_patch_fraction)
         self.rotate_deg, self.rotate_probability = float(rotate_deg), float(rotate_probability)
         self.hard_negative_fraction = float(hard_negative_fraction)
@@ -382,12 +412,15 @@ class SliceDataset(Dataset):
             x = case_input(c, pre)
             frac = c.brain.reshape(c.brain.shape[0], -1).mean(1)
             hard = hard_negative_voxels(c, hard_negative_hu) if self.hard_negative_fraction > 0 else None
+            unseen = unseen_lesions(c, self.unseen_lesion_hu) if self.unseen_lesion_hu > 0 else None
+            lesion = c.lesion if unseen is None else (c.lesion > 0) & ~unseen
             for k in np.nonzero(frac >= pre.min_brain_fraction)[0]:
-                if c.lesion[k].any():
+                if lesion[k].any():
                     self.lesion_items.append(len(self.items))
                 if hard is not None and hard[k].any():
                     self.hard_items.append((len(self.items), np.argwhere(hard[k]).astype(np.int16)))
-                self.items.append((x[k], c.dwi[k][None], c.brain[k][None].astype(np.float32), c.lesion[k][None].astype(np.float32)))
+                item = (x[k], c.dwi[k][None], c.brain[k][None].astype(np.float32), lesion[k][None].astype(np.float32))
+                self.items.append(item if unseen is None else item + (unseen[k][None].astype(np.float32),))
         if not self.items:
             raise InputError("no training slices: every case lacks brain in its axial slices")
         self.epoch_seed = 0
@@ -447,4 +480,4 @@ class SliceDataset(Dataset):
             if torch.rand(1, generator=g).item() < 0.5:
                 tensors = [t.flip(-1) for t in tensors]
         tensors = [pad_to_multiple(t, self.divisor)[0] for t in tensors]
-        return dict(zip(("input", "target", "brain", "lesion"), tensors))
+        return dict(zip(("input", "target", "brain", "lesion", "ignore"), tensors))

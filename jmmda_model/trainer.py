@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import checkpoint as ckpt_io
-from .data import Case, SliceDataset, case_input, check_crop_fractions, check_noise_augment, load_case
+from .data import Case, SliceDataset, case_input, check_crop_fractions, check_noise_augment, check_unseen_lesion_hu, load_case
 from .distributed import global_mean, global_sum, rank_and_world
 from .inference import pick_device, predict_slices
 from .metrics import (
@@ -102,6 +102,10 @@ class TrainConfig:
     #: scale; its cases hold 2.5-6), the mirror's noise drawn apart; 0: off, every sample as before
     noise_augment_hu: float = 0.0
     noise_augment_probability: float = 0.5
+    #: lesions whose CT contrast (ring of normal brain minus lesion mean, the issue's measure) is below this many HU
+    #: are left out of every loss but the adversarial one (``data.unseen_lesions``): not painted, not called normal.
+    #: 0 (off) trains exactly as before
+    unseen_lesion_hu: float = 0.0
     #: weight of the soft Dice term of the lesion-probability loss (BCE + Dice)
     lambda_dice: float = 1.0
     #: exponential moving average of the generator's weights (0: off), kept beside the raw weights (which go on
@@ -134,6 +138,7 @@ class TrainConfig:
         if not 0.0 <= float(self.lr_final_ratio) <= 1.0:
             raise ValueError(f"lr_final_ratio {self.lr_final_ratio}: must be within 0..1")
         check_crop_fractions(self.lesion_patch_fraction, self.hard_negative_fraction, self.patch_size)
+        check_unseen_lesion_hu(self.unseen_lesion_hu)
         check_noise_augment(self.noise_augment_hu, self.noise_augment_probability,
                             (self.preprocess or {}).get("mirror_noise_ref_hu"))
         if float(self.noise_augment_hu) > 0 and not self.augment:
@@ -152,10 +157,13 @@ class TrainConfig:
         return strict_from_dict(cls, d, "training config")
 
 
-def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float):
+def weighted_l1(pred, target, brain, lesion, lesion_weight: float, background_weight: float, keep=None):
     """Brain/lesion-weighted mean absolute error over the global batch: in a DDP run the weight sum is
-    summed over ranks (and the local term scaled by the world size, which DDP's gradient mean undoes)."""
+    summed over ranks (and the local term scaled by the world size, which DDP's gradient mean undoes).
+    ``keep``: 0 where voxels are left out (lesions the CT does not show), 1 elsewhere."""
     w = background_weight + (1.0 - background_weight) * brain + lesion_weight * lesion
+    if keep is not None:
+        w = w * keep
     world = rank_and_world()[1]
     return (w * (pred - target).abs()).sum() * world / global_sum(w.sum())
 
@@ -432,7 +440,7 @@ class Trainer:
                           lesion_patch_fraction=cfg.lesion_patch_fraction,
                           rotate_deg=cfg.rotate_deg if self.pre.canonical_rotation else 0.0,
                           rotate_probability=cfg.rotate_probability, hard_negative_fraction=cfg.hard_negative_fraction,
-                          noise_augment_hu=cfg.noise_augment_hu,
+                          noise_augment_hu=cfg.noise_augment_hu, unseen_lesion_hu=cfg.unseen_lesion_hu,
                           noise_augment_probability=cfg.noise_augment_probability)
         writer = None
         if cfg.tensorboard and self.rank == 0:
@@ -601,6 +609,9 @@ class Trainer:
         y = batch["target"].to(self.device)
         brain = batch["brain"].to(self.device)
         lesion = batch["lesion"].to(self.device)
+        # lesions the CT does not show (TrainConfig.unseen_lesion_hu): out of every loss but the adversarial one
+        keep = 1.0 - batch["ignore"].to(self.device) if "ignore" in batch else None
+        brain_kept = brain if keep is None else brain * keep
         ac = torch.autocast("cuda", dtype=torch.float16) if self.amp else torch.autocast("cpu", enabled=False)
         with ac:
             fake, lesion_logits = self.G_train(x, return_aux=True)
@@ -619,16 +630,17 @@ class Trainer:
         with ac:
             # the plain D: its gradients here are discarded (zeroed before the next D step), those of G are synced
             adv = _gan_loss(self.D(x, fake_d), True, cfg.gan_mode)
-            l1 = weighted_l1(fake.float(), y, brain, lesion, cfg.lesion_weight, cfg.background_weight)
+            l1 = weighted_l1(fake.float(), y, brain, lesion, cfg.lesion_weight, cfg.background_weight, keep)
             loss_g = cfg.lambda_adv * adv + cfg.lambda_l1 * l1
-            contrast = lesion_contrast_loss(fake.float(), y, brain, lesion)
+            contrast = lesion_contrast_loss(fake.float(), y, brain_kept, lesion)
             if cfg.lambda_contrast:
                 loss_g = loss_g + cfg.lambda_contrast * contrast
             if lesion_logits is not None and cfg.lambda_aux:
                 if self.gcfg.residual_prior:  # the lesion-probability head: BCE (calibratable) + soft Dice
-                    aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain)
+                    aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain_kept)
                     if cfg.lambda_dice:
-                        aux = aux + cfg.lambda_dice * soft_dice_loss(torch.sigmoid(lesion_logits.float()) * brain, lesion)
+                        aux = aux + cfg.lambda_dice * soft_dice_loss(torch.sigmoid(lesion_logits.float()) * brain_kept,
+                                                                     lesion)
                 else:  # the earlier auxiliary head (weighted BCE)
                     pos = torch.tensor(10.0, device=lesion_logits.device)
                     aux = F.binary_cross_entropy_with_logits(lesion_logits.float(), lesion, weight=brain, pos_weight=pos)

@@ -633,3 +633,61 @@ def test_noise_scaled_models_stream_and_pose_with_the_whole_volume_scale():
     syn.predict_streamed = lambda *a, **kw: seen.append(kw.get("mirror_scale")) or streamed(*a, **kw)
     syn.predict_volume(lc.ct_hu, lc.brain, lc.spacing_zyx, lc.midplane, lc.mirror_hu)
     assert seen == [pytest.approx(s)]
+
+
+def test_lesions_the_ct_does_not_show_are_left_out_of_the_losses(phantoms):
+    """``unseen_lesion_hu``: a lesion whose CT contrast (the metrics' ring measure) is below the threshold leaves the
+    lesion mask and is marked ``ignore``; every other lesion stays. The trainer's losses then do not see those voxels
+    (changing the synthesis or the lesion logits there changes no loss but the adversarial one); 0 is bit for bit
+    as before, with no ``ignore`` tensor; out-of-range values are refused."""
+    from jmmda_model.data import unseen_lesions
+    from jmmda_model.metrics import lesion_metrics
+    from jmmda_model.trainer import TrainConfig, Trainer
+
+    lc = max(phantoms, key=lambda c: ndi.label(c.lesion, np.ones((3, 3, 3), bool))[1])  # seed 3111: -1.2 and 3.3 HU
+    m = lesion_metrics(lc.dwi, lc.dwi, lc.brain, lc.lesion, ct_hu=lc.ct_hu, spacing=lc.spacing_zyx, masks=True)
+    contrasts = [x["ct_contrast_hu"] for x in m["lesions"]]
+    assert len(contrasts) >= 2, contrasts
+    cut = float(np.median(contrasts)) + 1e-6  # at least one lesion on each side
+    unseen = unseen_lesions(lc, cut)
+    for k, c in enumerate(contrasts, start=1):
+        region = m["labels"] == k
+        assert unseen[region].all() if c < cut else not unseen[region].any(), (k, c, cut)
+    assert not unseen_lesions(lc, 0.0).any()
+
+    pre = PreprocessConfig(tissue_prior=TissuePrior().fit(phantoms).to_dict())
+    plain = SliceDataset([lc], pre, 8, augment=True, patch_size=64, rotate_deg=10)
+    zero = SliceDataset([lc], pre, 8, augment=True, patch_size=64, rotate_deg=10, unseen_lesion_hu=0.0)
+    masked = SliceDataset([lc], pre, 8, augment=False, unseen_lesion_hu=cut)
+    whole = SliceDataset([lc], pre, 8, augment=False)
+    for i in range(0, len(plain), 3):
+        assert set(zero[i]) == {"input", "target", "brain", "lesion"}
+        assert all(torch.equal(plain[i][k], zero[i][k]) for k in plain[i])
+    n_ignored = 0
+    for i in range(len(masked)):
+        a, b = masked[i], whole[i]
+        assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+        assert torch.equal(a["lesion"] + a["ignore"], b["lesion"])  # the lesion split into kept and ignored
+        n_ignored += int(a["ignore"].sum())
+    assert n_ignored == int(unseen.sum()) > 0
+    # every crop centred on a lesion is centred on a kept one
+    assert all(masked.items[i][3].any() for i in masked.lesion_items)
+
+    cfg = TrainConfig(generator=GeneratorConfig(base_channels=8, depth=2, heads=2, residual_prior=True).to_dict(),
+                      preprocess=pre.to_dict(), device="cpu", progress=False, tensorboard=False, lambda_adv=0.0, seed=1)
+    i = next(i for i in range(len(masked)) if masked[i]["ignore"].any())
+    batch = {k: v[None] for k, v in masked[i].items()}
+    brighter = dict(batch, target=batch["target"] + 0.5 * batch["ignore"])  # the real DWI changed where ignored
+    # the trainer's own step, twice from the same start (same seed): the logged losses are taken before the update
+    logged = [Trainer(cfg, "/nonexistent-not-written")._step(b) for b in (batch, brighter)]
+    for key in ("loss_g", "loss_l1", "loss_contrast"):
+        assert logged[0][key] == pytest.approx(logged[1][key], rel=1e-6), key
+    # without the ignore tensor the same change is seen (the check is not blind)
+    plain = [Trainer(cfg, "/nonexistent-not-written")._step({k: v for k, v in b.items() if k != "ignore"})
+             for b in (batch, brighter)]
+    assert plain[1]["loss_l1"] > plain[0]["loss_l1"] * 1.01
+    for bad in (-1.0, float("nan"), 25.0):
+        with pytest.raises(ValueError, match="unseen_lesion_hu"):
+            SliceDataset([lc], pre, 8, unseen_lesion_hu=bad)
+        with pytest.raises(ValueError, match="unseen_lesion_hu"):
+            TrainConfig(unseen_lesion_hu=bad)
