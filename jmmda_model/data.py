@@ -359,7 +359,7 @@ def unseen_lesions(lc: LoadedCase, below_hu: float) -> np.ndarray:
     ref = lc.dwi if lc.dwi is not None else lc.brain.astype(np.float32)  # only the lesions' CT is measured here
     m = lesion_metrics(ref, ref, lc.brain, lc.lesion, ct_hu=lc.ct_hu, spacing=lc.spacing_zyx, masks=True)
     faint = [k + 1 for k, x in enumerate(m["lesions"]) if x.get("ct_contrast_hu", np.nan) < below_hu]
-    return np.isin(m["labels"], faint) if faint else np.zeros(lc.lesion.shape, bool)
+    return np.isin(m["labels"], faint)
 
 
 def check_unseen_lesion_hu(value) -> float:

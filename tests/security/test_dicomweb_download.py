@@ -107,7 +107,9 @@ def test_a_series_past_the_limits_is_refused(series, tmp_path, monkeypatch):
     with pytest.raises(dsmod.DatastoreError, match="more than 10 instances"):
         Store(tmp_path / "c1", FakeClient(files)).get_image_uri(uid)
     monkeypatch.setattr(dsmod, "MAX_SERIES_INSTANCES", 4000)
-    monkeypatch.setenv("CT2DWI_MAX_UPLOAD_MB", "0.01")
+    from ct2dwi_app import uploads
+
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_BYTES", int(0.01 * 2**20))  # CT2DWI_MAX_UPLOAD_MB 0.01
     with pytest.raises(dsmod.DatastoreError, match="larger than"):
         Store(tmp_path / "c2", FakeClient(files)).get_image_uri(uid)
     assert list((tmp_path / "c1").iterdir()) == [] and list((tmp_path / "c2").iterdir()) == []

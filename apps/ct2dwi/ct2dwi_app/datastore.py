@@ -66,13 +66,6 @@ class DatastoreError(RuntimeError):
     answers 502: neither the user's request nor this server is at fault)."""
 
 
-def max_series_bytes() -> int:
-    """The largest series downloaded from DICOMweb: the upload limit (``CT2DWI_MAX_UPLOAD_MB``, default 2048)."""
-    import os
-
-    return int(float(os.environ.get("CT2DWI_MAX_UPLOAD_MB", "2048")) * 1024 * 1024)
-
-
 class SafeDICOMWebDatastore:
     """Methods that replace MONAI Label 0.8.5's ``DICOMWebDatastore.get_image_uri`` (mixed into it by
     :func:`harden_dicomweb`). MONAI Label downloaded a series straight into its cache folder, so an interrupted
@@ -80,7 +73,7 @@ class SafeDICOMWebDatastore:
     slices reads as a shorter head); it named each file after the SOPInstanceUID the PACS sent, unchecked; and it
     took whatever instances the PACS returned. Here the series is downloaded into a private folder beside the
     cache, each instance checked (its SOPInstanceUID a DICOM UID, its SeriesInstanceUID the one asked for, at most
-    ``MAX_SERIES_INSTANCES`` and :func:`max_series_bytes`), and the folder renamed into place only when complete,
+    ``MAX_SERIES_INSTANCES`` and the upload limit, ``uploads.MAX_UPLOAD_BYTES``), and the folder renamed into place only when complete,
     with a marker; a cache folder without the marker (a download interrupted by an older version) is fetched
     again. The series is returned as a folder: the project's DICOM reader reads it with all its series checks."""
 
@@ -117,6 +110,8 @@ class SafeDICOMWebDatastore:
     def _download_series(self, series_uid: str, folder) -> int:
         from pydicom.dataset import Dataset
 
+        from . import uploads
+
         try:
             found = [s for s in self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
                      if s.get("0020000E", {}).get("Value") == [series_uid]]
@@ -125,7 +120,7 @@ class SafeDICOMWebDatastore:
             study_uid = str(Dataset.from_json(found[0]).StudyInstanceUID)
             if not UID.fullmatch(study_uid):
                 raise DatastoreError(f"the DICOMweb server gave series {series_uid} an invalid StudyInstanceUID")
-            n, size, limit = 0, 0, max_series_bytes()
+            n, size, limit = 0, 0, uploads.MAX_UPLOAD_BYTES  # a series is as large as an upload may be
             for ds in self._client.iter_series(study_uid, series_uid):
                 sop = str(getattr(ds, "SOPInstanceUID", ""))
                 if not UID.fullmatch(sop) or len(sop) > 64:
