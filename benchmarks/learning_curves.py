@@ -574,6 +574,9 @@ def main(argv=None):
         print(f"[lut lifted {args.prior_lift_hu:g} HU] sens {lut_lift['qualifying_sensitivity']:.2f} darker "
               f"{lut_lift['darker']} ({lut_lift['darker_qualifying']} qualifying) false-bright "
               f"{lut_lift['false_bright_ml']:.1f} mL PSNR {lut_lift['psnr_brain']:.2f}", flush=True)
+    # each run loads the phantom file itself: this process lets go of its copy first (with hundreds of training
+    # phantoms it would otherwise hold one more copy of the data than there are runs)
+    del train, cal, test
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = [(a, s, args, str(data_path), str(out)) for s in seeds for a in arms if a != "lut"]
     results: dict[str, list] = {a: [] for a in arms if a != "lut"}

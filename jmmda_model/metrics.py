@@ -12,7 +12,9 @@ whole-volume PSNR/SSIM mostly measure the background: an all-zero prediction sco
   DWI inside the brain, mean gray value of every superpixel in real and synthetic images, Pearson r. The
   arrays are first put in a canonical orientation derived from the data (axes ordered by size/spacing, each
   flipped so the mask's centre of mass lies in its lower half), so flipping or transposing the input arrays
-  does not change the value;
+  does not change the value. The segmentation depends on the real DWI alone, so the last few are kept
+  (:func:`slic_labels`, keyed by the arrays' content): validation every epoch, a candidate and the served model
+  on the same cases, and a benchmark's arms segment each real DWI once;
 * lesion metrics (:func:`lesion_metrics`) per connected lesion of the true mask: synthetic and real
   lesion/normal-brain ratios, "shown" when the synthetic ratio >= 1.3, "darker" when < 1.0, CT contrast
   (HU), volume (mL); false-bright volume outside lesions.
@@ -22,7 +24,10 @@ permutations of them (2-D SSIM is invariant to swapping the two in-plane axes).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -111,6 +116,46 @@ def _canonical(a, order, flips):
     return np.ascontiguousarray(np.transpose(a, order))
 
 
+#: SLIC label volumes kept (least recently used dropped first): at most this many, and at most this many bytes
+#: together (each is int32 of the volume's size: a 320 x 512 x 512 thin series' alone is 335 MB and is not kept)
+SLIC_CACHE_SIZE = 8
+SLIC_CACHE_BYTES = 256 << 20
+_slic_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_slic_lock = threading.Lock()
+
+
+def slic_labels(target: np.ndarray, mask: np.ndarray, spacing, n_segments: int, compactness: float) -> np.ndarray:
+    """SLIC superpixels (scikit-image) of ``target`` inside ``mask``, start label 1, read-only int32. The result of
+    the same arrays (by content: a BLAKE2 digest of their bytes, shapes and dtypes) and settings is kept for the
+    next call, so scoring several predictions against one real DWI segments it once."""
+    target = np.ascontiguousarray(target)
+    mask = np.ascontiguousarray(mask)
+    digest = hashlib.blake2b(digest_size=20)
+    for a in (target, mask):
+        digest.update(repr((a.shape, a.dtype.str)).encode())
+        digest.update(a.view(np.uint8).reshape(-1))
+    digest.update(repr((None if spacing is None else [float(v) for v in spacing], int(n_segments),
+                        float(compactness))).encode())
+    key = digest.digest()
+    with _slic_lock:
+        hit = _slic_cache.get(key)
+        if hit is not None:
+            _slic_cache.move_to_end(key)
+            return hit
+    from skimage.segmentation import slic
+
+    labels = slic(target, n_segments=n_segments, compactness=compactness, mask=mask, channel_axis=None,
+                  spacing=None if spacing is None else np.asarray(spacing, float), start_label=1).astype(np.int32)
+    labels.setflags(write=False)
+    if labels.nbytes <= SLIC_CACHE_BYTES:
+        with _slic_lock:
+            _slic_cache[key] = labels
+            while (len(_slic_cache) > SLIC_CACHE_SIZE
+                   or sum(v.nbytes for v in _slic_cache.values()) > SLIC_CACHE_BYTES):
+                _slic_cache.popitem(last=False)
+    return labels
+
+
 def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactness: float = 0.1, spacing=None, seed: int = 0):
     """Pearson r between per-superpixel mean gray levels of real and synthetic DWI.
 
@@ -128,12 +173,7 @@ def superpixel_correlation(pred, target, mask, n_segments: int = 400, compactnes
     m = _canonical(m, order, flips)
     if spacing is not None:
         spacing = [float(spacing[a]) for a in order]
-    from skimage.segmentation import slic
-
-    labels = slic(
-        target, n_segments=n_segments, compactness=compactness, mask=m, channel_axis=None,
-        spacing=None if spacing is None else np.asarray(spacing, float), start_label=1,
-    )
+    labels = slic_labels(target, m, spacing, n_segments, compactness)
     ids = np.unique(labels[labels > 0])
     if len(ids) < 3:
         return float("nan"), len(ids)

@@ -71,6 +71,54 @@ def test_superpixel_correlation_tracks_gray_level_agreement():
     assert r_gamma > 0.95 and abs(r_bad) < 0.5
 
 
+def test_superpixels_of_one_real_dwi_are_segmented_once_and_by_content(monkeypatch):
+    """The SLIC labels are kept per real DWI: a second prediction scored against the same volume reuses them with
+    the same value as a fresh segmentation; any change of the real DWI, the mask or the settings segments again."""
+    import skimage.segmentation
+
+    calls = []
+    real_slic = skimage.segmentation.slic
+
+    def counting_slic(*a, **k):
+        calls.append(1)
+        return real_slic(*a, **k)
+
+    monkeypatch.setattr(skimage.segmentation, "slic", counting_slic)
+    monkeypatch.setattr(M, "_slic_cache", type(M._slic_cache)())
+    v, brain = _vol(5, (8, 48, 40))
+    rng = np.random.default_rng(1)
+    p1, p2 = (np.clip(v + rng.normal(0, s, v.shape), 0, 1) for s in (0.05, 0.2))
+    r1 = M.superpixel_correlation(p1, v, brain, spacing=(5.0, 1.8, 1.8))
+    r2 = M.superpixel_correlation(p2, v.copy(), brain.copy(), spacing=(5.0, 1.8, 1.8))  # same content, new arrays
+    assert len(calls) == 1 and r1 != r2
+    M._slic_cache.clear()
+    assert M.superpixel_correlation(p2, v, brain, spacing=(5.0, 1.8, 1.8)) == r2 and len(calls) == 2  # fresh: equal
+    v2 = v.copy()
+    v2[4, 20, 20] += 1e-6  # one voxel of the real DWI
+    b2 = brain.copy()
+    b2[4, 8, 8] = 0  # one voxel of the mask
+    M.superpixel_correlation(p2, v2, brain, spacing=(5.0, 1.8, 1.8))
+    M.superpixel_correlation(p2, v, b2, spacing=(5.0, 1.8, 1.8))
+    M.superpixel_correlation(p2, v, brain, spacing=(5.0, 1.8, 2.0))
+    M.superpixel_correlation(p2, v, brain, n_segments=100, spacing=(5.0, 1.8, 1.8))
+    assert len(calls) == 6
+    labels = next(iter(M._slic_cache.values()))
+    assert not labels.flags.writeable  # a caller cannot alter what the next one gets
+    for k in range(M.SLIC_CACHE_SIZE + 3):  # bounded in number...
+        M.superpixel_correlation(p1, v + k * 1e-3, brain)
+    assert len(M._slic_cache) == M.SLIC_CACHE_SIZE
+    one = labels.nbytes
+    monkeypatch.setattr(M, "SLIC_CACHE_BYTES", 2 * one + 1)  # ...and in bytes: two of these volumes
+    M.superpixel_correlation(p1, v + 0.5, brain)
+    assert len(M._slic_cache) == 2 and sum(x.nbytes for x in M._slic_cache.values()) <= 2 * one + 1
+    monkeypatch.setattr(M, "SLIC_CACHE_BYTES", one - 1)  # a volume larger than the budget is not kept at all
+    M._slic_cache.clear()
+    n = len(calls)
+    M.superpixel_correlation(p1, v, brain, spacing=(5.0, 1.8, 1.8))
+    M.superpixel_correlation(p1, v, brain, spacing=(5.0, 1.8, 1.8))
+    assert len(M._slic_cache) == 0 and len(calls) == n + 2
+
+
 def test_evaluate_volume_keys():
     v, brain = _vol()
     m = M.evaluate_volume(v * 0.9, v, brain, None)

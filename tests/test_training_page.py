@@ -8,7 +8,9 @@ from pathlib import Path
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -92,6 +94,56 @@ def test_kill_during_promote_leaves_exactly_one_valid_served_model(tmp_path):
         assert not list(model.glob(".served.json.*.tmp"))
 
 
+def test_the_served_version_is_scored_once_while_it_and_the_cases_are_unchanged(tmp_path, monkeypatch):
+    """Candidates compared one after another with the same served version: the served model's inference runs once;
+    another served version, a changed case file (also inside a DICOM folder) or another device scores it again."""
+    from ct2dwi_app import candidates
+
+    from jmmda_model.data import Case
+
+    scored = []
+
+    def fake_score(model, cases, device=None):
+        scored.append(Path(model).name)
+        return {"cases": len(cases), "psnr_brain": 30.0, "qualifying_sensitivity": 1.0, "false_bright_ml": 0.0,
+                "lesions_darker": 0}
+
+    monkeypatch.setattr(candidates, "score_model", fake_score)
+    monkeypatch.setattr(candidates, "_served_scores", type(candidates._served_scores)())
+    model = tmp_path / "model"
+    model.mkdir()
+    demo = model / "jmmda_demo.pt"
+    shutil.copy(DEMO_MODEL, demo)
+    v = ModelVersions(model, demo)
+    v.publish(demo, {"n": 1}, promote=False)
+    (tmp_path / "dicom").mkdir()
+    for name in ("1.dcm", "2.dcm"):
+        (tmp_path / "dicom" / name).write_bytes(b"slice " + name.encode())
+    for name in ("dwi.nii.gz", "mask.nii.gz"):
+        (tmp_path / name).write_bytes(name.encode())
+    cases = [Case("a", tmp_path / "dicom", tmp_path / "dwi.nii.gz", tmp_path / "mask.nii.gz")]
+
+    def compare(device="cpu"):
+        """How many models were scored for one comparison (2: candidate and served; 1: the candidate only)."""
+        n = len(scored)
+        out = candidates.compare_with_served(v, demo, cases, device=device)
+        assert out["served"]["psnr_brain"] == 30.0 and out["worse_on_lesions"] == []
+        return len(scored) - n
+
+    assert compare() == 2
+    assert compare() == 1  # the served scores are kept
+    (tmp_path / "dwi.nii.gz").write_bytes(b"another dwi")
+    assert compare() == 2
+    assert compare() == 1
+    (tmp_path / "dicom" / "2.dcm").write_bytes(b"slice 2, edited")  # one file of a DICOM folder
+    assert compare() == 2
+    assert compare(device="cuda") == 2
+    v.promote(1)  # v1 is a byte-for-byte copy of the demo: kept by content
+    assert compare() == 1
+    v.path(1).write_bytes(demo.read_bytes() + b"\0")  # the served file itself changed
+    assert compare() == 2
+
+
 # ---------------------------------------------------------------- versions on the real server
 @pytest.fixture(scope="module")
 def vserver(tmp_path_factory):
@@ -151,7 +203,13 @@ def _type(drv, element_id: str, text: str) -> None:
     el.send_keys(text)
 
 
-def _driver():
+@contextmanager
+def _browser():
+    """Headless chromium whose profile and temporary files live in a folder of its own, removed afterwards.
+    Chromium had left an empty ``org.chromium.Chromium.*`` folder in the system's TMPDIR at every run (60 had
+    gathered); after a run that passed, nothing of the browser may be left there. The folder is a short one in the
+    system's TMPDIR: chromium puts a Unix socket in it, and a socket's path must stay under 108 bytes (the test's
+    own tmp_path is too deep)."""
     chromedriver = shutil.which("chromedriver")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromedriver or not chromium:
@@ -159,11 +217,28 @@ def _driver():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--disable-gpu"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(chromedriver), options=opts)
+    system_tmp = Path(tempfile.gettempdir())
+
+    def browser_files():
+        return {p.name for p in system_tmp.iterdir() if p.name.startswith(("org.chromium.", ".org.chromium.", "scoped_dir"))}
+
+    before = browser_files()
+    home = Path(tempfile.mkdtemp(prefix="ct2dwi-browser-"))
+    try:
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--disable-gpu",
+                  f"--user-data-dir={home / 'profile'}"):
+            opts.add_argument(a)
+        drv = webdriver.Chrome(service=Service(chromedriver, env={**os.environ, "TMPDIR": str(home)}), options=opts)
+        try:
+            yield drv
+        finally:
+            drv.quit()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    left = browser_files() - before
+    assert not left, f"the browser left {sorted(left)} in {system_tmp}"
 
 
 @pytest.mark.server
@@ -173,8 +248,7 @@ def test_training_page_in_chromium(vserver, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    drv = _driver()
-    try:
+    with _browser() as drv:
         drv.get(f"{vserver.url}/ui/")  # without the access token: the page is refused
         assert "needs the server's access token" in drv.page_source
         drv.get(f"{vserver.url}/ui/?token={vserver.token}")
@@ -248,8 +322,6 @@ def test_training_page_in_chromium(vserver, tmp_path):
             shutil.copy(tmp_path / "training_page.png", Path(shots) / "training_page.png")
         logs = [e for e in drv.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")]
         assert all(("401" in e["message"] or "404" in e["message"] or "409" in e["message"] or "422" in e["message"]) for e in logs), logs
-    finally:
-        drv.quit()
 
 
 class PrefixProxy:
@@ -309,22 +381,21 @@ def test_training_page_works_behind_a_path_prefix(vserver):
     from selenium.webdriver.support.ui import WebDriverWait
 
     proxy = PrefixProxy(vserver.url)
-    drv = _driver()
     try:
-        drv.get(f"{proxy.url}/ui/?token={vserver.token}")
-        wait = WebDriverWait(drv, 120, poll_frequency=0.5)
-        wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
-        wait.until(lambda d: d.find_elements(By.ID, "version-0"))  # a read through the prefix
-        served = _served(vserver.url)
-        others = [v["id"] for v in requests.get(f"{vserver.url}/train/ct2dwi/versions", timeout=30).json()["versions"]
-                  if v["id"] != served]
-        if others:  # a write through the prefix (the page's own origin): serve another version, then restore
-            drv.find_element(By.ID, f"promote-{others[0]}").click()
-            wait.until(lambda d: "served" in d.find_element(By.ID, f"version-{others[0]}").get_attribute("class"))
-            assert _served(vserver.url) == others[0]
-            requests.post(f"{vserver.url}/train/ct2dwi/versions/{served}/promote", timeout=30)
+        with _browser() as drv:
+            drv.get(f"{proxy.url}/ui/?token={vserver.token}")
+            wait = WebDriverWait(drv, 120, poll_frequency=0.5)
+            wait.until(EC.text_to_be_present_in_element((By.ID, "auth-state"), "Authentication is off"))
+            wait.until(lambda d: d.find_elements(By.ID, "version-0"))  # a read through the prefix
+            served = _served(vserver.url)
+            others = [v["id"] for v in requests.get(f"{vserver.url}/train/ct2dwi/versions", timeout=30).json()["versions"]
+                      if v["id"] != served]
+            if others:  # a write through the prefix (the page's own origin): serve another version, then restore
+                drv.find_element(By.ID, f"promote-{others[0]}").click()
+                wait.until(lambda d: "served" in d.find_element(By.ID, f"version-{others[0]}").get_attribute("class"))
+                assert _served(vserver.url) == others[0]
+                requests.post(f"{vserver.url}/train/ct2dwi/versions/{served}/promote", timeout=30)
     finally:
-        drv.quit()
         proxy.stop()
 
 
@@ -378,17 +449,16 @@ document.getElementById("f").submit();
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    drv = _driver()
     try:
-        drv.get(f"http://127.0.0.1:{httpd.server_port}/index.html")  # another origin: another port
-        WebDriverWait(drv, 60).until(lambda d: d.find_element(By.ID, "out").text.startswith("sent"))
-        time.sleep(2)  # let the form post land
-        log = s.log()
-        assert '"path": "/train/ct2dwi", "status": 403' in log  # the fetch arrived and was refused
-        assert '"path": "/train/ct2dwi/versions/0/promote", "status": 403' in log  # so was the form
-        assert requests.get(f"{s.url}/train/", timeout=30).json()["status"] == "NONE"  # no training started
+        with _browser() as drv:
+            drv.get(f"http://127.0.0.1:{httpd.server_port}/index.html")  # another origin: another port
+            WebDriverWait(drv, 60).until(lambda d: d.find_element(By.ID, "out").text.startswith("sent"))
+            time.sleep(2)  # let the form post land
+            log = s.log()
+            assert '"path": "/train/ct2dwi", "status": 403' in log  # the fetch arrived and was refused
+            assert '"path": "/train/ct2dwi/versions/0/promote", "status": 403' in log  # so was the form
+            assert requests.get(f"{s.url}/train/", timeout=30).json()["status"] == "NONE"  # no training started
     finally:
-        drv.quit()
         httpd.shutdown()
         s.stop()
 
