@@ -192,17 +192,17 @@ def train_network(name, gcfg, pre_over, train_over, seed, train_cases, args, out
     return out / f"{name}_s{seed}" / "model.pt", summary["global_step"], time.time() - t
 
 
-def load_cases_once(test_cases, pre, loaded: dict) -> list:
+def load_cases_once(cases, pre, loaded: dict) -> list:
     """The cases as ``pre`` loads them, each (case, preprocessing) loaded once per benchmark run: every arm and seed
     with the same preprocessing trains on or scores the same arrays (the mid-sagittal plane is not estimated again;
     training and scoring only read them)."""
     from jmmda_model.data import load_case
 
     key = json.dumps(pre.to_dict(), sort_keys=True, default=str)
-    for c in test_cases:
+    for c in cases:
         if (c.id, str(c.ct), key) not in loaded:
             loaded[(c.id, str(c.ct), key)] = load_case(c, pre)
-    return [loaded[(c.id, str(c.ct), key)] for c in test_cases]
+    return [loaded[(c.id, str(c.ct), key)] for c in cases]
 
 
 def run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre, loaded: dict):
