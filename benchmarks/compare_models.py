@@ -479,7 +479,7 @@ def main(argv=None):
         print(md)
         return results
 
-    from jmmda_model.data import find_cases, load_case
+    from jmmda_model.data import find_cases
     from jmmda_model.phantom import write_datastore
     from jmmda_model.preprocess import PreprocessConfig
 
@@ -498,7 +498,8 @@ def main(argv=None):
         test_cases = [c for c in test_cases if c.id in want]
     if not test_cases and not args.infer_only:
         ap.error(f"no complete test cases in {args.test_data}")
-    probe = load_case(test_cases[0], pre)
+    loaded: dict = {}  # (case, preprocessing) -> loaded case, for every arm and seed of this run
+    probe = load_cases_once(test_cases[:1], pre, loaded)[0]
     dims = {"in_ch": pre.input_channels, "h": int(math.ceil(probe.ct_hu.shape[1] / 8) * 8),
             "w": int(math.ceil(probe.ct_hu.shape[2] / 8) * 8), "slices": probe.ct_hu.shape[0]}
     results = {"command": " ".join(["python benchmarks/compare_models.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -510,8 +511,7 @@ def main(argv=None):
             print(f"generating {args.train_cases} training phantoms in {train_dir} ...", flush=True)
             write_datastore(train_dir, args.train_cases, first_seed=1000)
             train_cases = find_cases(train_dir)
-            train_loaded = [load_case(c, pre) for c in train_cases]
-            loaded: dict = {}
+            train_loaded = load_cases_once(train_cases, pre, loaded)
             for name in names:
                 arm = run_arm(name, seeds, train_cases, train_loaded, test_cases, args, out, dims, pre, loaded)
                 arm["summary"] = summarise(arm)

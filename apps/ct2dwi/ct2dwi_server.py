@@ -79,6 +79,7 @@ from jmmda_model.checkpoint import CheckpointError
 from jmmda_model.clinical.geometry import same_geometry
 from jmmda_model.clinical.imageio import read_image
 from jmmda_model.errors import InputError
+from jmmda_model.export import sha256
 from jmmda_model.inference import DeviceError, pick_device
 
 log = logging.getLogger(__name__)
@@ -451,7 +452,7 @@ def _infer_in_folder(task, folder: Path, fields: dict, files: dict, image: str, 
         mask_path, mask_name = files.get("label", (None, None))
         # datastore images get the same header check as uploads: a stored header must not name another file
         want_prob = probability or output == "probability"
-        digest = (observe.file_sha256(ct_path) if Path(ct_path).is_file()
+        digest = (sha256(ct_path) if Path(ct_path).is_file()
                   else "folder:" + hashlib.sha256(str(image).encode()).hexdigest())
         t0 = time.perf_counter()
         try:

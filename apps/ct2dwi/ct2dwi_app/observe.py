@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -67,14 +66,6 @@ class Observe:
             access_log.info(json.dumps({"event": "access", "method": scope["method"], "path": scope.get("path", ""),
                                         "status": status["code"], "ms": round(dt * 1000, 1),
                                         "client": (scope.get("client") or ("", 0))[0]}))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def audit(user: str, input_sha256: str, version, device: str, seconds: float, outcome: str) -> None:
