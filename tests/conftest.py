@@ -9,7 +9,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "studies"
 DEMO_MODEL = ROOT / "apps" / "ct2dwi" / "model" / "jmmda_demo.pt"
 
+# Two threads a process on CI's 2 cores, also with pytest-xdist's two workers (pytest.ini: -n 2). Measured on this
+# 2-core machine (benchmarks/records/suite_time_2026-12-06b/): one process 17 min 8 s; two workers with one thread each,
+# modules in collection order, 14 min 57 s; two threads each and the long modules first (below), 14 min 10 s
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+
+
+#: the modules that take longest (full-suite durations, benchmarks/records/suite_time_*): under pytest-xdist's
+#: --dist loadfile each module runs whole on one worker, in collection order, so these go first and the run does not
+#: end with one worker busy on a long module while the other waits
+LONG_MODULES = ("test_server.py", "test_distributed.py", "test_pose.py", "test_training_page.py", "test_export.py",
+                "test_lesion_recipe.py", "test_training.py", "test_benchmark.py", "test_server_security.py",
+                "test_slabs.py", "test_demo_model.py", "test_training_lifecycle.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _WORKERS > 1:  # a stable sort: the tests of a module keep their order
+        rank = {name: i for i, name in enumerate(LONG_MODULES)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))
 
 
 def pytest_configure(config):
