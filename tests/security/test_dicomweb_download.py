@@ -7,6 +7,8 @@ a download cut off after 3 of 16 slices left a 3-slice "CT" for good; it named f
 server sent. The end-to-end path (Orthanc, the served answer, nothing left in TMPDIR) is
 tests/test_clinical_io.py::test_server_on_a_dicomweb_datastore_offline."""
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -124,3 +126,80 @@ def test_an_image_id_that_is_not_a_uid_is_refused(series, tmp_path):
         with pytest.raises(MONAILabelException):
             store.get_image_uri(bad)
     assert store._client.calls == 0
+
+
+class CrowdClient(FakeClient):
+    """Serves several series (``by_series``: UID -> instances) and counts the downloads running at once. Each
+    download waits until ``expect`` downloads run together or ``wait_s`` has passed, so that downloads able to run
+    side by side are seen doing so, and downloads made to wait are seen one at a time."""
+
+    def __init__(self, by_series, expect, wait_s):
+        super().__init__([])
+        self.by_series, self.expect, self.wait_s = by_series, expect, wait_s
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def iter_series(self, study_uid, series_uid):
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            t0 = time.monotonic()
+            while self.running < self.expect and time.monotonic() - t0 < self.wait_s:
+                time.sleep(0.02)
+            yield from self.by_series[series_uid]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _crowd(store, uids):
+    """get_image_uri of each UID, each from its own thread at once; the folders (or exceptions) in order."""
+    out = [None] * len(uids)
+
+    def ask(i, uid):
+        try:
+            out[i] = Path(store.get_image_uri(uid))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i, u)) for i, u in enumerate(uids)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_series_download_side_by_side_within_a_bound_and_one_series_once(series, tmp_path):
+    """One DICOMweb download at a time made every radiologist wait for every other one's series. Different series
+    now download side by side, at most ``MAX_PARALLEL_DOWNLOADS`` (2) at once; two requests for the same series
+    download it once and both get the whole series; no lock is kept per series once nobody asks for it.
+    Mutations: the one server-wide lock back fails the first check (one download at a time); no bound on
+    downloads at once fails the second (three at once)."""
+    _, files = series
+
+    def as_series(new_uid):
+        out = [pydicom.dcmread(f) for f in files]
+        for ds in out:
+            ds.SeriesInstanceUID = new_uid
+        return out
+
+    uids = ["1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"]
+    by_series = {u: as_series(u) for u in uids}
+    # two series: both run at once
+    store = Store(tmp_path / "c1", CrowdClient(by_series, expect=2, wait_s=3))
+    got = _crowd(store, uids[:2])
+    assert store._client.most == 2 and store._client.calls == 2, got
+    assert [len(list(g.iterdir())) for g in got] == [16, 16] and got == [tmp_path / "c1" / u for u in uids[:2]]
+    # three series: never more than two at once, and all three whole
+    store = Store(tmp_path / "c2", CrowdClient(by_series, expect=3, wait_s=1.5))
+    got = _crowd(store, uids)
+    assert store._client.most == dsmod.MAX_PARALLEL_DOWNLOADS == 2 and store._client.calls == 3, got
+    assert [read_dicom_series(g).GetSize() for g in got] == [(48, 40, 16)] * 3
+    # the same series asked twice at once: downloaded once, both answers the one whole folder
+    store = Store(tmp_path / "c3", CrowdClient(by_series, expect=2, wait_s=1))
+    got = _crowd(store, uids[:1] * 2)
+    assert store._client.calls == 1 and got == [tmp_path / "c3" / uids[0]] * 2 and len(list(got[0].iterdir())) == 16
+    assert dsmod._SERIES_TURNS == {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+from contextlib import contextmanager
 
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -57,8 +58,31 @@ class SafeLocalDatastore(LocalDatastore):
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 #: the most instances one CT series may have, and its largest size on disk, when it is downloaded from DICOMweb
 MAX_SERIES_INSTANCES = 4000
-#: one download at a time: a second request for a series waits and then finds it cached
-_DOWNLOAD_LOCK = threading.Lock()
+#: how many series may download at once (each may hold up to the upload limit on disk while it does); more wait
+MAX_PARALLEL_DOWNLOADS = 2
+_DOWNLOAD_SLOTS = threading.BoundedSemaphore(MAX_PARALLEL_DOWNLOADS)
+#: one lock per series being asked for (by cache folder and UID), with the number of requests holding or awaiting
+#: it: a second request for the same series waits and then finds it cached; other series do not wait for it
+_SERIES_TURNS: dict[tuple[str, str], list] = {}
+_SERIES_TURNS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _series_turn(cache, series_uid: str):
+    """Holds the lock of one series in one cache folder; the lock is forgotten when no request holds or awaits it,
+    so a long-running server keeps no entry per series it ever served."""
+    key = (str(cache), series_uid)
+    with _SERIES_TURNS_GUARD:
+        turn = _SERIES_TURNS.setdefault(key, [threading.Lock(), 0])
+        turn[1] += 1
+    try:
+        with turn[0]:
+            yield
+    finally:
+        with _SERIES_TURNS_GUARD:
+            turn[1] -= 1
+            if turn[1] == 0:
+                del _SERIES_TURNS[key]
 
 
 class DatastoreError(RuntimeError):
@@ -75,7 +99,9 @@ class SafeDICOMWebDatastore:
     cache, each instance checked (its SOPInstanceUID a DICOM UID, its SeriesInstanceUID the one asked for, at most
     ``MAX_SERIES_INSTANCES`` and the upload limit, ``uploads.MAX_UPLOAD_BYTES``), and the folder renamed into place only when complete,
     with a marker; a cache folder without the marker (a download interrupted by an older version) is fetched
-    again. The series is returned as a folder: the project's DICOM reader reads it with all its series checks."""
+    again. The series is returned as a folder: the project's DICOM reader reads it with all its series checks.
+    Different series download side by side, at most ``MAX_PARALLEL_DOWNLOADS`` at once; a request for a series
+    that is downloading waits for that download and takes its folder."""
 
     def get_image_uri(self, image_id: str) -> str:
         import json
@@ -89,14 +115,15 @@ class SafeDICOMWebDatastore:
         cache = Path(self._datastore.image_path()).resolve()
         cache.mkdir(parents=True, exist_ok=True)
         final, marker = cache / image_id, cache / f".{image_id}.complete"
-        with _DOWNLOAD_LOCK:
+        with _series_turn(cache, image_id):
             if final.is_dir() and marker.is_file():
                 return str(final)
             for stale in cache.glob(f".{image_id}.partial-*"):  # left by a killed process
                 shutil.rmtree(stale, ignore_errors=True)
             part = Path(tempfile.mkdtemp(prefix=f".{image_id}.partial-", dir=cache))
             try:
-                n = self._download_series(image_id, part)
+                with _DOWNLOAD_SLOTS:
+                    n = self._download_series(image_id, part)
                 if final.exists():  # left by an older version's download, which may be partial
                     shutil.rmtree(final)
                 part.rename(final)
