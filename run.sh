@@ -2,7 +2,8 @@
 # One entry point; each command first makes sure the environment is installed (idempotent).
 #   ./run.sh serve [serve.py / start_server options]   MONAI Label server on 127.0.0.1:8000, demo model, sample data;
 #                                                      state in $CT2DWI_STATE_DIR (default ~/.local/state/ct2dwi)
-#   ./run.sh test  [pytest options]                    the test suite (installs Orthanc, chromium, dicom3tools as root)
+#   ./run.sh test  [pytest options]                    the test suite on 2 pytest-xdist workers (-n 0: in one
+#                                                      process); installs Orthanc, chromium, dicom3tools as root
 #   ./run.sh setup                                     install only
 #   ./run.sh jmmda COMMAND ...                         the jmmda CLI: train | evaluate | infer | make-sample-data |
 #                                                      import | export-dicom | export-torchscript |
@@ -83,7 +84,7 @@ case "$cmd" in
     exec "$VENV/bin/python" benchmarks/compare_models.py "$@"
     ;;
   help|-h|--help)
-    sed -n '2,11p' "$0" ;;
+    sed -n '2,12p' "$0" ;;
   *)
-    echo "unknown command: $cmd" >&2; sed -n '2,11p' "$0" >&2; exit 2 ;;
+    echo "unknown command: $cmd" >&2; sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac
