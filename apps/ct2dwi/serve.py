@@ -26,6 +26,12 @@ import sys
 from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# OpenMP threads that sleep while they wait for work (set before torch loads; an OMP_WAIT_POLICY already set is kept).
+# The server runs an inference beside a training child on the same cores, and OpenMP's default spinning waits burn the
+# time the working threads need: a 5 mm inference beside `jmmda train` took 8.8 s with the default and 3.3 s with
+# PASSIVE; alone, the same within noise (2.03-2.15 s either way; 2-core CPU, benchmarks/records/omp_wait_2026-12-06/).
+# Training children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _option(argv, *names):
