@@ -12,9 +12,10 @@ DEMO_MODEL = ROOT / "apps" / "ct2dwi" / "model" / "jmmda_demo.pt"
 # Two threads a process on CI's 2 cores, also with pytest-xdist's two workers (pytest.ini: -n 2), and OpenMP threads
 # that sleep instead of spinning while they wait for work: with two workers (and the servers and CLI processes they
 # start, which inherit both settings) there are more threads than cores, and spinning threads burn the time the
-# working ones need. Measured (benchmarks/records/omp_wait_2026-12-06/, suite_time_2026-12-06b/): test_demo_model.py twice side by
-# side took 92 s each with OpenMP's default waiting, 37-39 s with PASSIVE; alone, 32 s and 30 s. The full suite: one
-# process 17 min 8 s; two workers 14-17 min with the default waiting, 10 min 22 s with PASSIVE.
+# working ones need. Measured (benchmarks/records/omp_wait_2026-12-06/ and suite_time_2026-12-06b/):
+# tests/test_demo_model.py twice side by side took 92 s each with OpenMP's default waiting, 37-39 s with PASSIVE;
+# alone, 32 s and 30 s. The full suite: one process 17 min 8 s; two workers 14-17 min with the default waiting,
+# 10 min 22 s with PASSIVE.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
